@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _spec_dir() -> Path:
+    for cand in (REPO / "shared" / "spec", REPO.parent / "shared" / "spec"):
+        if cand.is_dir():
+            return cand
+    pytest.skip("shared/spec not found beside the checkout")
+
+
+@pytest.fixture(scope="session")
+def spec_dir() -> Path:
+    return _spec_dir()
+
+
+def read_key_list(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """key -> (shape, marker) from the spec's state-dict lists."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        shape = tuple(int(x) for x in parts[1].strip("()").split(",") if x.strip())
+        out[parts[0]] = (shape, parts[3].strip() if len(parts) > 3 else "")
+    return out
