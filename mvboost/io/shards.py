@@ -1,0 +1,238 @@
+"""Sharded WebDataset output at any fsspec URL, exactly once across crashes and reruns.
+
+Layout under the output URL::
+
+    job.json                      the shard plan (n, shard_size, seed): a rerun must match it
+    shard-000000.tar              samples, sorted by key, members ``<key>.<ext>``
+    shard-000000.json             the shard's manifest, written LAST: it commits the shard
+    rejects/shard-000000.jsonl    the shard's rejected items (key, stage, reason)
+    _staging/shard-000000/<key>.tar          an accepted item waiting for its shard
+    _staging/shard-000000/<key>.reject.json  a rejected item (tombstone) waiting for its shard
+    rejects.jsonl, summary.json   written at the end of each run
+
+Every file is written under a temporary name and renamed. An item is finished when its shard has a
+manifest or it has a staged file or tombstone; a rerun skips finished items (accepted or rejected)
+and re-merges shards whose manifest is missing. Staged files are removed only after the manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+SHARD_PATTERN = "shard-{:06d}"
+MTIME = 0  # fixed member mtime: the same samples always give the same shard bytes
+
+
+class OutputError(RuntimeError):
+    """The output location cannot be used (unreachable, read-only, or holds a different job)."""
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index)
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    """A tar holding ``members`` (name -> bytes) in the given order, with fixed metadata."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = MTIME
+            info.mode = 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def read_tar(data: bytes) -> dict[str, bytes]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        for m in tf.getmembers():
+            f = tf.extractfile(m)
+            if f is not None:
+                out[m.name] = f.read()
+    return out
+
+
+def sample_members(key: str, fields: dict[str, bytes]) -> dict[str, bytes]:
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must not contain dots or slashes (WebDataset splits keys at dots)")
+    return {f"{key}.{ext}": data for ext, data in fields.items()}
+
+
+@dataclass
+class ShardManifest:
+    shard: str
+    samples: int
+    keys: list[str]
+    rejected: list[str]
+    bytes: int
+    sha256: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    created: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True)
+
+
+class OutputStore:
+    """fsspec-backed output location (a local path, ``s3://…``, ``gs://…``, ``memory://…``)."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        import fsspec
+
+        self.url = str(url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+
+    # ---- paths ------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def staging_dir(self, shard: int) -> str:
+        return self.path("_staging", shard_name(shard))
+
+    # ---- primitives -------------------------------------------------------------------------
+    def write_atomic(self, path: str, data: bytes) -> None:
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, path)
+
+    def read(self, path: str) -> bytes:
+        with self.fs.open(path, "rb") as f:
+            return f.read()
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def check_writable(self) -> None:
+        probe = self.path(f".probe-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            with self.fs.open(probe, "wb") as f:
+                f.write(b"ok")
+            self.fs.rm(probe)
+        except Exception as e:  # noqa: BLE001 - one clear message at start
+            raise OutputError(f"output {self.url} is not writable: {type(e).__name__}: {e}") from e
+
+    # ---- job plan ---------------------------------------------------------------------------
+    def claim_job(self, plan: dict) -> None:
+        """Record the shard plan, or check that an existing output was made with the same plan."""
+        path = self.path("job.json")
+        if self.exists(path):
+            old = json.loads(self.read(path))
+            diff = {k: (old.get(k), v) for k, v in plan.items() if old.get(k) != v}
+            if diff:
+                raise OutputError(f"output {self.url} holds a job with a different plan "
+                                  f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                                  "rerun with the same settings to resume, or choose a new output")
+        else:
+            self.write_atomic(path, json.dumps(plan, indent=1, sort_keys=True).encode())
+
+    # ---- items ------------------------------------------------------------------------------
+    def stage_sample(self, shard: int, key: str, fields: dict[str, bytes]) -> int:
+        data = tar_bytes(sample_members(key, fields))
+        self.write_atomic(f"{self.staging_dir(shard)}/{key}.tar", data)
+        return len(data)
+
+    def stage_reject(self, shard: int, key: str, stage: str, reason: str) -> None:
+        rec = {"key": key, "stage": stage, "reason": reason}
+        self.write_atomic(f"{self.staging_dir(shard)}/{key}.reject.json", json.dumps(rec).encode())
+
+    def manifest_path(self, shard: int) -> str:
+        return self.path(shard_name(shard) + ".json")
+
+    def read_manifest(self, shard: int) -> ShardManifest | None:
+        p = self.manifest_path(shard)
+        if not self.exists(p):
+            return None
+        return ShardManifest(**json.loads(self.read(p)))
+
+    def finished(self, shards: list[int]) -> tuple[set[int], set[str]]:
+        """(committed shard indices, keys finished in shards that are not committed yet)."""
+        committed = set()
+        staged: set[str] = set()
+        manifests = {p.rsplit("/", 1)[-1] for p in self._ls(self.root)}
+        for s in shards:
+            if shard_name(s) + ".json" in manifests:
+                committed.add(s)
+                continue
+            for p in self._ls(self.staging_dir(s)):
+                name = p.rsplit("/", 1)[-1]
+                if ".tmp-" in name:
+                    continue
+                if name.endswith(".reject.json"):
+                    staged.add(name[: -len(".reject.json")])
+                elif name.endswith(".tar"):
+                    staged.add(name[: -len(".tar")])
+        return committed, staged
+
+    def _ls(self, path: str) -> list[str]:
+        try:
+            return [p if isinstance(p, str) else p["name"] for p in self.fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return []
+
+    # ---- shards -----------------------------------------------------------------------------
+    def commit_shard(self, shard: int, keys: list[str], stage_seconds: dict[str, float] | None = None) -> ShardManifest:
+        """Merge the staged items of ``shard`` (all of ``keys`` must be staged) into its tar, then
+        write the rejects file, then the manifest, then remove the staging folder."""
+        existing = self.read_manifest(shard)
+        if existing is not None:
+            return existing
+        sdir = self.staging_dir(shard)
+        members: dict[str, bytes] = {}
+        accepted, rejects = [], []
+        for key in sorted(keys):
+            tar_p, rej_p = f"{sdir}/{key}.tar", f"{sdir}/{key}.reject.json"
+            if self.exists(tar_p):
+                members.update(read_tar(self.read(tar_p)))
+                accepted.append(key)
+            elif self.exists(rej_p):
+                rejects.append(json.loads(self.read(rej_p)))
+            else:
+                raise OutputError(f"{shard_name(shard)}: item {key} is neither staged nor rejected")
+        data = tar_bytes(members)
+        self.write_atomic(self.path(shard_name(shard) + ".tar"), data)
+        self.write_atomic(self.path("rejects", shard_name(shard) + ".jsonl"),
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+        manifest = ShardManifest(shard=shard_name(shard) + ".tar", samples=len(accepted), keys=accepted,
+                                 rejected=[r["key"] for r in rejects], bytes=len(data),
+                                 sha256=hashlib.sha256(data).hexdigest(),
+                                 stage_seconds={k: round(v, 4) for k, v in (stage_seconds or {}).items()},
+                                 created=time.time())
+        self.write_atomic(self.manifest_path(shard), manifest.to_json().encode())
+        try:
+            self.fs.rm(sdir, recursive=True)
+        except FileNotFoundError:
+            pass
+        return manifest
+
+    def verify_shard(self, shard: int) -> ShardManifest:
+        """Check a committed shard against its manifest (size, sha256, keys)."""
+        m = self.read_manifest(shard)
+        if m is None:
+            raise OutputError(f"{shard_name(shard)} has no manifest (not committed)")
+        data = self.read(self.path(m.shard))
+        if len(data) != m.bytes or hashlib.sha256(data).hexdigest() != m.sha256:
+            raise OutputError(f"{m.shard} does not match its manifest (size or sha256)")
+        keys = sorted({name.split(".", 1)[0] for name in read_tar(data)})
+        if keys != sorted(m.keys):
+            raise OutputError(f"{m.shard}: keys in the tar differ from the manifest")
+        return m
+
+    def all_rejects(self, shards: list[int]) -> list[dict]:
+        out = []
+        for s in shards:
+            p = self.path("rejects", shard_name(s) + ".jsonl")
+            if self.exists(p):
+                out.extend(json.loads(line) for line in self.read(p).decode().splitlines() if line.strip())
+        return out

@@ -1,0 +1,191 @@
+"""The stage contract shared by the in-process runner and the Ray job.
+
+A stage is one small class:
+
+* ``Config``: a dataclass of its options (part of the job config under the stage's name);
+* ``inputs`` / ``outputs``: the row columns it reads and writes;
+* ``resources``: what one worker needs (GPUs, CPUs, batch size, actor-pool size);
+* ``setup()``: loads weights, once per actor (or once per process in-process);
+* ``process(rows)``: does the work on the rows that are still ``ok``.
+
+``stage(batch)`` (``__call__``) takes a column batch (dict of equal-length sequences), keeps the row
+count, runs ``process`` on the ok rows with bounded retries, and records per-item failures as
+``status = "rejected"`` with ``reject_stage`` and ``reject_reason`` (img2dataset's worker style):
+nothing is dropped silently. Rows carry only scalars and ``bytes`` (arrays travel as ``.npy``
+bytes, see :mod:`mvboost.pipeline.codec`) so the same batches move through Arrow/Ray unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+log = logging.getLogger(__name__)
+
+STATUS = "status"
+OK = "ok"
+REJECTED = "rejected"
+BASE_COLUMNS = ("item_id", "index", "shard", "seed", STATUS, "reject_stage", "reject_reason")
+
+
+class Reject(Exception):
+    """A permanent, per-item failure: the item is recorded as rejected with this reason (no retry)."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying (e.g. a flaky remote call)."""
+
+
+@dataclass
+class Resources:
+    """What one worker of a stage needs. GPU stages run as actor pools, CPU stages as tasks."""
+
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    batch_size: int = 4
+    min_actors: int = 1
+    max_actors: int = 1
+    retries: int = 2  # bounded retries per item for unexpected (non-Reject) errors
+
+
+@dataclass
+class StageConfig:
+    resources: Resources = field(default_factory=Resources)
+
+
+Row = dict[str, Any]
+
+
+class Stage:
+    name: ClassVar[str] = "stage"
+    Config: ClassVar[type] = StageConfig
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+    uses_actor: ClassVar[bool] = True  # loads weights in setup(): run as an actor pool on Ray
+
+    def __init__(self, config=None, job=None):
+        self.config = config if config is not None else self.Config()
+        self.job = job  # JobInfo: output URL, model ids, seeds (read-only)
+        self._ready = False
+
+    @property
+    def resources(self) -> Resources:
+        return self.config.resources
+
+    # ---- to override ------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load weights. Called once per actor/process before the first batch."""
+
+    def process(self, rows: list[Row]) -> list[Row | Exception]:
+        """Return, for each input row, a dict of new column values or an exception for that item."""
+        raise NotImplementedError
+
+    # ---- the contract -----------------------------------------------------------------------
+    def ensure_setup(self) -> None:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        self.ensure_setup()
+        rows = batch_to_rows(batch)
+        ok_idx = [i for i, r in enumerate(rows) if r.get(STATUS, OK) == OK]
+        missing = [c for c in self.inputs if ok_idx and c not in rows[ok_idx[0]]]
+        if missing:
+            raise KeyError(f"stage {self.name} needs columns {missing}; it must run after the stages producing them")
+        t0 = time.perf_counter()
+        results = self._process_with_retries([rows[i] for i in ok_idx]) if ok_idx else []
+        per_item = (time.perf_counter() - t0) / max(1, len(ok_idx))
+        for i, res in zip(ok_idx, results):
+            row = rows[i]
+            if isinstance(res, Exception):
+                row[STATUS] = REJECTED
+                row["reject_stage"] = self.name
+                row["reject_reason"] = _reason(res)
+            else:
+                absent = [c for c in self.outputs if c not in res]
+                if absent:
+                    row[STATUS] = REJECTED
+                    row["reject_stage"] = self.name
+                    row["reject_reason"] = f"stage produced no {absent}"
+                else:
+                    row.update(res)
+            row[f"t_{self.name}"] = per_item
+        for r in rows:  # keep the schema uniform across rows
+            r.setdefault(f"t_{self.name}", 0.0)
+            for c in self.outputs:
+                r.setdefault(c, None)
+        return rows_to_batch(rows)
+
+    def _process_with_retries(self, rows: list[Row]) -> list[Row | Exception]:
+        try:
+            out = self.process(rows)
+            if len(out) != len(rows):
+                raise RuntimeError(f"stage {self.name} returned {len(out)} results for {len(rows)} rows")
+            return out
+        except Reject as e:
+            return [e] * len(rows)
+        except Exception as e:  # the batch failed as a whole: retry item by item, bounded
+            if len(rows) > 1:
+                log.warning("stage %s: batch of %d failed (%s); retrying items one by one", self.name, len(rows), e)
+            else:
+                log.warning("stage %s: item failed (%s)", self.name, e)
+            results: list[Row | Exception] = []
+            for row in rows:
+                err: Exception = e
+                res: Row | Exception | None = None
+                for _ in range(self.resources.retries if len(rows) == 1 else self.resources.retries + 1):
+                    try:
+                        res = self.process([row])[0]
+                        break
+                    except Reject as r:
+                        res = r
+                        break
+                    except Exception as ex:  # noqa: BLE001 - recorded as the item's reason
+                        err = ex
+                        log.debug("stage %s retry failed: %s", self.name, traceback.format_exc())
+                results.append(res if res is not None else err)
+            return results
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, Reject):
+        return str(e)
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+def batch_to_rows(batch: dict[str, Any]) -> list[Row]:
+    cols = list(batch)
+    if not cols:
+        return []
+    n = len(batch[cols[0]])
+    for c in cols:
+        if len(batch[c]) != n:
+            raise ValueError(f"column {c} has {len(batch[c])} rows, expected {n}")
+    return [{c: _py(batch[c][i]) for c in cols} for i in range(n)]
+
+
+def rows_to_batch(rows: list[Row]) -> dict[str, list]:
+    cols: dict[str, None] = {}
+    for r in rows:
+        for c in r:
+            cols.setdefault(c, None)
+    return {c: [r.get(c) for r in rows] for c in cols}
+
+
+def _py(v):
+    """numpy scalars -> Python scalars (Ray hands batches over as numpy arrays)."""
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return v.item()
+    return v
+
+
+def stage_config_field(stage_cls) -> Any:
+    return field(default_factory=stage_cls.Config)
+
+
+def replace_resources(cfg, **kw):
+    return dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, **kw))
