@@ -33,3 +33,33 @@ def read_key_list(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
         shape = tuple(int(x) for x in parts[1].strip("()").split(",") if x.strip())
         out[parts[0]] = (shape, parts[3].strip() if len(parts) > 3 else "")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """One MVBOOST_CACHE for the session: tiny models are built once, then loaded from disk."""
+    path = tmp_path_factory.mktemp("mvboost-cache")
+    old = os.environ.get("MVBOOST_CACHE")
+    os.environ["MVBOOST_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MVBOOST_CACHE", None)
+    else:
+        os.environ["MVBOOST_CACHE"] = old
+
+
+SMOKE = REPO / "ray_jobs" / "configs" / "generate_smoke.yaml"
+
+
+def shard_keys(out: Path) -> list[str]:
+    """Every sample key in every committed shard tar under ``out`` (reads each tar fully)."""
+    import tarfile
+
+    keys = []
+    for tar in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(tar) as tf:
+            names = tf.getnames()
+            for m in tf.getmembers():
+                tf.extractfile(m).read()
+        keys.extend(sorted({n.split(".", 1)[0] for n in names}))
+    return keys

@@ -42,6 +42,25 @@ def resolve_model(source: str) -> str:
     return str(folder)
 
 
+def check_model_available(source: str, what: str) -> str:
+    """Resolve ``source`` to a local folder/file, or raise FileNotFoundError naming ``what``.
+
+    Tiny models are created here; Hugging Face ids must already be in the local cache (no download)."""
+    path = resolve_model(source)
+    if Path(os.path.expanduser(path)).exists():
+        return path
+    if "/" in path and not path.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(path, local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise FileNotFoundError(f"{what}: model {source!r} is neither a local path nor in the local Hugging Face "
+                                    f"cache ({type(e).__name__}); download it first, e.g. "
+                                    f"`huggingface-cli download {source}`") from e
+    raise FileNotFoundError(f"{what}: model {source!r} not found")
+
+
 def tiny_clip_tokenizer():
     """A byte-level CLIP tokenizer with no merges (real class, minimal vocabulary)."""
     from transformers import CLIPTokenizer

@@ -76,6 +76,9 @@ class Stage:
         return self.config.resources
 
     # ---- to override ------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Cheap checks run once on the driver before any work (e.g. the model exists locally)."""
+
     def setup(self) -> None:
         """Load weights. Called once per actor/process before the first batch."""
 
@@ -92,6 +95,10 @@ class Stage:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         self.ensure_setup()
         rows = batch_to_rows(batch)
+        for r in rows:
+            r.setdefault(STATUS, OK)
+            r.setdefault("reject_stage", "")
+            r.setdefault("reject_reason", "")
         ok_idx = [i for i, r in enumerate(rows) if r.get(STATUS, OK) == OK]
         missing = [c for c in self.inputs if ok_idx and c not in rows[ok_idx[0]]]
         if missing:

@@ -43,10 +43,11 @@ def white_background_mask(img: np.ndarray, threshold: int) -> np.ndarray:
 
 
 def recentre(rgb: np.ndarray, alpha: np.ndarray, size: int, border_ratio: float) -> np.ndarray:
-    """Crop to the alpha bounding box, scale the long side to (1 - border_ratio) * size, centre; RGBA uint8."""
+    """Crop to the object's bounding box (alpha > 0.5), scale the long side to (1 - border_ratio) * size,
+    centre on a transparent square; RGBA uint8."""
     from PIL import Image
 
-    ys, xs = np.nonzero(alpha > 0)
+    ys, xs = np.nonzero(alpha > 127)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     crop = np.concatenate([rgb[y0:y1, x0:x1, :3], alpha[y0:y1, x0:x1, None]], axis=-1)
     h, w = crop.shape[:2]

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.tiny import resolve_model
+from ..models.tiny import check_model_available, resolve_model
 from ..pipeline.codec import encode_array
 from ..pipeline.stage import Reject, Resources, Stage
 from .common import pick_device, pick_dtype, require
@@ -38,6 +38,9 @@ class TextToImageStage(Stage):
     inputs = ("prompt", "seed")
     outputs = ("image",)
 
+    def preflight(self):
+        check_model_available(self.config.model, "text_to_image")
+
     def setup(self):
         if self.config.template not in PROMPT_TEMPLATES:
             raise ValueError(f"unknown prompt template {self.config.template!r}; have {sorted(PROMPT_TEMPLATES)}")
@@ -47,6 +50,9 @@ class TextToImageStage(Stage):
         self.device = pick_device(self.config.device)
         dtype = pick_dtype(self.config.dtype, self.device)
         path = resolve_model(self.config.model)
+        if self.config.model.startswith("tiny:"):  # byte-level toy tokenizer: silence truncation notices
+            diffusers.utils.logging.set_verbosity_error()
+            require("transformers").logging.set_verbosity_error()
         self.pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
             path, revision=None if path != self.config.model else self.config.revision, dtype=dtype,
             local_files_only=True)

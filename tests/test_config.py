@@ -1,0 +1,71 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mvboost.config import ConfigError, apply_overrides, from_dict, load_config
+from mvboost.pipeline.job import load_job_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Inner:
+    steps: int = 4
+    scale: float = 1.0
+    flag: bool = False
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    items: list[str] = field(default_factory=list)
+
+
+def test_unknown_keys_are_errors():
+    with pytest.raises(ConfigError, match="unknown config key.*inner.stpes.*valid keys of inner: flag, scale, steps"):
+        from_dict(Outer, {"inner": {"stpes": 3}})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_dict(Outer, {"nmae": "y"})
+
+
+def test_types_are_checked_and_coerced():
+    o = from_dict(Outer, {"inner": {"steps": "7", "scale": 2, "flag": "true"}, "items": ["a"]})
+    assert o.inner.steps == 7 and o.inner.scale == 2.0 and o.inner.flag is True and o.items == ["a"]
+    with pytest.raises(ConfigError, match="inner.steps: expected an integer"):
+        from_dict(Outer, {"inner": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        from_dict(Outer, {"inner": 3})
+
+
+def test_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: a\ninner: {steps: 2}\n")
+    o = load_config(Outer, p, ["inner.scale=0.5", "name=b", "items=[x, y]"])
+    assert (o.name, o.inner.steps, o.inner.scale, o.items) == ("b", 2, 0.5, ["x", "y"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        apply_overrides({}, ["oops"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Outer, tmp_path / "missing.yaml")
+
+
+def test_every_repo_config_loads_and_has_a_smoke_variant():
+    configs = sorted((REPO / "ray_jobs" / "configs").glob("*.yaml"))
+    assert configs, "no job configs found"
+    for c in configs:
+        load_job_config(c)
+    names = {c.stem for c in configs}
+    for c in names - {n for n in names if "smoke" in n}:
+        assert any(n.startswith(c) and "smoke" in n for n in names), f"{c} has no smoke variant"
+
+
+def test_job_config_validation():
+    with pytest.raises(ConfigError, match="unknown stage"):
+        load_job_config(None, ["job.stages=[text_to_image, warp, write]"])
+    with pytest.raises(ConfigError, match="must end with 'write'"):
+        load_job_config(None, ["job.stages=[text_to_image]"])
+    with pytest.raises(ConfigError, match="needs \\['image'\\], produced by no earlier stage"):
+        load_job_config(None, ["job.stages=[matting, write]"])
+    with pytest.raises(ConfigError, match="unknown config key.*text_to_image.stepz"):
+        load_job_config(None, ["text_to_image.stepz=3"])

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from conftest import SMOKE, shard_keys
+from mvboost.io.shards import OutputError
+from mvboost.pipeline.job import load_job_config, plan_items, run_in_process
+from mvboost.pipeline.stage import Reject, Resources, Stage, StageConfig
+from mvboost.stages.text_to_image import TextToImageStage
+
+
+def smoke_cfg(out, *extra):
+    return load_job_config(SMOKE, [f"job.output={out}", "job.progress=false", *extra])
+
+
+def test_smoke_in_process_then_resume_is_free(tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    s = run_in_process(smoke_cfg(out))
+    assert (s.requested, s.accepted, s.rejected, s.skipped_already_done) == (8, 8, 0, 0)
+    items = plan_items(smoke_cfg(out))
+    assert shard_keys(out) == [it["item_id"] for it in sorted(items, key=lambda r: (r["shard"], r["item_id"]))]
+    manifests = sorted(out.glob("shard-*.json"))
+    assert [json.loads(m.read_text())["samples"] for m in manifests] == [4, 4]
+    mtimes = [p.stat().st_mtime_ns for p in out.glob("shard-*.tar")]
+    s2 = run_in_process(smoke_cfg(out))
+    assert s2.skipped_already_done == 8 and s2.stage_seconds == {}
+    assert [p.stat().st_mtime_ns for p in out.glob("shard-*.tar")] == mtimes
+    # one sample's members and meta
+    import webdataset as wds
+
+    sample = next(iter(wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False)))
+    assert {"prompt.txt", "input.png", "meta.json"} <= set(sample)
+    meta = json.loads(sample["meta.json"])
+    assert meta["models"]["text_to_image"]["id"] == "tiny:sd"
+    assert meta["key"] == sample["__key__"] and "text_to_image" in meta["stage_seconds"]
+    assert meta["prompt_source"].startswith("offline-taxonomy")
+    # a different plan on the same output is refused
+    with pytest.raises(OutputError, match="different plan"):
+        run_in_process(smoke_cfg(out, "job.n=9"))
+
+
+def test_failures_become_recorded_rejections(tmp_path, tiny_cache, monkeypatch):
+    real = TextToImageStage.process
+    calls = {"flaky": 0}
+
+    def faulty(self, rows):
+        for r in rows:
+            if r["index"] == 1:
+                raise RuntimeError("CUDA error: device-side assert")  # permanent: fails every retry
+            if r["index"] == 2 and calls["flaky"] == 0:
+                calls["flaky"] += 1
+                raise ConnectionError("transient")  # succeeds on retry
+        out = real(self, rows)
+        return [Reject("NaN output from the text-to-image model") if r["index"] == 5 else o
+                for r, o in zip(rows, out)]
+
+    monkeypatch.setattr(TextToImageStage, "process", faulty)
+    out = tmp_path / "out"
+    s = run_in_process(smoke_cfg(out))
+    assert (s.accepted, s.rejected) == (6, 2)
+    assert s.rejected_by_reason == {"text_to_image: RuntimeError": 1, "text_to_image: NaN output from the "
+                                    "text-to-image model": 1}
+    ledger = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    items = plan_items(smoke_cfg(out))
+    assert sorted(r["key"] for r in ledger) == sorted(items[i]["item_id"] for i in (1, 5))
+    assert set(shard_keys(out)) | {r["key"] for r in ledger} == {it["item_id"] for it in items}
+    # rejected items are not retried (nor re-paid) by a rerun
+    monkeypatch.setattr(TextToImageStage, "process", real)
+    assert run_in_process(smoke_cfg(out)).skipped_already_done == 8
+
+
+class Doubler(Stage):
+    name = "doubler"
+    Config = StageConfig
+    inputs = ("x",)
+    outputs = ("y",)
+
+    def process(self, rows):
+        if any(r["x"] == 3 for r in rows):
+            raise ValueError("three is bad")
+        return [{"y": 2 * r["x"]} for r in rows]
+
+
+def test_stage_contract_keeps_rows_and_retries_items():
+    st = Doubler(StageConfig(resources=Resources(retries=1)))
+    out = st({"item_id": list("abcd"), "x": [1, 2, 3, 4], "status": ["ok", "ok", "ok", "rejected"],
+              "reject_stage": ["", "", "", "earlier"], "reject_reason": ["", "", "", "why"]})
+    assert out["item_id"] == list("abcd")
+    assert out["y"] == [2, 4, None, None]
+    assert out["status"] == ["ok", "ok", "rejected", "rejected"]
+    assert out["reject_stage"] == ["", "", "doubler", "earlier"]
+    assert out["reject_reason"][2] == "ValueError: three is bad" and out["reject_reason"][3] == "why"
+    assert all(t >= 0 for t in out["t_doubler"])
+    with pytest.raises(KeyError, match="needs columns"):
+        st({"item_id": ["a"], "z": [1]})

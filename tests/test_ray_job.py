@@ -1,0 +1,121 @@
+"""The generation job on a real local Ray: smoke run, kill -9 and resume, and `ray job submit`."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, SMOKE, shard_keys
+
+pytestmark = pytest.mark.ray
+
+
+def job_env(cache):
+    env = dict(os.environ, MVBOOST_CACHE=str(cache), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_job(out, cache, *extra, timeout=300):
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *extra]
+    return subprocess.run(cmd, cwd=REPO, env=job_env(cache), capture_output=True, text=True, timeout=timeout)
+
+
+def expected_keys(out, n):
+    from mvboost.pipeline.job import load_job_config, plan_items
+
+    return [it["item_id"] for it in plan_items(load_job_config(SMOKE, [f"job.output={out}", f"job.n={n}"]))]
+
+
+def test_smoke_on_local_ray_readable_by_both_readers(tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    r = run_job(out, tiny_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "accepted 8, rejected 0" in r.stdout and f"shards at {out}" in r.stdout
+    assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(str(out / "shard-{000000..000001}.tar"), shardshuffle=False).decode("rgb"))
+    assert len(samples) == 8 and samples[0]["input.png"].shape == (64, 64, 3)
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        rows = ray.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
+    finally:
+        ray.shutdown()
+    assert len(rows) == 8 and {"prompt.txt", "input.png", "meta.json"} <= set(rows[0])
+
+
+def test_bad_config_and_missing_model_fail_at_start(tmp_path, tiny_cache):
+    r = run_job(tmp_path / "o1", tiny_cache, "--set", "matting.treshold=3")
+    assert r.returncode == 2 and "unknown config key(s) matting.treshold" in r.stderr
+    r = run_job(tmp_path / "o2", tiny_cache, "--set", "text_to_image.model=nobody/no-such-model")
+    assert r.returncode == 2 and "nor in the local Hugging Face cache" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run_job(blocker / "out", tiny_cache)
+    assert r.returncode == 2 and "is not writable" in r.stderr
+
+
+def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    n = 24
+    args = ["--n", str(n), "--set", "text_to_image.resources.batch_size=2", "--set", "write.resources.batch_size=2",
+            "--set", "matting.resources.batch_size=2"]
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if list(out.glob("shard-*.json")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    committed = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("shard-*.tar")
+                 if (out / p.name.replace(".tar", ".json")).exists()}
+    assert 0 < len(committed) < n // 4
+    r = run_job(out, tiny_cache, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = shard_keys(out)
+    rejects = [json.loads(x)["key"] for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys))  # no duplicate key anywhere
+    assert sorted(keys) == sorted(set(expected_keys(out, n)) - set(rejects))
+    for name, (mtime, data) in committed.items():  # finished shards were not rewritten
+        assert (out / name).stat().st_mtime_ns == mtime and (out / name).read_bytes() == data
+    from mvboost.io.shards import OutputStore
+
+    store = OutputStore(str(out))
+    assert all(store.verify_shard(s) for s in range(n // 4))
+    assert not list(out.rglob("*.tmp-*")) and not list((out / "_staging").glob("*"))
+
+
+def test_ray_job_submit_to_a_started_cluster(tmp_path, tiny_cache):
+    env = job_env(tiny_cache)
+    port = 8265 + (os.getpid() % 500)
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                            f"--dashboard-port={port}", "--port=0", "--num-cpus=2", "--include-dashboard=true",
+                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-3000:]
+    out = tmp_path / "out"
+    try:
+        sub = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir",
+                              str(REPO), "--", sys.executable, "-m", "ray_jobs.generate", "--config",
+                              "ray_jobs/configs/generate_smoke.yaml", "--output", str(out)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
+        assert "accepted 8, rejected 0" in sub.stdout
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))

