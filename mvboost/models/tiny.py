@@ -88,9 +88,9 @@ def tiny_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-                         block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=32, sample_size=64)
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=32,
+                         sample_size=64)  # 8x down-sampling like SD's VAE: 64² images <-> 8² latents
 
 
 def build_tiny_sd(folder: Path, seed: int = 0) -> None:

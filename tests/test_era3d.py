@@ -1,0 +1,214 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_key_list
+from mvboost.models.era3d import (Era3DUNet, apply_guidance, cfg_layout, joint_domain_attention,
+                                  rowwise_view_attention, sdpa_attention, split_cfg)
+from mvboost.models.loading import CheckpointError
+
+EMA_FIELDS = {"decay": 0.9999, "inv_gamma": 1.0, "min_decay": 0.0, "optimization_step": 40000, "power": 0.6667,
+              "update_after_step": 0, "use_ema_warmup": False, "_class_name": "UNetMV2DConditionModel",
+              "_diffusers_version": "0.19.3", "_name_or_path": "…/checkpoint-40000/unet_ema"}
+
+
+def official_config(spec_dir):
+    line = next(l for l in (spec_dir / "era3d_unet_state_dict.txt").read_text().splitlines() if l.startswith("# config:"))
+    return {**json.loads(line.split(":", 1)[1]), **EMA_FIELDS}
+
+
+@pytest.mark.parametrize("ortho", [False, True])
+def test_unet_matches_official_key_lists(spec_dir, ortho):
+    ref = read_key_list(spec_dir / "era3d_unet_state_dict.txt")
+    if ortho:
+        ref = {k: v for k, v in ref.items() if "NOORTHO" not in v[1]}
+    cfg = official_config(spec_dir)
+    if ortho:
+        cfg.update(regress_elevation=False, regress_focal_length=False)
+    with torch.device("meta"):
+        unet = Era3DUNet.from_config(cfg)
+    mine = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    assert set(mine) == set(ref)
+    assert {k: s for k, s in mine.items() if s != ref[k][0]} == {}
+    total = sum(p.numel() for p in unet.parameters())
+    assert total == (919_783_684 if ortho else 947_664_646)
+
+
+def test_unsupported_options_are_refused(spec_dir):
+    with pytest.raises(ValueError, match="cd_attention_mid"):
+        Era3DUNet.from_config({**official_config(spec_dir), "cd_attention_mid": True})
+
+
+class _Attn(torch.nn.Module):
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        from diffusers.models.attention_processor import Attention
+
+        self.a = Attention(query_dim=dim, heads=heads, dim_head=dim // heads, bias=False, out_bias=True)
+
+
+def naive(attn, x, ctx=None):
+    ctx = x if ctx is None else ctx
+    q, k, v = attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx)
+    h = attn.heads
+    b, n, c = q.shape
+    q, k, v = (t.reshape(b, -1, h, c // h).transpose(1, 2) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / (c // h) ** 0.5, dim=-1)
+    return attn.to_out[0]((w @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_sdpa_equals_naive_softmax():
+    torch.manual_seed(0)
+    a = _Attn().a.double()
+    x, ctx = torch.randn(3, 10, 16, dtype=torch.float64), torch.randn(3, 7, 16, dtype=torch.float64)
+    torch.testing.assert_close(sdpa_attention(a, x), naive(a, x))
+    torch.testing.assert_close(sdpa_attention(a, x, ctx), naive(a, x, ctx))
+    # joint attention = naive attention over the concatenated normal+colour sequence
+    x2 = torch.randn(4, 9, 16, dtype=torch.float64)
+    ref = naive(a, torch.cat([x2[:2], x2[2:]], dim=1))
+    torch.testing.assert_close(joint_domain_attention(a, x2), torch.cat([ref[:, :9], ref[:, 9:]]))
+
+
+def changed(f, x, idx):
+    with torch.no_grad():
+        y = f(x)
+        x2 = x.clone()
+        x2[idx] += 1.0
+        return ((f(x2) - y).abs().amax(-1) > 1e-9)
+
+
+def test_joint_attention_mixes_only_normal_and_colour_of_the_same_image():
+    torch.manual_seed(0)
+    a = _Attn().a.double()
+    n = 5  # images per domain
+    x = torch.randn(2 * n, 9, 16, dtype=torch.float64)
+    moved = changed(lambda t: joint_domain_attention(a, t), x, (1, 4))  # normal image 1, token 4
+    rows = moved.any(1).nonzero().flatten().tolist()
+    assert rows == [1, 1 + n]
+    assert moved[1].all() and moved[1 + n].all()
+
+
+def test_rowwise_attention_mixes_only_the_same_row_of_one_objects_views():
+    torch.manual_seed(0)
+    a = _Attn().a.double()
+    v, side = 6, 4
+    x = torch.randn(2 * v, side * side, 16, dtype=torch.float64)  # 2 objects (or domains) x 6 views
+    r, c = 2, 1
+    moved = changed(lambda t: rowwise_view_attention(a, t, v), x, (3, r * side + c))
+    imgs, toks = moved.nonzero(as_tuple=True)
+    assert sorted(set(imgs.tolist())) == list(range(6))  # all 6 views of object 0, none of object 1
+    assert set((toks // side).tolist()) == {r}  # only row r
+    assert moved[:6, r * side:(r + 1) * side].all()
+    with pytest.raises(ValueError, match="square"):
+        rowwise_view_attention(a, torch.randn(6, 12, 16, dtype=torch.float64), 6)
+
+
+def test_cfg_layout_round_trip_and_guidance():
+    blocks = [torch.full((12, 1), float(i)) for i in range(4)]
+    x = cfg_layout(*blocks)
+    assert [b[0, 0].item() for b in split_cfg(x)] == [0.0, 1.0, 2.0, 3.0]
+    g = apply_guidance(x, 3.0)
+    assert g.shape == (24, 1)
+    assert g[0].item() == 0 + 3 * (1 - 0) and g[12].item() == 2 + 3 * (3 - 2)
+
+
+# ---- the pipeline on the tiny checkpoint ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_era3d(tiny_cache):
+    from mvboost.models.tiny import resolve_model
+
+    return resolve_model("tiny:era3d")
+
+
+def rgba_object():
+    img = np.zeros((64, 64, 4), np.uint8)
+    img[12:52, 22:42] = (210, 60, 40, 255)
+    return img
+
+
+def test_tiny_folder_has_the_official_layout(tiny_era3d):
+    from pathlib import Path
+
+    folder = Path(tiny_era3d)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["unet"] == ["mvdiffusion.models.unet_mv2d_condition", "UNetMV2DConditionModel"]
+    for sub in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                "scheduler/scheduler_config.json", "image_normalizer/config.json", "tokenizer"):
+        assert (folder / sub).exists(), sub
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["beta_schedule"] == "linear"
+
+
+def test_generate_shapes_determinism_and_prompt_embeds(tiny_era3d):
+    from mvboost.models.era3d_pipeline import PROMPT_TEMPLATE, VIEW_NAMES, Era3DPipeline
+
+    pipe = Era3DPipeline(tiny_era3d)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # read from the checkpoint
+    out = pipe.generate([rgba_object(), rgba_object()], seeds=[3, 4], steps=3)
+    assert out.colors.shape == (2, 6, 64, 64, 3) and out.normals.shape == (2, 6, 64, 64, 3)
+    assert out.pose_pred.shape == (2, 2) and np.isfinite(out.colors).all()
+    again = pipe.generate([rgba_object(), rgba_object()], seeds=[3, 4], steps=3)
+    assert np.array_equal(out.colors, again.colors) and np.array_equal(out.normals, again.normals)
+    assert not np.allclose(out.colors[0], out.colors[1])  # different seeds differ
+    n_emb, c_emb = pipe.prompt_embeds()
+    assert n_emb.shape == (6, 77, 32)
+    ids = pipe.tokenizer([PROMPT_TEMPLATE.format(view=VIEW_NAMES[2], domain="color")], padding="max_length",
+                         max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(c_emb[2], pipe.text_encoder(ids)[0][0])
+    assert "front_right view, normal map." in PROMPT_TEMPLATE.format(view="front_right", domain="normal")
+
+
+def test_batch_composition_does_not_change_an_object(tiny_era3d):
+    from mvboost.models.era3d_pipeline import Era3DPipeline
+
+    pipe = Era3DPipeline(tiny_era3d, dtype=torch.float64)  # fp64: no batch-size-dependent rounding
+    both = pipe.generate([rgba_object(), rgba_object()[:, ::-1].copy()], seeds=[5, 6], steps=3)
+    alone = pipe.generate([rgba_object()[:, ::-1].copy()], seeds=[6], steps=3)
+    assert np.abs(both.colors[1] - alone.colors[0]).max() < 1e-4
+
+
+def test_refine_strength_semantics(tiny_era3d):
+    from mvboost.models.era3d_pipeline import Era3DPipeline
+
+    pipe = Era3DPipeline(tiny_era3d)
+    rgba = [rgba_object()]
+    gen = pipe.generate(rgba, seeds=[7], steps=40)
+    calls = []
+    real = pipe.unet.forward
+    pipe.unet.forward = lambda x, t, *a, **k: (calls.append(int(t)), real(x, t, *a, **k))[1]
+    pipe.refine(gen.colors, gen.normals, rgba, strength=0.95, seeds=[7], steps=40)
+    assert len(calls) == 38 and calls[0] == 926 and calls[-1] == 1
+    pipe.unet.forward = real
+    same = pipe.refine(gen.colors, gen.normals, rgba, strength=1.0, seeds=[7], steps=40)
+    assert np.array_equal(same.colors, gen.colors)
+    # strength 0: no denoising, the renders come back through the VAE round trip
+    zero = pipe.refine(gen.colors, gen.normals, rgba, strength=0.0, seeds=[7], steps=40)
+    x = torch.from_numpy(np.concatenate([gen.normals[0], gen.colors[0]])).permute(0, 3, 1, 2).float()
+    gens = [torch.Generator().manual_seed(7 ^ 0x5EED)]
+    ref = pipe.decode(pipe.encode(x, gens * 12)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(zero.colors[0], ref[6:], atol=1e-5)
+    with pytest.raises(ValueError, match="strength"):
+        pipe.refine(gen.colors, gen.normals, rgba, strength=1.5)
+
+
+def test_loader_is_strict_and_runs_no_checkpoint_code(tiny_era3d, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mvboost.models.era3d_pipeline import Era3DPipeline
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_era3d, bad)
+    w = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(w))
+    state.pop("camera_embedding.linear_1.bias")
+    save_file(state, str(w))
+    with pytest.raises(CheckpointError, match="(?s)missing keys \\(1\\).*camera_embedding.linear_1.bias"):
+        Era3DPipeline(bad)
+    shutil.rmtree(bad / "vae")
+    with pytest.raises(FileNotFoundError, match="missing components \\['vae'\\]"):
+        Era3DPipeline(bad)
