@@ -74,6 +74,7 @@ class StageActor:
 
     def __init__(self, stage_cls, config, info):
         logging.basicConfig(level=logging.WARNING)
+        _limit_threads(config.resources.num_cpus)
         self.stage = stage_cls(config, info)
         self.stage.ensure_setup()
 
@@ -81,7 +82,15 @@ class StageActor:
         return _to_numpy_batch(self.stage(_to_rows_batch(batch)))
 
 
+def _limit_threads(num_cpus: float) -> None:
+    """One torch thread per reserved CPU (at least one): pools sharing a node must not oversubscribe it."""
+    import torch
+
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
 def run_stage_task(batch, stage_cls, config, info):
+    _limit_threads(config.resources.num_cpus)
     stage = stage_cls(config, info)
     return _to_numpy_batch(stage(_to_rows_batch(batch)))
 

@@ -29,9 +29,11 @@ def test_smoke_in_process_then_resume_is_free(tmp_path, tiny_cache):
     import webdataset as wds
 
     sample = next(iter(wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False)))
-    assert {"prompt.txt", "input.png", "meta.json"} <= set(sample)
+    assert {"prompt.txt", "input.png", "views.png", "normals.png", "renders.png", "render_alpha.png",
+            "render_normals.png", "refined.png", "cameras.json", "gaussians.ply", "meta.json"} <= set(sample)
     meta = json.loads(sample["meta.json"])
-    assert meta["models"]["text_to_image"]["id"] == "tiny:sd"
+    assert meta["models"]["text_to_image"]["id"] == "tiny:sd" and meta["models"]["era3d"]["id"] == "tiny:era3d"
+    assert meta["strength"] == 0.95 and set(meta["era3d_pose_pred"]) == {"elevation_rad", "focal_code"}
     assert meta["key"] == sample["__key__"] and "text_to_image" in meta["stage_seconds"]
     assert meta["prompt_source"].startswith("offline-taxonomy")
     # a different plan on the same output is refused

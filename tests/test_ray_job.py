@@ -48,7 +48,7 @@ def test_smoke_on_local_ray_readable_by_both_readers(tmp_path, tiny_cache):
         rows = ray.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
     finally:
         ray.shutdown()
-    assert len(rows) == 8 and {"prompt.txt", "input.png", "meta.json"} <= set(rows[0])
+    assert len(rows) == 8 and {"prompt.txt", "input.png", "refined.png", "gaussians.ply", "meta.json"} <= set(rows[0])
 
 
 def test_bad_config_and_missing_model_fail_at_start(tmp_path, tiny_cache):
@@ -64,9 +64,9 @@ def test_bad_config_and_missing_model_fail_at_start(tmp_path, tiny_cache):
 
 def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     out = tmp_path / "out"
-    n = 24
-    args = ["--n", str(n), "--set", "text_to_image.resources.batch_size=2", "--set", "write.resources.batch_size=2",
-            "--set", "matting.resources.batch_size=2"]
+    n = 16
+    args = ["--n", str(n)] + [a for st in ("text_to_image", "matting", "era3d", "lgm", "render", "refine", "write")
+                              for a in ("--set", f"{st}.resources.batch_size=2")]
     cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

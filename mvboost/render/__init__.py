@@ -1,3 +1,3 @@
-from .rasterizer import RenderOutput, project_gaussians, rasterize_torch, render
+from .rasterizer import RenderOutput, gaussian_normals, project_gaussians, rasterize_torch, render, render_normals
 
-__all__ = ["RenderOutput", "project_gaussians", "rasterize_torch", "render"]
+__all__ = ["RenderOutput", "gaussian_normals", "project_gaussians", "rasterize_torch", "render", "render_normals"]

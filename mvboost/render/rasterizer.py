@@ -197,3 +197,27 @@ def render(gaussians: Gaussians, cameras: Cameras | list[Cameras], background=(1
         out = rasterize_torch(gaussians, cams, bg, near_plane, far_plane, **kwargs)
         return RenderOutput(out.rgb.clamp(0, 1), out.alpha, out.depth)
     raise ValueError(f"unknown render backend {backend!r} (auto, gsplat, torch)")
+
+
+def gaussian_normals(g: Gaussians) -> torch.Tensor:
+    """(B,N,3) unit normals: each Gaussian's shortest axis (the rotation column of its smallest scale)."""
+    rot = quat_to_rotmat(g.quats)  # (B,N,3,3), columns = local axes in world
+    idx = g.scales.argmin(dim=-1)  # (B,N)
+    return torch.gather(rot, -1, idx[..., None, None].expand(*idx.shape, 3, 1))[..., 0]
+
+
+def render_normals(gaussians: Gaussians, cameras: Cameras, background=(1.0, 1.0, 1.0), **kwargs) -> torch.Tensor:
+    """Normal maps (B,C,3,H,W) encoded as (n + 1) / 2 in world axes (= the front camera's frame for
+    LGM/Era3D cameras), each Gaussian's normal flipped to face the camera, composited on ``background``."""
+    normals = gaussian_normals(gaussians)
+    outs = []
+    for ci in range(len(cameras)):
+        cam = Cameras(cameras.c2w[ci:ci + 1], cameras.K[ci:ci + 1], cameras.width, cameras.height, cameras.model)
+        c2w = cam.c2w[0].to(gaussians.means)
+        to_cam = (c2w[:3, 2].expand_as(gaussians.means) if cam.model == "ortho"
+                  else c2w[:3, 3] - gaussians.means)
+        sign = torch.where((normals * to_cam).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+        colours = (normals * sign + 1) / 2
+        g = Gaussians(gaussians.means, gaussians.opacities, gaussians.scales, gaussians.quats, colours)
+        outs.append(render(g, cam, background=background, **kwargs).rgb[:, 0])
+    return torch.stack(outs, dim=1)

@@ -1,4 +1,6 @@
 """The pipeline stages, in their usual order. ``STAGES`` maps config names to stage classes."""
+from .era3d import Era3DStage, RefineStage
+from .lgm import LGMStage, RenderStage
 from .matting import MattingStage
 from .text_to_image import TextToImageStage
 from .write import WriteStage
@@ -6,7 +8,12 @@ from .write import WriteStage
 STAGES = {
     "text_to_image": TextToImageStage,
     "matting": MattingStage,
+    "era3d": Era3DStage,
+    "lgm": LGMStage,
+    "render": RenderStage,
+    "refine": RefineStage,
     "write": WriteStage,
 }
 
-__all__ = ["STAGES", "MattingStage", "TextToImageStage", "WriteStage"]
+__all__ = ["STAGES", "Era3DStage", "LGMStage", "MattingStage", "RefineStage", "RenderStage", "TextToImageStage",
+           "WriteStage"]

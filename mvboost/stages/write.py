@@ -10,7 +10,9 @@ view 0 on the left, in Era3D's order front, front_right, right, back, left, fron
 ``normals.png``      the 6 Era3D normal maps, (n + 1) / 2 in the front camera's frame
 ``renders.png``      the 6 renders of the LGM Gaussians at the Era3D orthographic cameras
 ``render_alpha.png`` their accumulated opacity (grey)
+``render_normals.png`` normals of the Gaussians (shortest axis, facing the camera), (n + 1) / 2
 ``refined.png``      C-up^pi: the 6 refined views (Era3D SDEdit at strength s)
+``refined_normals.png`` the normal half of the refinement
 ``cameras.json``     the Era3D cameras (c2w OpenGL, K, ortho) used for renders and refinement
 ``gaussians.ply``    theta: LGM's Gaussians in the standard 3DGS PLY layout
 ``meta.json``        ids, seeds, model ids and revisions, strength, per-stage seconds
@@ -25,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..io.shards import OutputStore
 from ..pipeline.codec import decode_array, encode_png, tile_views
@@ -32,7 +35,8 @@ from ..pipeline.stage import OK, REJECTED, STATUS, Resources, Stage
 
 # column -> (member extension, encoder)
 _VIEW_COLUMNS = {"views": "views.png", "normals": "normals.png", "renders": "renders.png",
-                 "render_alpha": "render_alpha.png", "refined": "refined.png"}
+                 "render_alpha": "render_alpha.png", "render_normals": "render_normals.png",
+                 "refined": "refined.png", "refined_normals": "refined_normals.png"}
 
 
 @dataclass
@@ -54,8 +58,11 @@ def sample_fields(row: dict, job_meta: dict) -> dict[str, bytes]:
             fields[ext] = encode_png(tile_views(arr) if arr.ndim >= 3 else arr)
     if row.get("cameras") is not None:
         fields["cameras.json"] = row["cameras"].encode() if isinstance(row["cameras"], str) else bytes(row["cameras"])
-    if row.get("gaussians_ply") is not None:
-        fields["gaussians.ply"] = bytes(row["gaussians_ply"])
+    if row.get("gaussians") is not None:
+        from ..gaussians import Gaussians
+
+        g = Gaussians.from_lgm(torch.from_numpy(decode_array(row["gaussians"]))[None])
+        fields["gaussians.ply"] = g.to_ply_bytes()
     meta = {
         "key": row["item_id"], "prompt_id": row.get("prompt_id"), "index": row.get("index"),
         "prompt": row["prompt"], "prompt_source": row.get("prompt_source"), "category": row.get("category"),
