@@ -203,6 +203,7 @@ class RunSummary:
     stage_seconds: dict
     shards: list
     wall_seconds: float
+    steady_items_per_s: float = 0.0  # between the first and the last finished item (excludes start-up)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,7 +219,7 @@ class RunSummary:
         if self.stage_seconds:
             lines.append("seconds per stage (this run, summed over items): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in self.stage_seconds.items()))
-        lines.append(f"wall time {self.wall_seconds:.1f} s")
+        lines.append(f"wall time {self.wall_seconds:.1f} s; steady throughput {self.steady_items_per_s:.3f} items/s")
         return "\n".join(lines)
 
 
@@ -243,6 +244,7 @@ class JobState:
         self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
         self.t0 = time.time()
         self.run_seconds: collections.Counter = collections.Counter()
+        self.result_times: list[float] = []
 
     def commit(self, shard: int) -> None:
         self.store.commit_shard(shard, self.tracker.keys[shard], dict(self.tracker.seconds.get(shard, {})))
@@ -253,10 +255,19 @@ class JobState:
             self.commit(s)
 
     def on_result(self, row: dict) -> int | None:
+        self.result_times.append(time.time())
         for k, v in row.items():
             if k.startswith("t_") and v:
                 self.run_seconds[k[2:]] += float(v)
         return self.tracker.mark(row)
+
+    def _steady(self) -> float:
+        """Items/s after the first result arrived (the first batch pays model loading and actor start)."""
+        t = sorted(self.result_times)
+        first = next((i for i, x in enumerate(t) if x > t[0]), None) if t else None
+        if first is None or t[-1] <= t[0]:
+            return 0.0
+        return (len(t) - first) / (t[-1] - t[0])
 
     def finish(self) -> RunSummary:
         self.commit_ready()
@@ -272,7 +283,8 @@ class JobState:
                              accepted=len(self.items) - len(rejects), rejected=len(rejects),
                              skipped_already_done=self.skipped, rejected_by_reason=dict(by_reason),
                              stage_seconds={k: round(v, 3) for k, v in self.run_seconds.items()},
-                             shards=self.shards, wall_seconds=round(time.time() - self.t0, 2))
+                             shards=self.shards, wall_seconds=round(time.time() - self.t0, 2),
+                             steady_items_per_s=round(self._steady(), 4))
         self.store.write_atomic(self.store.path("rejects.jsonl"),
                                 "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
         self.store.write_atomic(self.store.path("summary.json"), json.dumps(summary.to_dict(), indent=1).encode())

@@ -1,0 +1,267 @@
+"""The LoRA boosting loop (MVBoost §3.3, Algorithm 2), launcher-agnostic.
+
+``train_loop(cfg, ctx)`` runs on every worker. ``ctx`` supplies rank/world/device, the checkpoint to
+resume from and a ``report(metrics, checkpoint_dir)`` callback: Ray Train's in ``train/launch.py``,
+a local one in :class:`LocalContext`. DeepSpeed runs inside the loop (ZeRO stage, precision and
+micro-batch from config; bf16 on GPU, fp32 on CPU; gloo on CPU).
+
+Per step: LGM+LoRA on C^pi (Era3D views 0,2,3,4 + default rays) -> Gaussians -> render at the sample's
+6 orthographic cameras on white -> loss = MSE(rgb) + MSE(alpha) + lambda * LPIPS-VGG against C-up^pi.
+Checkpoints hold the DeepSpeed state (model, optimizer, step) and the LoRA adapter in peft format.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .lora import DEFAULT_TARGET
+
+log = logging.getLogger(__name__)
+ADAPTER_DIR = "adapter"
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class ModelSection:
+    checkpoint: str = "ashawkey/LGM"
+    preset: str = ""  # "": inferred from the checkpoint
+
+
+@dataclass
+class LoraSection:
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target: str = DEFAULT_TARGET
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 2
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or bf16 / fp16 / fp32
+    micro_batch: int = 1
+    grad_accum: int = 1
+    torch_adam: bool = True  # skip DeepSpeed's JIT-compiled cpu_adam
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    lambda_lpips: float = 1.0
+    lpips_net: str = "vgg"
+    lpips_size: int = 256
+    fail_at_step: int = 0  # fault injection for tests: worker 1 dies once after this step (0: off)
+
+
+@dataclass
+class DataSection:
+    source: str = "outputs/smoke"  # the generation job's output (manifests verified) or a brace pattern
+    storage_options: dict = field(default_factory=dict)
+    verify: bool = True
+
+
+@dataclass
+class RunSection:
+    name: str = "mvboost-lora"
+    storage_path: str = "outputs/train"
+    num_workers: int = 2
+    use_gpu: bool = False
+    max_failures: int = 2
+    num_to_keep: int = 2
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    data: DataSection = field(default_factory=DataSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+@dataclass
+class LoopContext:
+    rank: int
+    world: int
+    device: torch.device
+    checkpoint_dir: str | None  # resume from here (None: fresh)
+    report: object  # callable(metrics: dict, checkpoint_dir: str | None)
+    storage_dir: str  # run folder (fault-injection markers)
+
+
+def ds_config(cfg: TrainConfig, device: torch.device) -> dict:
+    prec = cfg.deepspeed.precision
+    if prec == "auto":
+        prec = "bf16" if device.type == "cuda" else "fp32"
+    conf = {
+        "train_micro_batch_size_per_gpu": cfg.deepspeed.micro_batch,
+        "gradient_accumulation_steps": cfg.deepspeed.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
+                                                  "betas": list(cfg.optim.betas), "torch_adam": cfg.deepspeed.torch_adam}},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if prec == "bf16":
+        conf["bf16"] = {"enabled": True}
+    elif prec == "fp16":
+        conf["fp16"] = {"enabled": True}
+    return conf
+
+
+def build_model(cfg: TrainConfig, device):
+    from ..models.loading import load_lgm
+    from ..models.tiny import check_model_available
+    from .lora import add_lora
+
+    base = load_lgm(check_model_available(cfg.model.checkpoint, "model.checkpoint"), preset=cfg.model.preset or None,
+                    device=device)
+    return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target)
+
+
+def save_adapter(engine, folder: Path, zero_stage: int) -> int:
+    """Write the LoRA adapter (peft format, safetensors) and verify it; returns the tensor count."""
+    from .lora import lora_state_dict, verify_adapter
+
+    model = engine.module
+    n_modules = sum(1 for n, _ in model.named_modules() if n.endswith(("attn.qkv", "attn.proj")) and "lora" not in n)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            state = {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()}
+    else:
+        state = {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()}
+    verify_adapter(state, n_modules)
+    model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
+    return len(state)
+
+
+def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
+    import deepspeed
+
+    from ..metrics.lpips import load_lpips
+    from .data import ShardStream, list_shards
+    from .loss import lgm_loss, render_prediction
+    from .lora import trainable_parameters
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, ctx.device)
+    if ctx.rank == 0:
+        print(f"LoRA r={cfg.lora.rank} on {cfg.lora.target}: {trainable_parameters(model):,} trainable parameters",
+              flush=True)
+    lpips = load_lpips(cfg.train.lpips_net, ctx.device) if cfg.train.lambda_lpips > 0 else None
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                      config=ds_config(cfg, ctx.device))
+    step = 0
+    if ctx.checkpoint_dir:
+        _, client = engine.load_checkpoint(ctx.checkpoint_dir, load_module_strict=False)
+        step = int((client or {}).get("step", 0))
+        if ctx.rank == 0:
+            print(f"resumed from step {step}", flush=True)
+    shards = list_shards(cfg.data.source, cfg.data.storage_options, cfg.data.verify)
+    batches = ShardStream(shards.urls, ctx.rank, ctx.world, cfg.data.storage_options).batches(
+        cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
+    lgm = engine.module.base_model.model
+    dtype = next(p for p in engine.module.parameters()).dtype
+    metrics: dict = {"skipped_shards": len(shards.skipped)}
+    while step < cfg.train.steps:
+        t0 = time.perf_counter()
+        timing = {"data": 0.0, "forward": 0.0, "render": 0.0, "loss": 0.0, "backward": 0.0}
+        for _ in range(cfg.deepspeed.grad_accum):
+            t = time.perf_counter()
+            batch = next(batches)
+            x = lgm.prepare_inputs(batch["inputs"].to(ctx.device)).to(dtype)
+            timing["data"] += time.perf_counter() - t
+            t = time.perf_counter()
+            gaussians = engine(x).float()
+            timing["forward"] += time.perf_counter() - t
+            t = time.perf_counter()
+            rgb, alpha = render_prediction(gaussians, [c.to(ctx.device) for c in batch["cameras"]])
+            timing["render"] += time.perf_counter() - t
+            t = time.perf_counter()
+            loss, parts = lgm_loss(rgb, alpha, batch["target"].to(ctx.device), batch["mask"].to(ctx.device), lpips,
+                                   cfg.train.lambda_lpips, cfg.train.lpips_size)
+            timing["loss"] += time.perf_counter() - t
+            t = time.perf_counter()
+            engine.backward(loss)
+            engine.step()
+            timing["backward"] += time.perf_counter() - t
+        step += 1
+        metrics = {"step": step, **{k: float(v) for k, v in parts.items()},
+                   **{f"time_{k}": v for k, v in timing.items()}, "step_time": time.perf_counter() - t0,
+                   "skipped_shards": len(shards.skipped)}
+        _maybe_fail(cfg, ctx, step)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            with tempfile.TemporaryDirectory(prefix="mvboost-ckpt-") as d:
+                engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step})
+                if ctx.rank == 0:
+                    metrics["adapter_tensors"] = save_adapter(engine, Path(d) / ADAPTER_DIR, cfg.deepspeed.zero_stage)
+                    (Path(d) / STATE_FILE).write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}))
+                ctx.report(metrics, d)
+        elif step % cfg.train.log_every == 0:
+            ctx.report(metrics, None)
+    return metrics
+
+
+def _maybe_fail(cfg: TrainConfig, ctx: LoopContext, step: int) -> None:
+    if cfg.train.fail_at_step and step == cfg.train.fail_at_step and ctx.rank == min(1, ctx.world - 1):
+        marker = Path(ctx.storage_dir) / f".injected-failure-{step}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("worker killed on purpose (train.fail_at_step)\n")
+            print(f"fault injection: worker {ctx.rank} exits at step {step}", flush=True)
+            os._exit(1)
+
+
+class LocalContext:
+    """Single-process runs without Ray (notebooks, tests): checkpoints under storage_path/name/."""
+
+    def __init__(self, cfg: TrainConfig, device="cpu"):
+        self.root = Path(cfg.run.storage_path).expanduser() / cfg.run.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.history: list[dict] = []
+        ckpts = sorted(self.root.glob("checkpoint_*"))
+        for var, val in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                         ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+            os.environ.setdefault(var, val)
+        self.ctx = LoopContext(0, 1, torch.device(device), str(ckpts[-1]) if ckpts else None, self.report,
+                               str(self.root))
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.history.append(dict(metrics))
+        if checkpoint_dir:
+            dst = self.root / f"checkpoint_{metrics['step']:08d}"
+            shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
+
+
+def latest_adapter(run_dir: str | Path) -> Path:
+    ckpts = sorted(Path(run_dir).glob("checkpoint_*"))
+    for c in reversed(ckpts):
+        if (c / ADAPTER_DIR / "adapter_model.safetensors").is_file():
+            return c / ADAPTER_DIR
+    raise FileNotFoundError(f"no checkpoint with an adapter under {run_dir}")
