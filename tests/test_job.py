@@ -95,3 +95,52 @@ def test_stage_contract_keeps_rows_and_retries_items():
     assert all(t >= 0 for t in out["t_doubler"])
     with pytest.raises(KeyError, match="needs columns"):
         st({"item_id": ["a"], "z": [1]})
+
+
+class Sleeper(Stage):
+    name = "sleeper"
+    Config = StageConfig
+    inputs = ("x",)
+    outputs = ("y",)
+
+    def process(self, rows):
+        import time
+
+        if any(r["x"] < 0 for r in rows):
+            time.sleep(2.0)
+        return [{"y": r["x"]} for r in rows]
+
+
+def test_stage_timeout_rejects_the_batch_and_goes_on():
+    st = Sleeper(StageConfig(resources=Resources(timeout_s=0.3, retries=0)))
+    out = st({"item_id": ["a", "b"], "x": [1, -1]})
+    # the batch timed out as a whole: both items are retried one by one, only the slow one times out again
+    assert out["status"] == ["ok", "rejected"]
+    assert out["reject_reason"][1] == "timeout: stage sleeper took more than 0.3 s"
+    assert st({"item_id": ["c"], "x": [5]})["y"] == [5]  # the stage still works afterwards
+
+
+def test_smoke_job_to_s3_through_fsspec(tmp_path, tiny_cache):
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
+                     region_name="us-east-1").create_bucket(Bucket="bkt")
+        opts = json.dumps({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint,
+                                                                       "region_name": "us-east-1"}})
+        cfg = smoke_cfg("s3://bkt/smoke", "job.n=4", f"job.storage_options={opts}",
+                        "job.stages=[text_to_image, matting, write]")
+        s = run_in_process(cfg)
+        assert (s.accepted, s.rejected) == (4, 0)
+        from mvboost.io.shards import OutputStore
+
+        store = OutputStore("s3://bkt/smoke", json.loads(opts))
+        assert store.verify_shard(0).samples == 4
+        assert run_in_process(cfg).skipped_already_done == 4
+    finally:
+        server.stop()

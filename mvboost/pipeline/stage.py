@@ -35,6 +35,10 @@ class Reject(Exception):
     """A permanent, per-item failure: the item is recorded as rejected with this reason (no retry)."""
 
 
+class StageTimeout(Exception):
+    """``process`` ran past ``resources.timeout_s``."""
+
+
 class TransientError(Exception):
     """A failure worth retrying (e.g. a flaky remote call)."""
 
@@ -49,6 +53,7 @@ class Resources:
     min_actors: int = 1
     max_actors: int = 1
     retries: int = 2  # bounded retries per item for unexpected (non-Reject) errors
+    timeout_s: float = 0.0  # per batch; 0 = none. Items of a batch that times out are rejected ("timeout")
 
 
 @dataclass
@@ -127,35 +132,63 @@ class Stage:
                 r.setdefault(c, None)
         return rows_to_batch(rows)
 
+    def _run(self, rows: list[Row]) -> list[Row | Exception]:
+        """``process`` under the configured timeout. Python cannot stop a running computation: a batch
+        that times out is abandoned in its thread (its items rejected) and the next batch gets a fresh one."""
+        if not self.resources.timeout_s:
+            return self.process(rows)
+        import concurrent.futures as cf
+
+        pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.name}")
+        fut = pool.submit(self.process, rows)
+        try:
+            return fut.result(timeout=self.resources.timeout_s)
+        except cf.TimeoutError:
+            raise StageTimeout(f"timeout: stage {self.name} took more than {self.resources.timeout_s:g} s") from None
+        finally:
+            pool.shutdown(wait=False)
+
     def _process_with_retries(self, rows: list[Row]) -> list[Row | Exception]:
         try:
-            out = self.process(rows)
+            out = self._run(rows)
             if len(out) != len(rows):
                 raise RuntimeError(f"stage {self.name} returned {len(out)} results for {len(rows)} rows")
             return out
         except Reject as e:
             return [e] * len(rows)
+        except StageTimeout as e:
+            if len(rows) == 1:
+                return [Reject(str(e))]
+            log.warning("stage %s: %s for a batch of %d; trying items one by one", self.name, e, len(rows))
+            return self._one_by_one(rows, e)
         except Exception as e:  # the batch failed as a whole: retry item by item, bounded
             if len(rows) > 1:
                 log.warning("stage %s: batch of %d failed (%s); retrying items one by one", self.name, len(rows), e)
             else:
                 log.warning("stage %s: item failed (%s)", self.name, e)
-            results: list[Row | Exception] = []
-            for row in rows:
-                err: Exception = e
-                res: Row | Exception | None = None
-                for _ in range(self.resources.retries if len(rows) == 1 else self.resources.retries + 1):
-                    try:
-                        res = self.process([row])[0]
-                        break
-                    except Reject as r:
-                        res = r
-                        break
-                    except Exception as ex:  # noqa: BLE001 - recorded as the item's reason
-                        err = ex
-                        log.debug("stage %s retry failed: %s", self.name, traceback.format_exc())
-                results.append(res if res is not None else err)
-            return results
+            return self._one_by_one(rows, e)
+
+    def _one_by_one(self, rows: list[Row], first_error: Exception) -> list[Row | Exception]:
+        """Each row alone, with bounded retries (a single row already had its first attempt)."""
+        attempts = self.resources.retries if len(rows) == 1 else self.resources.retries + 1
+        results: list[Row | Exception] = []
+        for row in rows:
+            res: Row | Exception = first_error
+            for _ in range(attempts):
+                try:
+                    res = self._run([row])[0]
+                    break
+                except Reject as r:
+                    res = r
+                    break
+                except StageTimeout as t:  # a slow item is not retried: record it and go on
+                    res = Reject(str(t))
+                    break
+                except Exception as ex:  # noqa: BLE001 - recorded as the item's reason
+                    res = ex
+                    log.debug("stage %s retry failed: %s", self.name, traceback.format_exc())
+            results.append(res)
+        return results
 
 
 def _reason(e: Exception) -> str:
