@@ -54,13 +54,17 @@ def items_for(rid: int, k: int) -> list[dict] | str:
     return valid_items(rid, k)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 drops bursts of new connections (SYN retries)
+
+
 class FakeOpenAI:
     def __init__(self, hang_s: float = 3.0):
         self.hang_s = hang_s
         self.attempts: dict[int, int] = {}
         self.requests = 0
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -51,13 +51,20 @@ def test_overrides(tmp_path):
 
 
 def test_every_repo_config_loads_and_has_a_smoke_variant():
-    configs = sorted((REPO / "ray_jobs" / "configs").glob("*.yaml"))
-    assert configs, "no job configs found"
-    for c in configs:
-        load_job_config(c)
-    names = {c.stem for c in configs}
-    for c in names - {n for n in names if "smoke" in n}:
-        assert any(n.startswith(c) and "smoke" in n for n in names), f"{c} has no smoke variant"
+    from mvboost.prompts.llm import PromptGenConfig
+    from mvboost.train.loop import TrainConfig
+
+    loaders = {"ray_jobs": load_job_config, "prompts": lambda p: load_config(PromptGenConfig, p),
+               "train": lambda p: load_config(TrainConfig, p)}
+    # the smoke variants run in tests/test_ray_job.py, tests/test_prompts.py and tests/test_train.py
+    for folder, load in loaders.items():
+        configs = sorted((REPO / folder / "configs").glob("*.yaml"))
+        assert configs, f"no configs in {folder}/configs"
+        for c in configs:
+            load(c)
+        names = {c.stem for c in configs}
+        for c in names - {n for n in names if "smoke" in n}:
+            assert f"{c}_smoke" in names, f"{folder}/configs/{c}.yaml has no smoke variant"
 
 
 def test_job_config_validation():
@@ -69,3 +76,19 @@ def test_job_config_validation():
         load_job_config(None, ["job.stages=[matting, write]"])
     with pytest.raises(ConfigError, match="unknown config key.*text_to_image.stepz"):
         load_job_config(None, ["text_to_image.stepz=3"])
+
+
+def test_cluster_configs_parse_and_agree_on_auth():
+    import yaml
+
+    aws = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    assert {"head", "gpu_a10g", "gpu_a100x8"} <= set(aws["available_node_types"])
+    starts = aws["head_start_ray_commands"] + aws["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=disabled" in c for c in starts if c.startswith("RAY_AUTH_MODE") or "ray start" in c)
+    kube = yaml.safe_load((REPO / "cluster" / "kuberay.yaml").read_text())
+    assert kube["kind"] == "RayCluster" and kube["spec"]["enableInTreeAutoscaling"] is True
+    groups = kube["spec"]["workerGroupSpecs"]
+    assert {g["groupName"] for g in groups} == {"gpu-generate", "gpu-train"}
+    for g in groups:
+        env = {e["name"]: e["value"] for e in g["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"] == "disabled" and env["HF_HUB_OFFLINE"] == "1"

@@ -149,6 +149,7 @@ def test_generate_shapes_determinism_and_prompt_embeds(tiny_era3d):
     out = pipe.generate([rgba_object(), rgba_object()], seeds=[3, 4], steps=3)
     assert out.colors.shape == (2, 6, 64, 64, 3) and out.normals.shape == (2, 6, 64, 64, 3)
     assert out.pose_pred.shape == (2, 2) and np.isfinite(out.colors).all()
+    assert out.cameras["views"][2] == "right" and out.cameras["azimuths_deg"][2] == 90.0
     again = pipe.generate([rgba_object(), rgba_object()], seeds=[3, 4], steps=3)
     assert np.array_equal(out.colors, again.colors) and np.array_equal(out.normals, again.normals)
     assert not np.allclose(out.colors[0], out.colors[1])  # different seeds differ

@@ -124,6 +124,17 @@ def test_killed_run_resumes_without_duplicates(tmp_path, embed):
     assert "source llm:smoke-model" in r.stdout
 
 
+def test_a_200_that_is_not_a_completion_is_retried_then_recorded(tmp_path):
+    # request 3 hangs 0.3 s then answers 200 "{}" (no choices): with a 1 s timeout the client gets that
+    # body, which must count as a failed attempt, not crash the run
+    with FakeOpenAI(hang_s=0.3) as server:
+        s = generate_bank(cfg_for(server, tmp_path, "near_duplicates=false", "n=10"))
+    assert s.requested == s.accepted + s.rejected
+    rejects = lines(f"{tmp_path}/bank.jsonl.rejects.jsonl")
+    assert not [r for r in rejects if r["request"] == 3]  # the retry got a proper answer
+    assert server.attempts[3] == 2
+
+
 def test_bad_key_or_model_stops_with_a_clear_message(tmp_path):
     from mvboost.prompts.llm import FatalLLMError
 

@@ -36,6 +36,7 @@ class Era3DOutput:
     normals: np.ndarray  # (B, 6, H, W, 3) float in [0, 1], (n + 1) / 2 in the front camera's frame
     pose_pred: np.ndarray | None  # (B, 2): elevation (rad), focal code; None for the ortho model
     cond_images: np.ndarray  # (B, H, W, 3) the preprocessed condition images
+    cameras: dict | None = None  # the 6 views: names, azimuths, elevation 0, orthographic (see geometry)
 
 
 def resolve_era3d(source: str, allow_download: bool = False) -> Path:
@@ -220,9 +221,14 @@ class Era3DPipeline:
         images = self.decode(latents).permute(0, 2, 3, 1).cpu().numpy()  # (2·B·V, H, W, 3)
         normals, colors = images[: b * v].reshape(b, v, *images.shape[1:]), images[b * v:].reshape(
             b, v, *images.shape[1:])
+        from ..geometry.cameras import ERA3D_AZIMUTHS
+
+        cams = {"views": list(VIEW_NAMES[:v]), "azimuths_deg": list(ERA3D_AZIMUTHS[:v]), "elevation_deg": 0.0,
+                "model": "ortho", "normals_frame": "front camera, OpenGL axes, encoded (n + 1) / 2",
+                "resolution": int(images.shape[1])}
         return Era3DOutput(colors=colors, normals=normals,
                            pose_pred=None if pose is None else pose.float().cpu().numpy(),
-                           cond_images=np.stack(cond_images))
+                           cond_images=np.stack(cond_images), cameras=cams)
 
     def _setup_timesteps(self, steps: int):
         self.scheduler.set_timesteps(steps, device=self.device)

@@ -50,6 +50,10 @@ USER_V1 = (
 )
 
 
+class BadResponse(RuntimeError):
+    """HTTP 200 with a body that is not a chat completion (retried like a server error)."""
+
+
 class FatalLLMError(RuntimeError):
     """The endpoint refuses us for good (bad key, unknown model): stop the run with this message."""
 
@@ -210,6 +214,8 @@ class LLMClient:
                     if e.status_code < 500:
                         return Reply(None, error=f"HTTP {e.status_code}", attempts=attempt + 1)
                     last, delay = f"HTTP {e.status_code}", _retry_after(e)
+                except (BadResponse, ValueError) as e:  # includes bodies the client cannot parse
+                    last = f"invalid response: {e}"[:200]
             if attempt < self.cfg.llm.max_retries:
                 if delay is None:
                     delay = min(self.cfg.llm.backoff_max_s, self.cfg.llm.backoff_base_s * 2 ** attempt)
@@ -220,6 +226,8 @@ class LLMClient:
 
     async def _plain(self, body):
         r = await self.client.chat.completions.create(**body)
+        if not getattr(r, "choices", None) or getattr(r.choices[0], "message", None) is None:
+            raise BadResponse("no choices in the completion")
         u = r.usage
         return r.choices[0].message.content or "", getattr(u, "prompt_tokens", 0) or 0, getattr(
             u, "completion_tokens", 0) or 0
