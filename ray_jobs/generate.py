@@ -118,6 +118,7 @@ def run_on_ray(cfg):
     from tqdm.auto import tqdm
 
     from mvboost.pipeline.job import RESULT_COLUMNS, JobState, build_stages
+    from mvboost.pipeline.stage import to_python
 
     state = JobState(cfg)  # validates output, plan and resume state before any Ray work
     state.commit_ready()
@@ -152,18 +153,15 @@ def run_on_ray(cfg):
                 cols = [c for c in batch if c in RESULT_COLUMNS or c.startswith("t_")]
                 n = len(batch["item_id"])
                 for i in range(n):
-                    row = {c: _scalar(batch[c][i]) for c in cols}
+                    row = {c: to_python(batch[c][i]) for c in cols}
                     metrics.item(row)
                     shard = state.on_result(row)
                     if shard is not None:
                         state.commit(shard)
                         metrics.shard()
+                state.batch_done(n)
                 bar.update(n)
     return state.finish()
-
-
-def _scalar(v):
-    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
 
 
 class _Metrics:

@@ -17,6 +17,7 @@ def test_smoke_in_process_then_resume_is_free(tmp_path, tiny_cache):
     out = tmp_path / "out"
     s = run_in_process(smoke_cfg(out))
     assert (s.requested, s.accepted, s.rejected, s.skipped_already_done) == (8, 8, 0, 0)
+    assert 0 < s.steady_items_per_s < 8 / (s.wall_seconds / 10)  # 2 batches of 4: a real rate, not a burst
     items = plan_items(smoke_cfg(out))
     assert shard_keys(out) == [it["item_id"] for it in sorted(items, key=lambda r: (r["shard"], r["item_id"]))]
     manifests = sorted(out.glob("shard-*.json"))

@@ -45,7 +45,9 @@ def test_commit_refuses_missing_items_and_detects_corruption(tmp_path):
 def test_keys_must_be_dot_free():
     with pytest.raises(ValueError, match="must not contain dots"):
         sample_members("a.b", {"txt": b""})
-    assert read_tar(b"") == {} if False else True
+    with pytest.raises(ValueError, match="must not contain dots or slashes"):
+        sample_members("a/b", {"txt": b""})
+    assert sample_members("p0a1", {"views.png": b"x"}) == {"p0a1.views.png": b"x"}
 
 
 def test_job_plan_is_checked(tmp_path):

@@ -9,7 +9,7 @@ See spec models.md §1.1-1.4.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -281,6 +281,3 @@ class LGM(nn.Module):
         rays = rays.to(x).expand(b, v, 6, size, size)
         return torch.cat([x, rays], dim=2)
 
-
-def config_summary(cfg: LGMConfig) -> dict:
-    return asdict(cfg)

@@ -43,13 +43,12 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def tile_views(views: np.ndarray) -> np.ndarray:
     """(V,H,W,C) -> (H, V*W, C): views side by side, view 0 on the left."""
-    v, h, w = views.shape[:3]
     return np.concatenate(list(views), axis=1)
 
 
 def untile_views(img: np.ndarray, num_views: int) -> np.ndarray:
     """(H, V*W, C) -> (V,H,W,C)."""
-    h, vw = img.shape[:2]
+    vw = img.shape[1]
     if vw % num_views:
         raise ValueError(f"image width {vw} is not a multiple of {num_views} views")
     return np.stack(np.split(img, num_views, axis=1))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError
 from ..io.shards import OutputStore, shard_name
-from .stage import OK, REJECTED, STATUS, Stage
+from .stage import OK, STATUS, Stage
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class JobState:
         self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
         self.t0 = time.time()
         self.run_seconds: collections.Counter = collections.Counter()
-        self.result_times: list[float] = []
+        self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
 
     def commit(self, shard: int) -> None:
         self.store.commit_shard(shard, self.tracker.keys[shard], dict(self.tracker.seconds.get(shard, {})))
@@ -255,19 +255,19 @@ class JobState:
             self.commit(s)
 
     def on_result(self, row: dict) -> int | None:
-        self.result_times.append(time.time())
         for k, v in row.items():
             if k.startswith("t_") and v:
                 self.run_seconds[k[2:]] += float(v)
         return self.tracker.mark(row)
 
+    def batch_done(self, n: int) -> None:
+        self.arrivals.append((time.time(), n))
+
     def _steady(self) -> float:
-        """Items/s after the first result arrived (the first batch pays model loading and actor start)."""
-        t = sorted(self.result_times)
-        first = next((i for i, x in enumerate(t) if x > t[0]), None) if t else None
-        if first is None or t[-1] <= t[0]:
+        """Items/s after the first batch of results (which pays model loading and actor start-up)."""
+        if len(self.arrivals) < 2 or self.arrivals[-1][0] <= self.arrivals[0][0]:
             return 0.0
-        return (len(t) - first) / (t[-1] - t[0])
+        return sum(n for _, n in self.arrivals[1:]) / (self.arrivals[-1][0] - self.arrivals[0][0])
 
     def finish(self) -> RunSummary:
         self.commit_ready()
@@ -325,5 +325,6 @@ def run_in_process(cfg, progress: bool | None = None) -> RunSummary:
                 done_shard = state.on_result(row)
                 if done_shard is not None:
                     state.commit(done_shard)
+            state.batch_done(len(batch["item_id"]))
             bar.update(len(batch["item_id"]))
     return state.finish()

@@ -205,7 +205,7 @@ def batch_to_rows(batch: dict[str, Any]) -> list[Row]:
     for c in cols:
         if len(batch[c]) != n:
             raise ValueError(f"column {c} has {len(batch[c])} rows, expected {n}")
-    return [{c: _py(batch[c][i]) for c in cols} for i in range(n)]
+    return [{c: to_python(batch[c][i]) for c in cols} for i in range(n)]
 
 
 def rows_to_batch(rows: list[Row]) -> dict[str, list]:
@@ -216,7 +216,7 @@ def rows_to_batch(rows: list[Row]) -> dict[str, list]:
     return {c: [r.get(c) for r in rows] for c in cols}
 
 
-def _py(v):
+def to_python(v):
     """numpy scalars -> Python scalars (Ray hands batches over as numpy arrays)."""
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         return v.item()

@@ -31,7 +31,7 @@ from .dedupe import DEFAULT_THRESHOLD, Deduper
 from .filters import check_prompt, normalise, validate_item
 from .offline import SOURCE_NAME as OFFLINE_SOURCE
 from .offline import offline_prompts, prompt_id
-from .taxonomy import COLOURS, ERAS, MATERIALS, STYLES, TAXONOMY_VERSION, all_categories
+from .taxonomy import MATERIALS, STYLES, TAXONOMY_VERSION, all_categories
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import torch
 
 from ..io.shards import OutputStore
 from ..pipeline.codec import decode_array, encode_png, tile_views
-from ..pipeline.stage import OK, REJECTED, STATUS, Resources, Stage
+from ..pipeline.stage import REJECTED, STATUS, Resources, Stage
 
 # column -> (member extension, encoder)
 _VIEW_COLUMNS = {"views": "views.png", "normals": "normals.png", "renders": "renders.png",
@@ -110,4 +110,4 @@ class WriteStage(Stage):
         return res
 
 
-__all__ = ["WriteStage", "WriteConfig", "sample_fields", "OK"]
+__all__ = ["WriteStage", "WriteConfig", "sample_fields"]

@@ -9,7 +9,6 @@ Each sample gives LGM's inputs (Era3D colour views 0,2,3,4 = C^pi) and the pseud
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import tarfile
