@@ -119,3 +119,31 @@ def test_ray_job_submit_to_a_started_cluster(tmp_path, tiny_cache):
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
+
+
+def test_progress_counters_reach_prometheus():
+    import urllib.request
+
+    import ray
+
+    from ray_jobs.generate import _Metrics
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        m = _Metrics()
+        m.item({"status": "ok", "t_lgm": 0.5})
+        m.item({"status": "rejected"})
+        m.shard()
+        port = ray.nodes()[0]["MetricsExportPort"]
+        wanted = {"ray_mvboost_items_accepted_total", "ray_mvboost_items_rejected_total",
+                  "ray_mvboost_shards_committed_total", "ray_mvboost_stage_seconds_total"}
+        found: set = set()
+        deadline = time.time() + 40
+        while time.time() < deadline and found != wanted:
+            time.sleep(2)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            found = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_mvboost_")}
+        assert found == wanted
+        assert 'stage="lgm"} 0.5' in text
+    finally:
+        ray.shutdown()
