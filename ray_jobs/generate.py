@@ -125,7 +125,7 @@ def run_on_ray(cfg):
     for st in build_stages(cfg, state.info):
         st.preflight()  # e.g. a missing model fails here, once, with a clear message
     init_ray(cfg)
-    metrics = _Metrics()
+    metrics = _Metrics({n: getattr(cfg, n).resources.num_gpus for n in cfg.job.stages})
     if state.pending:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = bool(cfg.job.progress)
@@ -167,7 +167,8 @@ def run_on_ray(cfg):
 class _Metrics:
     """Live counters for the Ray dashboard / Prometheus (ray_mvboost_*)."""
 
-    def __init__(self):
+    def __init__(self, num_gpus: dict[str, float] | None = None):
+        self.num_gpus = num_gpus or {}
         try:
             from ray.util.metrics import Counter
 
@@ -176,6 +177,8 @@ class _Metrics:
             self.shards = Counter("mvboost_shards_committed", description="shards committed")
             self.stage_s = Counter("mvboost_stage_seconds", description="seconds spent per stage",
                                    tag_keys=("stage",))
+            self.gpu_s = Counter("mvboost_gpu_seconds", description="busy GPU-seconds (stage seconds x num_gpus)",
+                                 tag_keys=("stage",))
         except Exception:  # noqa: BLE001 - metrics are optional
             self.accepted = None
 
@@ -186,6 +189,8 @@ class _Metrics:
         for k, v in row.items():
             if k.startswith("t_") and v:
                 self.stage_s.inc(float(v), tags={"stage": k[2:]})
+                if self.num_gpus.get(k[2:]):
+                    self.gpu_s.inc(float(v) * self.num_gpus[k[2:]], tags={"stage": k[2:]})
 
     def shard(self):
         if self.accepted is not None:

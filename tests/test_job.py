@@ -145,3 +145,14 @@ def test_smoke_job_to_s3_through_fsspec(tmp_path, tiny_cache):
         assert run_in_process(cfg).skipped_already_done == 4
     finally:
         server.stop()
+
+
+def test_gpu_seconds_and_cost_per_accepted_sample(tmp_path, tiny_cache):
+    cfg = smoke_cfg(tmp_path / "out", "job.n=4", "job.stages=[text_to_image, matting, write]",
+                    "text_to_image.resources.num_gpus=0.5", "job.gpu_hour_usd=3.6")
+    s = run_in_process(cfg)
+    assert s.accepted == 4
+    assert s.gpu_seconds == pytest.approx(0.5 * s.stage_seconds["text_to_image"], rel=1e-2, abs=2e-3)
+    assert s.gpu_seconds_per_accepted == pytest.approx(s.gpu_seconds / 4, rel=1e-2, abs=1e-3)
+    assert s.usd_per_accepted == pytest.approx(s.gpu_seconds_per_accepted * 3.6 / 3600, rel=1e-2, abs=1e-6)
+    assert "busy GPU-seconds" in s.format()

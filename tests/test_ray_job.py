@@ -130,13 +130,14 @@ def test_progress_counters_reach_prometheus():
 
     ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
-        m = _Metrics()
+        m = _Metrics({"lgm": 0.5})
         m.item({"status": "ok", "t_lgm": 0.5})
         m.item({"status": "rejected"})
         m.shard()
         port = ray.nodes()[0]["MetricsExportPort"]
         wanted = {"ray_mvboost_items_accepted_total", "ray_mvboost_items_rejected_total",
-                  "ray_mvboost_shards_committed_total", "ray_mvboost_stage_seconds_total"}
+                  "ray_mvboost_shards_committed_total", "ray_mvboost_stage_seconds_total",
+                  "ray_mvboost_gpu_seconds_total"}
         found: set = set()
         deadline = time.time() + 40
         while time.time() < deadline and found != wanted:
@@ -144,6 +145,7 @@ def test_progress_counters_reach_prometheus():
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             found = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_mvboost_")}
         assert found == wanted
-        assert 'stage="lgm"} 0.5' in text
+        assert any(l.startswith("ray_mvboost_gpu_seconds_total") and l.endswith('stage="lgm"} 0.25')
+                   for l in text.splitlines())
     finally:
         ray.shutdown()

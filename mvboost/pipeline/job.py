@@ -33,6 +33,7 @@ class JobSection:
     storage_options: dict = field(default_factory=dict)
     stages: list[str] = field(default_factory=lambda: ["text_to_image", "matting", "write"])
     progress: bool = True
+    gpu_hour_usd: float = 0.0  # price of one GPU-hour, for the $ per accepted sample (0: not reported)
 
 
 @dataclass
@@ -204,6 +205,9 @@ class RunSummary:
     shards: list
     wall_seconds: float
     steady_items_per_s: float = 0.0  # between the first and the last finished item (excludes start-up)
+    gpu_seconds: float = 0.0  # busy GPU-seconds this run: stage seconds x the stage's num_gpus
+    gpu_seconds_per_accepted: float = 0.0
+    usd_per_accepted: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -219,6 +223,10 @@ class RunSummary:
         if self.stage_seconds:
             lines.append("seconds per stage (this run, summed over items): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in self.stage_seconds.items()))
+        if self.gpu_seconds:
+            cost = f", ${self.usd_per_accepted:.5f} per accepted sample" if self.usd_per_accepted is not None else ""
+            lines.append(f"busy GPU-seconds {self.gpu_seconds:.1f} ({self.gpu_seconds_per_accepted:.2f} per accepted "
+                         f"sample{cost})")
         lines.append(f"wall time {self.wall_seconds:.1f} s; steady throughput {self.steady_items_per_s:.3f} items/s")
         return "\n".join(lines)
 
@@ -245,6 +253,7 @@ class JobState:
         self.t0 = time.time()
         self.run_seconds: collections.Counter = collections.Counter()
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
+        self.run_rejected = 0
 
     def commit(self, shard: int) -> None:
         self.store.commit_shard(shard, self.tracker.keys[shard], dict(self.tracker.seconds.get(shard, {})))
@@ -255,6 +264,8 @@ class JobState:
             self.commit(s)
 
     def on_result(self, row: dict) -> int | None:
+        if row.get(STATUS) != OK:
+            self.run_rejected += 1
         for k, v in row.items():
             if k.startswith("t_") and v:
                 self.run_seconds[k[2:]] += float(v)
@@ -278,13 +289,20 @@ class JobState:
             raise RuntimeError(f"{len(not_done)} shard(s) still have unfinished items (e.g. {shard_name(s)}: "
                                f"{keys[:3]}); rerun the job to finish them")
         rejects = self.store.all_rejects(self.shards)
+        gpu_s = sum(v * getattr(self.cfg, k).resources.num_gpus for k, v in self.run_seconds.items()
+                    if hasattr(self.cfg, k))
+        new_accepted = max(0, sum(n for _, n in self.arrivals) - self.run_rejected)
         by_reason = collections.Counter(f"{r['stage']}: {_reason_class(r['reason'])}" for r in rejects)
         summary = RunSummary(output=self.cfg.job.output, requested=len(self.items),
                              accepted=len(self.items) - len(rejects), rejected=len(rejects),
                              skipped_already_done=self.skipped, rejected_by_reason=dict(by_reason),
                              stage_seconds={k: round(v, 3) for k, v in self.run_seconds.items()},
                              shards=self.shards, wall_seconds=round(time.time() - self.t0, 2),
-                             steady_items_per_s=round(self._steady(), 4))
+                             steady_items_per_s=round(self._steady(), 4), gpu_seconds=round(gpu_s, 3))
+        if new_accepted and gpu_s:
+            summary.gpu_seconds_per_accepted = round(gpu_s / new_accepted, 4)
+            if self.cfg.job.gpu_hour_usd:
+                summary.usd_per_accepted = round(summary.gpu_seconds_per_accepted * self.cfg.job.gpu_hour_usd / 3600, 6)
         self.store.write_atomic(self.store.path("rejects.jsonl"),
                                 "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
         self.store.write_atomic(self.store.path("summary.json"), json.dumps(summary.to_dict(), indent=1).encode())
