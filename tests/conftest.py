@@ -63,3 +63,22 @@ def shard_keys(out: Path) -> list[str]:
                 tf.extractfile(m).read()
         keys.extend(sorted({n.split(".", 1)[0] for n in names}))
     return keys
+
+
+@pytest.fixture
+def moto_s3():
+    """A local S3 (moto) on 127.0.0.1 with bucket "bkt"; yields fsspec storage options for s3fs."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
+                     region_name="us-east-1").create_bucket(Bucket="bkt")
+        yield {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    finally:
+        server.stop()

@@ -121,30 +121,15 @@ def test_stage_timeout_rejects_the_batch_and_goes_on():
     assert st({"item_id": ["c"], "x": [5]})["y"] == [5]  # the stage still works afterwards
 
 
-def test_smoke_job_to_s3_through_fsspec(tmp_path, tiny_cache):
-    moto_server = pytest.importorskip("moto.server")
-    import boto3
+def test_smoke_job_to_s3_through_fsspec(tiny_cache, moto_s3):
+    from mvboost.io.shards import OutputStore
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
-                     region_name="us-east-1").create_bucket(Bucket="bkt")
-        opts = json.dumps({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint,
-                                                                       "region_name": "us-east-1"}})
-        cfg = smoke_cfg("s3://bkt/smoke", "job.n=4", f"job.storage_options={opts}",
-                        "job.stages=[text_to_image, matting, write]")
-        s = run_in_process(cfg)
-        assert (s.accepted, s.rejected) == (4, 0)
-        from mvboost.io.shards import OutputStore
-
-        store = OutputStore("s3://bkt/smoke", json.loads(opts))
-        assert store.verify_shard(0).samples == 4
-        assert run_in_process(cfg).skipped_already_done == 4
-    finally:
-        server.stop()
+    cfg = smoke_cfg("s3://bkt/smoke", "job.n=4", f"job.storage_options={json.dumps(moto_s3)}",
+                    "job.stages=[text_to_image, matting, write]")
+    s = run_in_process(cfg)
+    assert (s.accepted, s.rejected) == (4, 0)
+    assert OutputStore("s3://bkt/smoke", moto_s3).verify_shard(0).samples == 4
+    assert run_in_process(cfg).skipped_already_done == 4
 
 
 def test_gpu_seconds_and_cost_per_accepted_sample(tmp_path, tiny_cache):

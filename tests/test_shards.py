@@ -65,28 +65,14 @@ def test_unwritable_output_fails_clearly(tmp_path):
         OutputStore(str(blocker / "sub")).check_writable()
 
 
-def test_s3_through_fsspec_with_moto(tmp_path):
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    import boto3
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
-                     region_name="us-east-1").create_bucket(Bucket="bkt")
-        opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-        store = OutputStore("s3://bkt/run", opts)
-        store.check_writable()
-        store.claim_job({"n": 2})
-        store.stage_sample(0, "ka", {"txt": b"hello"})
-        store.stage_reject(0, "kb", "t2i", "NaN output")
-        assert store.finished([0]) == (set(), {"ka", "kb"})
-        m = store.commit_shard(0, ["ka", "kb"])
-        assert store.verify_shard(0).sha256 == m.sha256
-        assert read_tar(store.read(store.path("shard-000000.tar"))) == {"ka.txt": b"hello"}
-        assert store.finished([0]) == ({0}, set())
-    finally:
-        server.stop()
+def test_s3_through_fsspec_with_moto(moto_s3):
+    store = OutputStore("s3://bkt/run", moto_s3)
+    store.check_writable()
+    store.claim_job({"n": 2})
+    store.stage_sample(0, "ka", {"txt": b"hello"})
+    store.stage_reject(0, "kb", "t2i", "NaN output")
+    assert store.finished([0]) == (set(), {"ka", "kb"})
+    m = store.commit_shard(0, ["ka", "kb"])
+    assert store.verify_shard(0).sha256 == m.sha256
+    assert read_tar(store.read(store.path("shard-000000.tar"))) == {"ka.txt": b"hello"}
+    assert store.finished([0]) == ({0}, set())
