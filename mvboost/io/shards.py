@@ -32,6 +32,19 @@ class OutputError(RuntimeError):
     """The output location cannot be used (unreachable, read-only, or holds a different job)."""
 
 
+def write_atomic(fs, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` on fsspec filesystem ``fs`` under a temporary name, then rename."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def jsonl_bytes(rows) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+
+
 def shard_name(index: int) -> str:
     return SHARD_PATTERN.format(index)
 
@@ -99,12 +112,7 @@ class OutputStore:
 
     # ---- primitives -------------------------------------------------------------------------
     def write_atomic(self, path: str, data: bytes) -> None:
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, path)
+        write_atomic(self.fs, path, data)
 
     def read(self, path: str) -> bytes:
         with self.fs.open(path, "rb") as f:
@@ -203,7 +211,7 @@ class OutputStore:
         data = tar_bytes(members)
         self.write_atomic(self.path(shard_name(shard) + ".tar"), data)
         self.write_atomic(self.path("rejects", shard_name(shard) + ".jsonl"),
-                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+                          jsonl_bytes(rejects))
         manifest = ShardManifest(shard=shard_name(shard) + ".tar", samples=len(accepted), keys=accepted,
                                  rejected=[r["key"] for r in rejects], bytes=len(data),
                                  sha256=hashlib.sha256(data).hexdigest(),

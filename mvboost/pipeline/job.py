@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..config import ConfigError
-from ..io.shards import OutputStore, shard_name
+from ..io.shards import OutputStore, jsonl_bytes, shard_name
 from .stage import OK, STATUS, Stage
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ class JobState:
             if self.cfg.job.gpu_hour_usd:
                 summary.usd_per_accepted = round(summary.gpu_seconds_per_accepted * self.cfg.job.gpu_hour_usd / 3600, 6)
         self.store.write_atomic(self.store.path("rejects.jsonl"),
-                                "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+                                jsonl_bytes(rejects))
         self.store.write_atomic(self.store.path("summary.json"), json.dumps(summary.to_dict(), indent=1).encode())
         return summary
 

@@ -27,6 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from ..io.shards import jsonl_bytes, write_atomic
 from .dedupe import DEFAULT_THRESHOLD, Deduper
 from .filters import check_prompt, normalise, validate_item
 from .offline import SOURCE_NAME as OFFLINE_SOURCE
@@ -285,11 +286,7 @@ class BankWriter:
         self.parts = self.path + ".parts"
 
     def _write(self, path: str, data: bytes) -> None:
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.tmp-{random.getrandbits(32):08x}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, path)
+        write_atomic(self.fs, path, data)
 
     def done_parts(self) -> list[int]:
         try:
@@ -305,16 +302,14 @@ class BankWriter:
 
     def commit(self, part: int, accepted: list, rejects: list, stats: dict) -> None:
         base = f"{self.parts}/part-{part:06d}"
-        lines = lambda rows: "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()  # noqa: E731
-        self._write(base + ".jsonl", lines(accepted))
-        self._write(base + ".rejects.jsonl", lines(rejects))
+        self._write(base + ".jsonl", jsonl_bytes(accepted))
+        self._write(base + ".rejects.jsonl", jsonl_bytes(rejects))
         self._write(base + ".done.json", json.dumps(stats, sort_keys=True).encode())
 
     def finish(self, accepted: list, rejects: list, summary: dict) -> None:
-        lines = lambda rows: "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()  # noqa: E731
-        self._write(self.path + ".rejects.jsonl", lines(rejects))
+        self._write(self.path + ".rejects.jsonl", jsonl_bytes(rejects))
         self._write(self.path + ".summary.json", json.dumps(summary, indent=1, sort_keys=True).encode())
-        self._write(self.path, lines(accepted))
+        self._write(self.path, jsonl_bytes(accepted))
 
 
 @dataclass
