@@ -251,7 +251,6 @@ class JobState:
         self.skipped = len(self.items) - len(self.pending)
         self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
         self.t0 = time.time()
-        self.run_seconds: collections.Counter = collections.Counter()
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
         self.run_rejected = 0
 
@@ -266,10 +265,12 @@ class JobState:
     def on_result(self, row: dict) -> int | None:
         if row.get(STATUS) != OK:
             self.run_rejected += 1
-        for k, v in row.items():
-            if k.startswith("t_") and v:
-                self.run_seconds[k[2:]] += float(v)
         return self.tracker.mark(row)
+
+    @property
+    def run_seconds(self) -> collections.Counter:
+        """Seconds per stage in this run: the sum of the per-shard timings the tracker collects."""
+        return sum(self.tracker.seconds.values(), collections.Counter())
 
     def batch_done(self, n: int) -> None:
         self.arrivals.append((time.time(), n))
@@ -289,14 +290,15 @@ class JobState:
             raise RuntimeError(f"{len(not_done)} shard(s) still have unfinished items (e.g. {shard_name(s)}: "
                                f"{keys[:3]}); rerun the job to finish them")
         rejects = self.store.all_rejects(self.shards)
-        gpu_s = sum(v * getattr(self.cfg, k).resources.num_gpus for k, v in self.run_seconds.items()
+        run_seconds = self.run_seconds
+        gpu_s = sum(v * getattr(self.cfg, k).resources.num_gpus for k, v in run_seconds.items()
                     if hasattr(self.cfg, k))
         new_accepted = max(0, sum(n for _, n in self.arrivals) - self.run_rejected)
         by_reason = collections.Counter(f"{r['stage']}: {_reason_class(r['reason'])}" for r in rejects)
         summary = RunSummary(output=self.cfg.job.output, requested=len(self.items),
                              accepted=len(self.items) - len(rejects), rejected=len(rejects),
                              skipped_already_done=self.skipped, rejected_by_reason=dict(by_reason),
-                             stage_seconds={k: round(v, 3) for k, v in self.run_seconds.items()},
+                             stage_seconds={k: round(v, 3) for k, v in run_seconds.items()},
                              shards=self.shards, wall_seconds=round(time.time() - self.t0, 2),
                              steady_items_per_s=round(self._steady(), 4), gpu_seconds=round(gpu_s, 3))
         if new_accepted and gpu_s:
