@@ -128,7 +128,9 @@ class Era3DPipeline:
             self.device, dtype)
         self.num_views = self.unet.num_views
         self.scaling = float(self.vae.config.scaling_factor)
-        self.resolution = int(unet_cfg.get("sample_size", 64)) * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        side = int(unet_cfg.get("sample_size", 64))
+        self.latent_shape = (int(unet_cfg.get("out_channels", 4)), side, side)
+        self.resolution = side * 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._prompt_embeds = None
 
     # ---- conditioning -------------------------------------------------------------------------
@@ -240,8 +242,7 @@ class Era3DPipeline:
         """6 colour + 6 normal views per RGBA input (Algorithm 1, line 2)."""
         cond = [preprocess_rgba(im, self.resolution, crop_size) for im in rgba_images]
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        h = self.resolution // 2 ** (len(self.vae.config.block_out_channels) - 1)
-        latents = self._noise(gens, (self.unet.config["out_channels"], h, h)) * self.scheduler.init_noise_sigma
+        latents = self._noise(gens, self.latent_shape) * self.scheduler.init_noise_sigma
         latents, pose = self._denoise(latents, self._setup_timesteps(steps), cond, gens, guidance, eta)
         return self._finish(latents, pose, cond)
 
@@ -271,8 +272,7 @@ class Era3DPipeline:
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         all_t = self._setup_timesteps(steps)
         kept = self.refine_timesteps(all_t, strength)
-        h = self.resolution // 2 ** (len(self.vae.config.block_out_channels) - 1)
-        noise = self._noise(gens, (self.unet.config["out_channels"], h, h))
+        noise = self._noise(gens, self.latent_shape)
         if len(kept) == len(all_t):  # strength 1: ignore the renders, exactly like generate()
             latents = noise * self.scheduler.init_noise_sigma
         else:
