@@ -16,7 +16,6 @@ bytes, see :mod:`mvboost.pipeline.codec`) so the same batches move through Arrow
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import traceback
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 STATUS = "status"
 OK = "ok"
 REJECTED = "rejected"
-BASE_COLUMNS = ("item_id", "index", "shard", "seed", STATUS, "reject_stage", "reject_reason")
 
 
 class Reject(Exception):
@@ -37,10 +35,6 @@ class Reject(Exception):
 
 class StageTimeout(Exception):
     """``process`` ran past ``resources.timeout_s``."""
-
-
-class TransientError(Exception):
-    """A failure worth retrying (e.g. a flaky remote call)."""
 
 
 @dataclass
@@ -104,7 +98,7 @@ class Stage:
             r.setdefault(STATUS, OK)
             r.setdefault("reject_stage", "")
             r.setdefault("reject_reason", "")
-        ok_idx = [i for i, r in enumerate(rows) if r.get(STATUS, OK) == OK]
+        ok_idx = [i for i, r in enumerate(rows) if r[STATUS] == OK]
         missing = [c for c in self.inputs if ok_idx and c not in rows[ok_idx[0]]]
         if missing:
             raise KeyError(f"stage {self.name} needs columns {missing}; it must run after the stages producing them")
@@ -113,18 +107,13 @@ class Stage:
         per_item = (time.perf_counter() - t0) / max(1, len(ok_idx))
         for i, res in zip(ok_idx, results):
             row = rows[i]
-            if isinstance(res, Exception):
-                row[STATUS] = REJECTED
-                row["reject_stage"] = self.name
-                row["reject_reason"] = _reason(res)
-            else:
+            if not isinstance(res, Exception):
                 absent = [c for c in self.outputs if c not in res]
-                if absent:
-                    row[STATUS] = REJECTED
-                    row["reject_stage"] = self.name
-                    row["reject_reason"] = f"stage produced no {absent}"
-                else:
-                    row.update(res)
+                res = Reject(f"stage produced no {absent}") if absent else res
+            if isinstance(res, Exception):
+                row.update({STATUS: REJECTED, "reject_stage": self.name, "reject_reason": _reason(res)})
+            else:
+                row.update(res)
             row[f"t_{self.name}"] = per_item
         for r in rows:  # keep the schema uniform across rows
             r.setdefault(f"t_{self.name}", 0.0)
@@ -221,11 +210,3 @@ def to_python(v):
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         return v.item()
     return v
-
-
-def stage_config_field(stage_cls) -> Any:
-    return field(default_factory=stage_cls.Config)
-
-
-def replace_resources(cfg, **kw):
-    return dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, **kw))
