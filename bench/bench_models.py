@@ -36,7 +36,7 @@ def lgm_forward_s(preset, device="cpu", dtype=torch.float32, batch=1, repeat=1):
 
 def era3d_tiny_s_per_object(batch=2, steps=40):
     from mvboost.models.era3d_pipeline import Era3DPipeline
-    from mvboost.models.tiny import resolve_model
+    from mvboost.models.hub import resolve as resolve_model
 
     pipe = Era3DPipeline(resolve_model("tiny:era3d"))
     rgba = np.zeros((64, 64, 4), np.uint8)
@@ -53,14 +53,9 @@ def era3d_tiny_s_per_object(batch=2, steps=40):
 
 def era3d_full_gpu(dtype=torch.float16, steps=40):
     """Full-size UNet (random weights), one object: generation 40 steps with CFG = 4 x 6 images/step."""
-    from mvboost.models.era3d import Era3DUNet
-    from mvboost.models.era3d_pipeline import TINY_UNET_CONFIG
+    from mvboost.models.fullsize import era3d_unet
 
-    cfg = dict(TINY_UNET_CONFIG, sample_size=64, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
-               cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
-               projection_class_embeddings_input_dim=2048)
-    with torch.device("cuda"):
-        unet = Era3DUNet.from_config(cfg).to(dtype).eval()
+    unet = era3d_unet(device="cuda").to(dtype).eval()
     x = torch.randn(24, 8, 64, 64, device="cuda", dtype=dtype)
     ehs = torch.randn(24, 77, 1024, device="cuda", dtype=dtype)
     cl = torch.randn(24, 2048, device="cuda", dtype=dtype)

@@ -8,13 +8,18 @@ With no cluster address (``ray.address`` unset and no ``RAY_ADDRESS``) it starts
 joins that cluster unchanged.
 
 Execution: the pending items (those not finished by an earlier run) stream through the configured
-stage list. Stages that load weights (``uses_actor``) run as actor pools
-(``ActorPoolStrategy(min_size, max_size)``, ``num_gpus`` fraction and batch size from config), so
+stage list. Each entry of ``job.stages`` is one Ray Data operator: a stage, or a fused group of
+stages (``[era3d, lgm, render, refine]``) that runs in one worker with the resources of its first
+member, sharing loaded models (one Era3D per GPU for generation and refinement). Operators that load
+weights (``uses_actor``) run as actor pools (``ActorPoolStrategy(min_size, max_size)``, ``num_gpus``
+fraction and batch size from config; ``max_actors: 0`` = as many as the cluster has room for), so
 weights load once per actor; the others run as tasks. Ray Data streams with backpressure. The last
-stage writes each finished item to the output's staging area from the worker; only small status
-rows come back to the driver, which commits each shard (tar, rejects, manifest last) as soon as its
-last item is in. Co-location: each GPU stage is its own pool; give two stages ``num_gpus: 0.5`` to
-pack them on one GPU (weights of both stay resident), or 1.0 each for isolation.
+stage writes each finished item to the output's staging area from the worker; the driver commits
+each shard (tar, rejects, manifest last) as soon as its last item is in.
+
+Before any work the layout is checked against the cluster's nodes
+(:mod:`mvboost.pipeline.layout`): pools whose ``min_actors`` cannot all start at once fail with a
+message naming the stages and resources, instead of waiting forever.
 """
 from __future__ import annotations
 
@@ -70,12 +75,14 @@ def _to_numpy_batch(batch: dict) -> dict:
 
 
 class StageActor:
-    """Holds one stage instance: ``setup()`` (weights) runs once per actor."""
+    """Holds one stage (or fused group): ``setup()`` (weights) runs once per actor."""
 
-    def __init__(self, stage_cls, config, info):
+    def __init__(self, unit, cfg, info):
+        from mvboost.pipeline.job import build_unit
+
         logging.basicConfig(level=logging.WARNING)
-        _limit_threads(config.resources.num_cpus)
-        self.stage = stage_cls(config, info)
+        self.stage = build_unit(unit, cfg, info)
+        _limit_threads(self.stage.resources.num_cpus)
         self.stage.ensure_setup()
 
     def __call__(self, batch):
@@ -89,13 +96,35 @@ def _limit_threads(num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
 
 
-def run_stage_task(batch, stage_cls, config, info):
-    _limit_threads(config.resources.num_cpus)
-    stage = stage_cls(config, info)
+def run_stage_task(batch, unit, cfg, info):
+    from mvboost.pipeline.job import build_unit
+
+    stage = build_unit(unit, cfg, info)
+    _limit_threads(stage.resources.num_cpus)
     return _to_numpy_batch(stage(_to_rows_batch(batch)))
 
 
-def init_ray(cfg):
+def check_cluster_layout(cfg, local: bool) -> None:
+    """Refuse (or warn about) a layout whose actor pools cannot all start on the cluster's nodes."""
+    import ray
+
+    from mvboost.pipeline.job import layout_units
+    from mvboost.pipeline.layout import LayoutError, check_layout
+
+    mode = cfg.ray.check_layout
+    if mode == "off":
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    try:
+        check_layout(layout_units(cfg), nodes)
+    except LayoutError as e:
+        if mode == "strict" or (mode == "auto" and local):
+            raise
+        log.warning("%s (going on: an autoscaler may add nodes; set ray.check_layout=strict to refuse)", e)
+
+
+def init_ray(cfg) -> bool:
+    """Connect to the configured cluster, or start a local Ray on 127.0.0.1. True when local."""
     import ray
 
     env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -104,12 +133,13 @@ def init_ray(cfg):
             env_vars[var] = os.environ[var]
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return
+        return not address
     if address:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", runtime_env={"env_vars": env_vars})
+    return not address
 
 
 def run_on_ray(cfg):
@@ -117,50 +147,38 @@ def run_on_ray(cfg):
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm.auto import tqdm
 
-    from mvboost.pipeline.job import RESULT_COLUMNS, JobState, build_stages
-    from mvboost.pipeline.stage import to_python
+    from mvboost.pipeline.job import JobState, build_units, gpu_share, stage_units
 
     state = JobState(cfg)  # validates output, plan and resume state before any Ray work
     state.commit_ready()
-    for st in build_stages(cfg, state.info):
-        st.preflight()  # e.g. a missing model fails here, once, with a clear message
-    init_ray(cfg)
-    metrics = _Metrics({n: getattr(cfg, n).resources.num_gpus for n in cfg.job.stages})
+    units = build_units(cfg, state.info)
+    for u in units:
+        u.preflight()  # e.g. a missing model fails here, once, with a clear message
+    local = init_ray(cfg)
+    check_cluster_layout(cfg, local)
+    metrics = _Metrics(gpu_share(cfg))
     if state.pending:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = bool(cfg.job.progress)
         if cfg.ray.no_progress_timeout_s > 0:
             ctx.execution_options.no_progress_timeout_s = cfg.ray.no_progress_timeout_s  # type: ignore[attr-defined]
-        from mvboost.stages import STAGES
-
-        block = max(1, min(getattr(cfg, n).resources.batch_size for n in cfg.job.stages))
+        block = max(1, min(u.resources.batch_size for u in units))
         ds = ray.data.from_items(state.pending, override_num_blocks=max(1, len(state.pending) // block))
-        for name in cfg.job.stages:
-            cls, sc = STAGES[name], getattr(cfg, name)
-            res = sc.resources
-            if cls.uses_actor:
-                ds = ds.map_batches(StageActor, fn_constructor_args=(cls, sc, state.info),
+        for names, unit in zip(stage_units(cfg), units):
+            res = unit.resources
+            if unit.uses_actor:
+                ds = ds.map_batches(StageActor, fn_constructor_args=(names, cfg, state.info),
                                     compute=ActorPoolStrategy(
-                                        min_size=res.min_actors, max_size=res.max_actors,
+                                        min_size=res.min_actors, max_size=res.max_actors or None,
                                         max_tasks_in_flight_per_actor=cfg.ray.max_tasks_in_flight_per_actor),
                                     batch_size=res.batch_size, num_gpus=res.num_gpus or None, num_cpus=res.num_cpus)
             else:
-                ds = ds.map_batches(run_stage_task, fn_args=(cls, sc, state.info), batch_size=res.batch_size,
+                ds = ds.map_batches(run_stage_task, fn_args=(names, cfg, state.info), batch_size=res.batch_size,
                                     num_cpus=res.num_cpus)
         with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
                   disable=not cfg.job.progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                cols = [c for c in batch if c in RESULT_COLUMNS or c.startswith("t_")]
-                n = len(batch["item_id"])
-                for i in range(n):
-                    row = {c: to_python(batch[c][i]) for c in cols}
-                    metrics.item(row)
-                    shard = state.on_result(row)
-                    if shard is not None:
-                        state.commit(shard)
-                        metrics.shard()
-                state.batch_done(n)
-                bar.update(n)
+                bar.update(state.consume(batch, on_row=metrics.item, on_commit=metrics.shard))
     return state.finish()
 
 

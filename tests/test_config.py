@@ -64,7 +64,11 @@ def test_every_repo_config_loads_and_has_a_smoke_variant():
             load(c)
         names = {c.stem for c in configs}
         for c in names - {n for n in names if "smoke" in n}:
-            assert f"{c}_smoke" in names, f"{folder}/configs/{c}.yaml has no smoke variant"
+            # X_smoke.yaml, or a "# smoke: other.yaml" header naming a smoke config of the same layout
+            header = [ln.split(":", 1)[1].split()[0] for ln in (REPO / folder / "configs" / f"{c}.yaml").read_text()
+                      .splitlines() if ln.startswith("# smoke:")]
+            smoke = header[0].removesuffix(".yaml") if header else f"{c}_smoke"
+            assert smoke in names and "smoke" in smoke, f"{folder}/configs/{c}.yaml has no smoke variant"
 
 
 def test_job_config_validation():

@@ -71,6 +71,86 @@ def test_sdpa_equals_naive_softmax():
     torch.testing.assert_close(joint_domain_attention(a, x2), torch.cat([ref[:, :9], ref[:, 9:]]))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sdpa_in_the_model_dtype_is_as_accurate_as_the_upcast_path(dtype):
+    """Why q/k/v stay in bf16/fp16: SDPA computes scores, softmax and the PV sum in fp32 internally, so
+    against an fp64 reference (from the same rounded q/k/v) it is as accurate as casting to fp32 first,
+    also where naive half-precision scores overflow."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    for length, scale in ((384, 1.0), (2048, 4.0), (256, 40.0)):  # |QK^T|/8 up to ~9000 in the last case
+        q, k = (torch.randn(2, 4, length, 64) * scale).to(dtype), (torch.randn(2, 4, length, 64) * scale).to(dtype)
+        v = torch.randn(2, 4, length, 64).to(dtype)
+        ref = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8, -1) @ v.double()
+        native = F.scaled_dot_product_attention(q, k, v).double()
+        upcast = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(dtype).double()
+        rel_native, rel_up = ((native - ref).norm() / ref.norm()).item(), ((upcast - ref).norm() / ref.norm()).item()
+        assert torch.isfinite(native).all()
+        assert rel_native <= 1.5 * rel_up, (length, scale, rel_native, rel_up)
+        assert rel_native < torch.finfo(dtype).eps  # the output's own rounding, nothing more
+    # scores of 40·40·64 = 102,400 do not fit fp16 (max 65,504): naive fp16 attention turns them into NaN,
+    # SDPA in fp16 returns the exact answer (uniform weights -> the mean of v)
+    q = torch.full((1, 1, 4, 64), 40.0, dtype=torch.float16)
+    v = torch.arange(4 * 64, dtype=torch.float16).reshape(1, 1, 4, 64) / 256
+    naive = torch.softmax(q @ q.transpose(-1, -2), -1) @ v
+    assert not torch.isfinite(naive).all()
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, q, v, scale=1.0), v.mean(2, keepdim=True).expand_as(v))
+
+
+def test_unet_attention_path_switch_and_half_precision_accuracy():
+    """The UNet's attention runs in the model dtype by default; the legacy up-cast path is a switch. Over
+    3 random tiny UNets the default is as close to the fp64 UNet as the up-cast path (bf16 and fp16)."""
+    import copy
+
+    from mvboost.models.era3d import Era3DUNet, set_attention_upcast
+    from mvboost.models.tiny import TINY_UNET_CONFIG
+
+    errs = {(dt, up): [] for dt in (torch.bfloat16, torch.float16) for up in (False, True)}
+    for seed in range(3):
+        torch.manual_seed(seed)
+        unet = Era3DUNet.from_config(TINY_UNET_CONFIG).double().eval()
+        x = torch.randn(24, 8, 8, 8, dtype=torch.float64)
+        ehs, cl = torch.randn(24, 77, 32, dtype=torch.float64), torch.randn(24, 64, dtype=torch.float64)
+        with torch.no_grad():
+            ref, _ = unet(x, 500, ehs, cl)
+            for dt in (torch.bfloat16, torch.float16):
+                low = copy.deepcopy(unet).to(dt)
+                for up in (False, True):
+                    assert set_attention_upcast(low, up) == 3 * 10  # attn1, attn_mv, attn2 at the 10 tiny sites
+                    y, _ = low(x.to(dt), 500, ehs.to(dt), cl.to(dt))
+                    assert torch.isfinite(y).all()
+                    errs[(dt, up)].append(((y.double() - ref).norm() / ref.norm()).item())
+    mean = {k: sum(v) / len(v) for k, v in errs.items()}
+    for dt in (torch.bfloat16, torch.float16):
+        assert mean[(dt, False)] < 0.1  # measured: bf16 0.060, fp16 0.028 (weights and activations rounded)
+        assert mean[(dt, False)] < 1.3 * mean[(dt, True)]  # measured ratios 1.10 (bf16), 0.96 (fp16): no path is closer
+
+
+def test_dtype_and_compile_choices(monkeypatch):
+    from mvboost.stages.common import pick_compile, pick_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_dtype("auto", cuda) == torch.bfloat16  # the GPU default where supported
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick_dtype("auto", cuda) == torch.float16
+    assert pick_dtype("fp16", cuda) == torch.float16 and pick_dtype("bf16", cpu) == torch.bfloat16
+    assert pick_compile("auto", cuda) and not pick_compile("auto", cpu) and pick_compile("true", cpu)
+    assert not pick_compile(False, cuda)
+    with pytest.raises(ValueError, match="compile must be auto"):
+        pick_compile("sometimes", cpu)
+
+
+def test_bad_dtype_fails_at_preflight_with_the_key(tiny_cache):
+    from mvboost.config import ConfigError
+    from mvboost.stages.era3d import Era3DStage
+
+    with pytest.raises(ConfigError, match="era3d.dtype: unknown dtype 'fp64'"):
+        Era3DStage(Era3DStage.Config(model="tiny:era3d", dtype="fp64"), None).preflight()
+
+
 def changed(f, x, idx):
     with torch.no_grad():
         y = f(x)
@@ -117,7 +197,7 @@ def test_cfg_layout_round_trip_and_guidance():
 # ---- the pipeline on the tiny checkpoint ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_era3d(tiny_cache):
-    from mvboost.models.tiny import resolve_model
+    from mvboost.models.hub import resolve as resolve_model
 
     return resolve_model("tiny:era3d")
 
@@ -169,6 +249,47 @@ def test_batch_composition_does_not_change_an_object(tiny_era3d):
     both = pipe.generate([rgba_object(), rgba_object()[:, ::-1].copy()], seeds=[5, 6], steps=3)
     alone = pipe.generate([rgba_object()[:, ::-1].copy()], seeds=[6], steps=3)
     assert np.abs(both.colors[1] - alone.colors[0]).max() < 1e-4
+
+
+def test_stages_run_in_bf16_and_share_one_pipeline(tiny_era3d):
+    """era3d and refine in one process (a fused group's worker) hold one Era3D pipeline; bf16 runs on CPU."""
+    from mvboost.pipeline.codec import decode_array, encode_array
+    from mvboost.stages.era3d import Era3DStage, RefineStage
+
+    kw = dict(model="tiny:era3d", steps=2, device="cpu", dtype="bf16")
+    gen, ref = Era3DStage(Era3DStage.Config(**kw), None), RefineStage(RefineStage.Config(**kw), None)
+    gen.setup()
+    ref.setup()
+    assert gen.pipe is ref.pipe and gen.pipe.unet.dtype == torch.bfloat16
+    other = RefineStage(RefineStage.Config(**{**kw, "dtype": "fp32"}), None)
+    other.setup()
+    assert other.pipe is not gen.pipe  # another dtype is another model
+    row = {"rgba": encode_array(rgba_object()), "seed": 1}
+    out = gen.process([row])[0]
+    assert decode_array(out["views"]).shape == (6, 64, 64, 3)
+
+
+def test_compiled_pipelines_pad_short_batches_without_changing_objects(tiny_era3d):
+    """With compile on, a short batch is padded to batch_size (one compiled shape); the real rows'
+    outputs equal an unpadded run (fp64: no batch-size-dependent rounding)."""
+    from mvboost.pipeline.codec import decode_array, encode_array
+    from mvboost.pipeline.stage import Resources
+    from mvboost.stages.era3d import Era3DStage
+
+    st = Era3DStage(Era3DStage.Config(model="tiny:era3d", steps=2, device="cpu", dtype="fp32",
+                                      resources=Resources(batch_size=3)), None)
+    from mvboost.models.era3d_pipeline import Era3DPipeline
+
+    st.pipe = Era3DPipeline(tiny_era3d, dtype=torch.float64)
+    calls = []
+    real = st.pipe.generate
+    st.pipe.generate = lambda rgba, **kw: calls.append(len(rgba)) or real(rgba, **kw)
+    row = {"rgba": encode_array(rgba_object()), "seed": 7}
+    plain = st.process([row])[0]
+    st.pipe.compiled = True  # as after torch.compile: batches are padded to batch_size
+    padded = st.process([row])
+    assert calls == [1, 3] and len(padded) == 1
+    assert np.abs(decode_array(padded[0]["views"]).astype(int) - decode_array(plain["views"]).astype(int)).max() <= 1
 
 
 def test_refine_strength_semantics(tiny_era3d):

@@ -92,7 +92,7 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
     from peft import PeftModel
 
     from mvboost.models.loading import load_lgm, save_lgm
-    from mvboost.models.tiny import resolve_model
+    from mvboost.models.hub import resolve as resolve_model
     from mvboost.train.data import ShardStream, list_shards
     from mvboost.train.loop import LocalContext, latest_adapter, train_loop
     from train.merge import merge

@@ -8,19 +8,19 @@ import argparse
 import sys
 
 
-def merge(base: str, adapter: str, preset: str | None = None):
+def merge(base: str, adapter: str, preset: str | None = None, revision: str | None = None):
     from peft import PeftModel
 
     from mvboost.models.loading import load_lgm
-    from mvboost.models.tiny import check_model_available
 
-    model = load_lgm(check_model_available(base, "--base"), preset=preset)
+    model = load_lgm(base, preset=preset, revision=revision)
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.merge", description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", required=True)
+    p.add_argument("--base", required=True, help="the base LGM: a path, a Hugging Face id, tiny:lgm or random:lgm")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of a Hugging Face --base (default main)")
     p.add_argument("--adapter", required=True, help="a peft adapter folder (checkpoint_*/adapter)")
     p.add_argument("--out", required=True)
     p.add_argument("--preset")
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     from mvboost.models.loading import save_lgm
 
-    merged = merge(a.base, a.adapter, a.preset)
+    merged = merge(a.base, a.adapter, a.preset, a.revision)
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     path = save_lgm(merged, a.out, dtype=dt)
     print(f"merged LGM written to {path}")

@@ -12,7 +12,15 @@ by diffusers itself so the stock key names apply):
   elevation and focal predictions whose sin/cos embedding is added to the time embedding seen by the
   up blocks only.
 
-All attention runs on ``torch.nn.functional.scaled_dot_product_attention`` (no xformers, CPU works).
+All attention runs on ``torch.nn.functional.scaled_dot_product_attention`` (no xformers, CPU works), in
+the model's dtype. The checkpoint's ``upcast_attention: true`` exists for the naive ``baddbmm`` +
+softmax path, where QK^T and the softmax of fp16 scores can overflow; SDPA's fused kernels (flash,
+memory-efficient, and the CPU flash kernel) already compute QK^T, the running max/softmax and the
+PV accumulation in fp32 and only round the output to the input dtype, so casting q/k/v to fp32
+first changes nothing numerically except the rounding of q/k/v themselves, while it rules the
+fused kernels out (fp32 falls back to the math kernel: 3.1x slower on an H100, spec gpu_notes).
+``set_attention_upcast(module, True)`` restores the up-cast path (kept for A/B checks; tests compare
+the two against an fp64 reference).
 
 Batch layout contract (see :func:`cfg_layout`): domain-major, then object (and guidance branch),
 then view: ``[normal: obj0 v0..v5, obj1 v0..v5, … ; colour: obj0 v0..v5, …]``.
@@ -31,6 +39,24 @@ IGNORED_CONFIG_KEYS = {"decay", "inv_gamma", "min_decay", "optimization_step", "
                        "use_ema_warmup", "_class_name", "_diffusers_version", "_name_or_path",
                        "sparse_mv_attention", "addition_channels", "addition_downsample", "use_dino",
                        "center_input_sample", "only_cross_attention", "dual_cross_attention", "num_class_embeds"}
+#: the official ``unet/config.json`` of pengHTYX/MacLab-Era3D-512-6view minus EMA bookkeeping (spec §2.1);
+#: the -ortho checkpoint differs only in ``regress_elevation = regress_focal_length = False``
+OFFICIAL_UNET_CONFIG = {
+    "_class_name": ERA3D_UNET_CLASS, "sample_size": 64, "in_channels": 8, "out_channels": 4,
+    "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "DownBlock2D"],
+    "mid_block_type": "UNetMidBlockMV2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D"],
+    "only_cross_attention": False, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-05,
+    "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "dual_cross_attention": False,
+    "use_linear_projection": True, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 2048,
+    "num_class_embeds": None, "upcast_attention": True, "resnet_time_scale_shift": "default", "num_views": 6,
+    "cd_attention_last": False, "cd_attention_mid": False, "multiview_attention": True, "sparse_mv_attention": True,
+    "selfattn_block": "self_rowwise", "mvcd_attention": True, "regress_elevation": True, "regress_focal_length": True,
+    "num_regress_blocks": 3, "projection_camera_embeddings_input_dim": 4, "use_dino": False,
+    "addition_downsample": False,
+}
 _BLOCK_MAP = {"CrossAttnDownBlockMV2D": "CrossAttnDownBlock2D", "CrossAttnUpBlockMV2D": "CrossAttnUpBlock2D",
               "UNetMidBlockMV2DCrossAttn": "UNetMidBlock2DCrossAttn", "DownBlock2D": "DownBlock2D",
               "UpBlock2D": "UpBlock2D"}
@@ -45,18 +71,34 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def sdpa_attention(attn, hidden_states: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-    """A diffusers ``Attention`` module's projections + SDPA (same 1/sqrt(d) scale as the reference)."""
+    """A diffusers ``Attention`` module's projections + SDPA (same 1/sqrt(d) scale as the reference).
+
+    q/k/v stay in the model's dtype (fused kernels accumulate in fp32) unless the module was switched
+    to the legacy up-cast path with :func:`set_attention_upcast`."""
     context = hidden_states if context is None else context
     q = _heads(attn.to_q(hidden_states), attn.heads)
     k = _heads(attn.to_k(context), attn.heads)
     v = _heads(attn.to_v(context), attn.heads)
     dtype = q.dtype
-    if getattr(attn, "upcast_attention", False) and dtype in (torch.float16, torch.bfloat16):
+    if getattr(attn, "mvboost_sdpa_upcast", False) and dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
     out = F.scaled_dot_product_attention(q, k, v).to(dtype)
     b, h, n, d = out.shape
     out = out.transpose(1, 2).reshape(b, n, h * d)
     return attn.to_out[1](attn.to_out[0](out))
+
+
+def set_attention_upcast(module: nn.Module, upcast: bool) -> int:
+    """Switch every attention module under ``module`` to (True) or from (False) casting q/k/v to fp32
+    before SDPA. Returns how many modules were switched."""
+    from diffusers.models.attention_processor import Attention
+
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.mvboost_sdpa_upcast = bool(upcast)
+            n += 1
+    return n
 
 
 def joint_domain_attention(attn, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +151,14 @@ class MVTransformerBlock(nn.Module):
         return self.ff(self.norm3(x)) + x
 
 
+REGRESSOR_WIDTH = 1280
+
+
 class Regressor(nn.Module):
-    """Pose head: Linear(in, w) + SiLU, residual blocks [Linear, SiLU, Linear, +skip, SiLU], Linear(w, 1)."""
+    """Pose head: Linear(in, w) + SiLU, residual blocks [Linear, SiLU, Linear, +skip, SiLU], Linear(w, 1).
+
+    The official heads are always :data:`REGRESSOR_WIDTH` wide whatever the UNet's channel widths
+    (their input is normal ‖ colour mid-block features, 2 x block_out_channels[-1])."""
 
     def __init__(self, cin: int, width: int, num_blocks: int):
         super().__init__()
@@ -177,8 +225,8 @@ class Era3DUNet(nn.Module):
             raise ValueError("regress_elevation and regress_focal_length must be both on or both off")
         if self.regress_elevation:
             self.camera_embedding = TimestepEmbedding(cam_dim, temb)
-            self.elevation_regressor = Regressor(2 * mid, mid, num_regress_blocks)
-            self.focal_regressor = Regressor(2 * mid, mid, num_regress_blocks)
+            self.elevation_regressor = Regressor(2 * mid, REGRESSOR_WIDTH, num_regress_blocks)
+            self.focal_regressor = Regressor(2 * mid, REGRESSOR_WIDTH, num_regress_blocks)
 
     @classmethod
     def from_config(cls, config: dict) -> "Era3DUNet":

@@ -10,14 +10,13 @@ See spec models.md §2.3-2.7.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .era3d import ERA3D_UNET_CLASS, Era3DUNet, apply_guidance, cfg_layout
+from .era3d import ERA3D_UNET_CLASS, Era3DUNet, apply_guidance, cfg_layout, set_attention_upcast
 from .loading import check_state_dict, read_safetensors
 
 ERA3D_REPO_ID = "pengHTYX/MacLab-Era3D-512-6view"
@@ -37,20 +36,6 @@ class Era3DOutput:
     pose_pred: np.ndarray | None  # (B, 2): elevation (rad), focal code; None for the ortho model
     cond_images: np.ndarray  # (B, H, W, 3) the preprocessed condition images
     cameras: dict | None = None  # the 6 views: names, azimuths, elevation 0, orthographic (see geometry)
-
-
-def resolve_era3d(source: str, allow_download: bool = False) -> Path:
-    path = Path(os.path.expanduser(str(source)))
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    try:
-        return Path(snapshot_download(str(source), local_files_only=offline))
-    except Exception as e:  # noqa: BLE001
-        raise FileNotFoundError(f"Era3D checkpoint {source!r} is neither a folder nor in the local Hugging Face "
-                                f"cache ({type(e).__name__})") from e
 
 
 def _scheduler(folder: Path):
@@ -89,7 +74,14 @@ def preprocess_rgba(rgba: np.ndarray, size: int = 512, crop_size: int | None = N
 
 
 class Era3DPipeline:
-    def __init__(self, folder: str | Path, device="cpu", dtype: torch.dtype = torch.float32, strict: bool = True):
+    """``folder``: a checkpoint folder (resolve ids with :func:`mvboost.models.hub.resolve`).
+
+    ``compile``: ``torch.compile`` the UNet (the batch is then best kept at a fixed size: every new
+    shape compiles again). ``attention_upcast``: cast q/k/v to fp32 before SDPA (the slow legacy path,
+    see :mod:`mvboost.models.era3d`)."""
+
+    def __init__(self, folder: str | Path, device="cpu", dtype: torch.dtype = torch.float32, strict: bool = True,
+                 compile: bool = False, attention_upcast: bool = False):
         import diffusers
         import transformers
         from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
@@ -114,6 +106,10 @@ class Era3DPipeline:
         unet = unet.to_empty(device="cpu")
         unet.load_state_dict(state, strict=strict)
         self.unet = unet.to(self.device, dtype).eval()
+        set_attention_upcast(self.unet, attention_upcast)
+        self.compiled = bool(compile)
+        if compile:
+            self.unet.compile()  # in place: same module, compiled forward
         kw = dict(dtype=dtype)
         self.vae = diffusers.AutoencoderKL.from_pretrained(str(folder / "vae"), **kw).to(self.device).eval()
         self.image_encoder = transformers.CLIPVisionModelWithProjection.from_pretrained(
@@ -290,71 +286,49 @@ class Era3DPipeline:
         return self._finish(latents, pose, cond)
 
 
-# ---- tiny model in the official layout --------------------------------------------------------------
-TINY_UNET_CONFIG = {
-    "_class_name": ERA3D_UNET_CLASS, "sample_size": 8, "in_channels": 8, "out_channels": 4,
-    "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ["CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "DownBlock2D"],
-    "mid_block_type": "UNetMidBlockMV2DCrossAttn",
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D"],
-    "only_cross_attention": False, "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1,
-    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "cross_attention_dim": 32, "attention_head_dim": [2, 2, 4, 4], "dual_cross_attention": False,
-    "use_linear_projection": True, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 64,
-    "num_class_embeds": None, "upcast_attention": True, "resnet_time_scale_shift": "default", "num_views": 6,
-    "cd_attention_last": False, "cd_attention_mid": False, "multiview_attention": True, "sparse_mv_attention": True,
-    "selfattn_block": "self_rowwise", "mvcd_attention": True, "regress_elevation": True, "regress_focal_length": True,
-    "num_regress_blocks": 3, "projection_camera_embeddings_input_dim": 4, "use_dino": False,
-    "addition_downsample": False, "decay": 0.9999, "optimization_step": 40000,
-}
+# ---- the official folder layout, written (tiny and full-size random models) ---------------------------
+MODEL_INDEX = {"_class_name": "StableUnCLIPImg2ImgPipeline", "_diffusers_version": "0.26.0",
+               "feature_extractor": ["transformers", "CLIPImageProcessor"],
+               "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+               "image_noising_scheduler": ["diffusers", "DDPMScheduler"],
+               "image_normalizer": ["stable_diffusion", "StableUnCLIPImageNormalizer"],
+               "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+               "tokenizer": ["transformers", "CLIPTokenizer"],
+               "unet": ["mvdiffusion.models.unet_mv2d_condition", ERA3D_UNET_CLASS],
+               "vae": ["diffusers", "AutoencoderKL"]}
 
 
-def build_tiny_era3d(folder: Path, seed: int = 0, ortho: bool = False) -> None:
-    """Tiny random Era3D components saved exactly like the official checkpoint folder (64² images)."""
+def write_era3d_folder(folder: Path, unet_config: dict, unet: Era3DUNet, vae, image_encoder, text_encoder, tokenizer,
+                       clip_image_size: int, dtype: torch.dtype | None = None) -> None:
+    """Save Era3D components exactly like the official checkpoint folder (spec models.md §2.1):
+    ``model_index.json``, ``unet/{config.json, diffusion_pytorch_model.safetensors}`` and the standard
+    diffusers/transformers sub-folders, with the checkpoint's scheduler and processor settings."""
     from diffusers import DDIMScheduler, DDPMScheduler
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
     from safetensors.torch import save_file
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
-    from .tiny import tiny_clip_text_model, tiny_clip_tokenizer, tiny_vae
-
-    torch.manual_seed(seed)
     folder = Path(folder)
     (folder / "unet").mkdir(parents=True, exist_ok=True)
-    cfg = dict(TINY_UNET_CONFIG)
-    if ortho:
-        cfg.update(regress_elevation=False, regress_focal_length=False)
-    unet = Era3DUNet.from_config(cfg)
-    (folder / "unet" / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
+    (folder / "unet" / "config.json").write_text(json.dumps(unet_config, indent=2))
+    save_file({k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in unet.state_dict().items()},
               str(folder / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-    tiny_vae().save_pretrained(str(folder / "vae"))
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                            num_attention_heads=2, image_size=32, patch_size=8,
-                                                            projection_dim=32))
-    vision.save_pretrained(str(folder / "image_encoder"))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+    for name, module in (("vae", vae), ("image_encoder", image_encoder), ("text_encoder", text_encoder)):
+        module.to("cpu", dtype) if dtype is not None else module.to("cpu")
+        module.save_pretrained(str(folder / name))
+    CLIPImageProcessor(size={"shortest_edge": clip_image_size},
+                       crop_size={"height": clip_image_size, "width": clip_image_size},
                        image_mean=[0.48145466, 0.4578275, 0.40821073],
                        image_std=[0.26862954, 0.26130258, 0.27577711]).save_pretrained(str(folder / "feature_extractor"))
-    tiny_clip_text_model(hidden=32).save_pretrained(str(folder / "text_encoder"))
-    tiny_clip_tokenizer().save_pretrained(str(folder / "tokenizer"))
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
     DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
                   prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False,
                   clip_sample=False).save_pretrained(str(folder / "scheduler"))
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                   prediction_type="epsilon").save_pretrained(str(folder / "image_noising_scheduler"))
-    norm = StableUnCLIPImageNormalizer(embedding_dim=32)
+    norm = StableUnCLIPImageNormalizer(embedding_dim=image_encoder.config.projection_dim)
     with torch.no_grad():
         norm.mean.normal_(0, 0.1)
         norm.std.uniform_(0.5, 1.5)
     norm.save_pretrained(str(folder / "image_normalizer"))
-    index = {"_class_name": "StableUnCLIPImg2ImgPipeline", "_diffusers_version": "0.26.0",
-             "feature_extractor": ["transformers", "CLIPImageProcessor"],
-             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-             "image_noising_scheduler": ["diffusers", "DDPMScheduler"],
-             "image_normalizer": ["stable_diffusion", "StableUnCLIPImageNormalizer"],
-             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"],
-             "unet": ["mvdiffusion.models.unet_mv2d_condition", ERA3D_UNET_CLASS],
-             "vae": ["diffusers", "AutoencoderKL"]}
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))

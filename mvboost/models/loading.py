@@ -18,37 +18,21 @@ class CheckpointError(ValueError):
     """A checkpoint does not fit the model (lists missing, unexpected and mis-shaped keys)."""
 
 
-def _looks_like_hf_id(source: str) -> bool:
-    return "/" in source and not source.startswith(("/", ".", "~")) and source.count("/") == 1
+def resolve_file(source: str | os.PathLike, filename: str, allow_download: bool = False,
+                 revision: str | None = None) -> Path:
+    """Resolve ``source`` (a file, a folder holding ``filename``, a Hugging Face id at ``revision``, or a
+    ``tiny:``/``random:`` model) to a local file, through :func:`mvboost.models.hub.resolve`."""
+    from .hub import download_hint, looks_like_hub_id, resolve
 
-
-def resolve_file(source: str | os.PathLike, filename: str, allow_download: bool = False) -> Path:
-    """Resolve ``source`` (a file, a folder holding ``filename``, or a Hugging Face repo id) to a local file.
-
-    Hugging Face ids are looked up in the local cache only, unless ``allow_download`` is set and
-    ``HF_HUB_OFFLINE`` is not.
-    """
-    path = Path(os.path.expanduser(str(source)))
+    path = resolve(str(source), revision, what="checkpoint", allow_download=allow_download)
     if path.is_file():
         return path
-    if path.is_dir():
-        cand = path / filename
-        if not cand.is_file():
-            found = sorted(p.name for p in path.glob("*.safetensors"))
-            raise FileNotFoundError(f"{path} has no {filename} (safetensors files there: {found or 'none'})")
-        return cand
-    if _looks_like_hf_id(str(source)):
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError as e:  # pragma: no cover - huggingface_hub comes with diffusers/transformers
-            raise ImportError("resolving Hugging Face ids needs huggingface_hub: pip install 'mvboost[diffusion]'") from e
-        offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        try:
-            return Path(hf_hub_download(str(source), filename, local_files_only=offline))
-        except Exception as e:
-            hint = " (only the local Hugging Face cache was searched; pass allow_download=True to fetch)" if offline else ""
-            raise FileNotFoundError(f"cannot resolve {filename} of {source!r}{hint}: {e}") from e
-    raise FileNotFoundError(f"no such checkpoint file, folder or Hugging Face id: {source!r}")
+    cand = path / filename
+    if not cand.is_file():
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = f"; get it with `{download_hint(str(source), revision)} {filename}`" if looks_like_hub_id(str(source)) else ""
+        raise FileNotFoundError(f"{path} has no {filename} (safetensors files there: {found or 'none'}){hint}")
+    return cand
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -78,8 +62,9 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], wha
 
 def load_lgm(source, preset: str | None = None, *, dtype: torch.dtype = torch.float32, device="cpu",
              strict: bool = True, allow_legacy_rotation: bool = False, allow_download: bool = False,
-             filename: str | None = None, **config_overrides):
-    """Load an LGM from a safetensors file, a folder, or a Hugging Face id (``ashawkey/LGM``).
+             filename: str | None = None, revision: str | None = None, **config_overrides):
+    """Load an LGM from a safetensors file, a folder, a Hugging Face id (``ashawkey/LGM`` at ``revision``)
+    or a built model (``tiny:lgm``, ``random:lgm``).
 
     ``preset`` is inferred from the tensor shapes when not given (or read from ``lgm_config.json``
     beside the weights). fp16/bf16/fp32 weights are cast to ``dtype``. The old
@@ -88,7 +73,7 @@ def load_lgm(source, preset: str | None = None, *, dtype: torch.dtype = torch.fl
     """
     from .lgm import LGM, LGMConfig
 
-    path = resolve_file(source, filename or LGM_FILENAME, allow_download)
+    path = resolve_file(source, filename or LGM_FILENAME, allow_download, revision)
     legacy = path.name == LGM_LEGACY_FILENAME
     if legacy and not allow_legacy_rotation:
         raise CheckpointError(

@@ -1,64 +1,32 @@
-"""Tiny random-weight models in the official on-disk layouts, created on first use.
+"""Tiny random-weight models in the official on-disk layouts (builders only).
 
-``resolve_model("tiny:sd")`` (or ``tiny:lgm``, ``tiny:era3d``) returns a local folder holding a tiny
-instance of the real classes, saved exactly as the official checkpoints are laid out, so the stages
-load them through the same code path as ``stabilityai/sdxl-turbo``, ``ashawkey/LGM`` or
-``pengHTYX/MacLab-Era3D-512-6view``. Anything else is returned unchanged (a path or a hub id).
-Weights are random (seeded): outputs are noise, but every tensor flows through the real code.
+``mvboost.models.hub.resolve("tiny:sd" | "tiny:lgm" | "tiny:era3d" | "tiny:era3d-ortho")`` calls these
+once and returns the cached folder; they hold tiny instances of the real classes saved exactly as the
+official checkpoints are laid out, so the stages load them through the same code path as
+``stabilityai/sdxl-turbo``, ``ashawkey/LGM`` or ``pengHTYX/MacLab-Era3D-512-6view``. Weights are
+random (seeded): outputs are noise, but every tensor flows through the real code.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
-TINY_PREFIX = "tiny:"
-TINY_KINDS = ("sd", "lgm", "era3d")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MVBOOST_CACHE", Path.home() / ".cache" / "mvboost")) / "tiny-models"
-
-
-def resolve_model(source: str) -> str:
-    if not isinstance(source, str) or not source.startswith(TINY_PREFIX):
-        return source
-    kind = source[len(TINY_PREFIX):]
-    builders = {"sd": build_tiny_sd, "lgm": build_tiny_lgm, "era3d": _build_tiny_era3d}
-    if kind not in builders:
-        raise ValueError(f"unknown tiny model {source!r}; choose one of {[TINY_PREFIX + k for k in TINY_KINDS]}")
-    folder = cache_root() / kind
-    if not (folder / ".complete").is_file():
-        tmp = folder.with_name(f"{kind}.tmp-{uuid.uuid4().hex[:8]}")
-        builders[kind](tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process won the race: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(folder)
-
-
-def check_model_available(source: str, what: str) -> str:
-    """Resolve ``source`` to a local folder/file, or raise FileNotFoundError naming ``what``.
-
-    Tiny models are created here; Hugging Face ids must already be in the local cache (no download)."""
-    path = resolve_model(source)
-    if Path(os.path.expanduser(path)).exists():
-        return path
-    if "/" in path and not path.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download(path, local_files_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise FileNotFoundError(f"{what}: model {source!r} is neither a local path nor in the local Hugging Face "
-                                    f"cache ({type(e).__name__}); download it first, e.g. "
-                                    f"`huggingface-cli download {source}`") from e
-    raise FileNotFoundError(f"{what}: model {source!r} not found")
+#: a tiny Era3D UNet config with every key of the official unet/config.json (64² images, 8² latents)
+TINY_UNET_CONFIG = {
+    "_class_name": "UNetMV2DConditionModel", "sample_size": 8, "in_channels": 8, "out_channels": 4,
+    "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "DownBlock2D"],
+    "mid_block_type": "UNetMidBlockMV2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D"],
+    "only_cross_attention": False, "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1,
+    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "cross_attention_dim": 32, "attention_head_dim": [2, 2, 4, 4], "dual_cross_attention": False,
+    "use_linear_projection": True, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 64,
+    "num_class_embeds": None, "upcast_attention": True, "resnet_time_scale_shift": "default", "num_views": 6,
+    "cd_attention_last": False, "cd_attention_mid": False, "multiview_attention": True, "sparse_mv_attention": True,
+    "selfattn_block": "self_rowwise", "mvcd_attention": True, "regress_elevation": True, "regress_focal_length": True,
+    "num_regress_blocks": 3, "projection_camera_embeddings_input_dim": 4, "use_dino": False,
+    "addition_downsample": False, "decay": 0.9999, "optimization_step": 40000,
+}
 
 
 def tiny_clip_tokenizer():
@@ -123,7 +91,20 @@ def build_tiny_lgm(folder: Path, seed: int = 0) -> None:
     save_lgm(LGM(LGMConfig.preset("tiny")), folder)
 
 
-def _build_tiny_era3d(folder: Path, seed: int = 0) -> None:
-    from .era3d_pipeline import build_tiny_era3d
+def build_tiny_era3d(folder: Path, seed: int = 0, ortho: bool = False) -> None:
+    """Tiny random Era3D components saved exactly like the official checkpoint folder (64² images)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    build_tiny_era3d(folder, seed)
+    from .era3d import Era3DUNet
+    from .era3d_pipeline import write_era3d_folder
+
+    torch.manual_seed(seed)
+    cfg = dict(TINY_UNET_CONFIG)
+    if ortho:
+        cfg.update(regress_elevation=False, regress_focal_length=False)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                            num_attention_heads=2, image_size=32, patch_size=8,
+                                                            projection_dim=32))
+    write_era3d_folder(folder, cfg, Era3DUNet.from_config(cfg), tiny_vae(), vision, tiny_clip_text_model(hidden=32),
+                       tiny_clip_tokenizer(), clip_image_size=32)

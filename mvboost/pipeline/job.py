@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError
 from ..io.shards import OutputStore, jsonl_bytes, shard_name
-from .stage import OK, STATUS, Stage
+from .stage import OK, STATUS, FusedStage, Stage, to_python
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ class JobSection:
     seed: int = 0
     output: str = "outputs/mvboost"
     storage_options: dict = field(default_factory=dict)
-    stages: list[str] = field(default_factory=lambda: ["text_to_image", "matting", "write"])
+    # the stage list; an entry that is itself a list runs those stages in one worker (a fused group,
+    # e.g. [era3d, lgm, render, refine]: one actor per GPU holds every model of the group once)
+    stages: list = field(default_factory=lambda: ["text_to_image", "matting", "write"])
     progress: bool = True
     gpu_hour_usd: float = 0.0  # price of one GPU-hour, for the $ per accepted sample (0: not reported)
 
@@ -50,6 +52,9 @@ class RaySection:
     num_gpus: float | None = None  # for the local Ray only (fake GPUs schedule, torch still uses the CPU)
     max_tasks_in_flight_per_actor: int = 2
     no_progress_timeout_s: float = 0.0  # 0: off; else fail a stalled run (Ray Data's execution timeout)
+    # refuse at start a layout whose actor pools cannot all start on the cluster's nodes:
+    # auto = on for the embedded local Ray (fixed size), a warning on a cluster (an autoscaler may add nodes)
+    check_layout: str = "auto"  # auto | strict | warn | off
 
 
 @dataclass
@@ -90,18 +95,50 @@ def load_job_config(path=None, overrides=None):
     return cfg
 
 
+def stage_units(cfg) -> list[tuple[str, ...]]:
+    """``job.stages`` as operators: each a tuple of stage names (one name, or a fused group)."""
+    units = []
+    for i, entry in enumerate(cfg.job.stages):
+        if isinstance(entry, str):
+            units.append((entry,))
+        elif isinstance(entry, (list, tuple)) and entry and all(isinstance(x, str) for x in entry):
+            units.append(tuple(entry))
+        else:
+            raise ConfigError(f"job.stages[{i}]: expected a stage name or a non-empty list of stage names "
+                              f"(a fused group), got {entry!r}")
+    return units
+
+
+def flat_stages(cfg) -> list[str]:
+    return [name for unit in stage_units(cfg) for name in unit]
+
+
 def validate(cfg) -> None:
     stages = _stage_registry()
-    unknown = [s for s in cfg.job.stages if s not in stages]
+    units = stage_units(cfg)
+    flat = [n for u in units for n in u]
+    unknown = [s for s in flat if s not in stages]
     if unknown:
         raise ConfigError(f"job.stages: unknown stage(s) {unknown}; available: {sorted(stages)}")
-    if not cfg.job.stages or cfg.job.stages[-1] != "write":
-        raise ConfigError("job.stages must end with 'write' (it stages each finished item at the output)")
+    dup = sorted({s for s in flat if flat.count(s) > 1})
+    if dup:
+        raise ConfigError(f"job.stages: stage(s) {dup} listed more than once")
+    if not units or units[-1] != ("write",):
+        raise ConfigError("job.stages must end with 'write', on its own (it stages each finished item at the output)")
     if cfg.job.n <= 0 or cfg.job.shard_size <= 0:
         raise ConfigError("job.n and job.shard_size must be positive")
-    for i, name in enumerate(cfg.job.stages):  # every input must be produced upstream
+    for unit in units:
+        res = getattr(cfg, unit[0]).resources
+        if res.batch_size <= 0:
+            raise ConfigError(f"{unit[0]}.resources.batch_size must be positive, got {res.batch_size}")
+        if res.min_actors < 1 or res.max_actors < 0 or (res.max_actors and res.max_actors < res.min_actors):
+            raise ConfigError(f"{unit[0]}.resources: need 1 <= min_actors <= max_actors (max_actors 0 = no bound), "
+                              f"got {res.min_actors} and {res.max_actors}")
+    if cfg.ray.check_layout not in ("auto", "strict", "warn", "off"):
+        raise ConfigError(f"ray.check_layout must be auto, strict, warn or off, got {cfg.ray.check_layout!r}")
+    for i, name in enumerate(flat):  # every input must be produced upstream
         have = {"item_id", "prompt", "seed", "shard", "index"} | {
-            c for s in cfg.job.stages[:i] for c in stages[s].outputs}
+            c for s in flat[:i] for c in stages[s].outputs}
         missing = [c for c in stages[name].inputs if c not in have]
         if missing:
             raise ConfigError(f"job.stages: stage {name!r} needs {missing}, produced by no earlier stage")
@@ -113,14 +150,22 @@ def validate(cfg) -> None:
 
 def job_meta(cfg) -> dict:
     """Model ids, revisions and settings recorded in every sample's meta.json."""
+    from ..models.hub import ModelNotFound, is_built, looks_like_hub_id, resolve, resolved_commit
+
     meta: dict = {"job": cfg.job.name, "job_seed": cfg.job.seed, "mvboost_version": _version()}
     models = {}
-    for name in cfg.job.stages:
+    for name in flat_stages(cfg):
         sc = getattr(cfg, name)
         if hasattr(sc, "model"):
-            models[name] = {"id": sc.model, "revision": getattr(sc, "revision", None)}
+            rec = {"id": sc.model, "revision": None if is_built(sc.model) else getattr(sc, "revision", None)}
+            if looks_like_hub_id(sc.model):
+                try:  # the commit the revision points at in the local cache (what the workers load)
+                    rec["commit"] = resolved_commit(resolve(sc.model, sc.revision, what=name))
+                except ModelNotFound:
+                    rec["commit"] = None  # preflight reports it
+            models[name] = rec
     meta["models"] = models
-    if "refine" in cfg.job.stages:
+    if "refine" in flat_stages(cfg):
         meta["strength"] = cfg.refine.strength
     return meta
 
@@ -275,6 +320,23 @@ class JobState:
     def batch_done(self, n: int) -> None:
         self.arrivals.append((time.time(), n))
 
+    def consume(self, batch: dict, on_row=None, on_commit=None) -> int:
+        """Take one batch of results (columns -> sequences) from either executor: keep only the status
+        columns, count them, commit every shard they complete. Returns the number of rows."""
+        cols = [c for c in batch if c in RESULT_COLUMNS or c.startswith("t_")]
+        n = len(batch["item_id"])
+        for i in range(n):
+            row = {c: to_python(batch[c][i]) for c in cols}
+            if on_row is not None:
+                on_row(row)
+            shard = self.on_result(row)
+            if shard is not None:
+                self.commit(shard)
+                if on_commit is not None:
+                    on_commit()
+        self.batch_done(n)
+        return n
+
     def _steady(self) -> float:
         """Items/s after the first batch of results (which pays model loading and actor start-up)."""
         if len(self.arrivals) < 2 or self.arrivals[-1][0] <= self.arrivals[0][0]:
@@ -291,8 +353,8 @@ class JobState:
                                f"{keys[:3]}); rerun the job to finish them")
         rejects = self.store.all_rejects(self.shards)
         run_seconds = self.run_seconds
-        gpu_s = sum(v * getattr(self.cfg, k).resources.num_gpus for k, v in run_seconds.items()
-                    if hasattr(self.cfg, k))
+        share = gpu_share(self.cfg)
+        gpu_s = sum(v * share.get(k, 0.0) for k, v in run_seconds.items())
         new_accepted = max(0, sum(n for _, n in self.arrivals) - self.run_rejected)
         by_reason = collections.Counter(f"{r['stage']}: {_reason_class(r['reason'])}" for r in rejects)
         summary = RunSummary(output=self.cfg.job.output, requested=len(self.items),
@@ -316,9 +378,32 @@ def _reason_class(reason: str) -> str:
     return reason.split(":")[0].split("(")[0].strip()
 
 
-def build_stages(cfg, info: JobInfo) -> list[Stage]:
+def gpu_share(cfg) -> dict[str, float]:
+    """Stage name -> the GPUs its worker holds (a fused group's members share their group's)."""
+    return {name: float(getattr(cfg, unit[0]).resources.num_gpus) for unit in stage_units(cfg) for name in unit}
+
+
+def build_unit(unit: tuple[str, ...], cfg, info: JobInfo) -> Stage | FusedStage:
     stages = _stage_registry()
-    return [stages[name](getattr(cfg, name), info) for name in cfg.job.stages]
+    built = [stages[name](getattr(cfg, name), info) for name in unit]
+    return built[0] if len(built) == 1 else FusedStage(built)
+
+
+def build_units(cfg, info: JobInfo) -> list[Stage | FusedStage]:
+    return [build_unit(u, cfg, info) for u in stage_units(cfg)]
+
+
+def layout_units(cfg) -> list:
+    """The job's operators with their resources, for :func:`mvboost.pipeline.layout.check_layout`."""
+    from .layout import Unit
+
+    stages = _stage_registry()
+    out = []
+    for unit in stage_units(cfg):
+        res = getattr(cfg, unit[0]).resources
+        out.append(Unit("+".join(unit), res.num_gpus, res.num_cpus, res.min_actors,
+                        any(stages[n].uses_actor for n in unit)))
+    return out
 
 
 def iter_batches(rows: list[dict], size: int):
@@ -333,18 +418,14 @@ def run_in_process(cfg, progress: bool | None = None) -> RunSummary:
 
     state = JobState(cfg)
     state.commit_ready()  # shards finished by an earlier run but not committed
-    stages = build_stages(cfg, state.info)
-    size = max(1, min(s.resources.batch_size for s in stages))
+    units = build_units(cfg, state.info)
+    for u in units:
+        u.preflight()
+    size = max(1, min(u.resources.batch_size for u in units))
     show = cfg.job.progress if progress is None else progress
     with tqdm(total=len(state.items), initial=state.skipped, desc="items", disable=not show) as bar:
         for batch in iter_batches(state.pending, size):
-            for st in stages:
-                batch = st(batch)
-            for i in range(len(batch["item_id"])):
-                row = {k: v[i] for k, v in batch.items() if k in RESULT_COLUMNS or k.startswith("t_")}
-                done_shard = state.on_result(row)
-                if done_shard is not None:
-                    state.commit(done_shard)
-            state.batch_done(len(batch["item_id"]))
-            bar.update(len(batch["item_id"]))
+            for u in units:
+                batch = u(batch)
+            bar.update(state.consume(batch))
     return state.finish()

@@ -45,7 +45,7 @@ class Resources:
     num_cpus: float = 1.0
     batch_size: int = 4
     min_actors: int = 1
-    max_actors: int = 1
+    max_actors: int = 1  # 0: no upper bound (Ray Data scales the pool to what the cluster has free)
     retries: int = 2  # bounded retries per item for unexpected (non-Reject) errors
     timeout_s: float = 0.0  # per batch; 0 = none. Items of a batch that times out are rejected ("timeout")
 
@@ -178,6 +178,42 @@ class Stage:
                     log.debug("stage %s retry failed: %s", self.name, traceback.format_exc())
             results.append(res)
         return results
+
+
+class FusedStage:
+    """Stages that run one after the other in one worker: one actor, one set of resources, shared
+    loaded models (``job.stages`` entry ``[era3d, lgm, render, refine]``).
+
+    The group runs with the ``resources`` of its first member (GPUs, CPUs, batch size, pool size);
+    each member keeps its own retries and timeout. Rows pass from member to member inside the worker,
+    so intermediate columns never travel between workers.
+    """
+
+    def __init__(self, stages: list[Stage]):
+        if not stages:
+            raise ValueError("a fused stage group needs at least one stage")
+        self.stages = list(stages)
+        self.name = "+".join(s.name for s in stages)
+        self.uses_actor = any(s.uses_actor for s in stages)
+        self.inputs = tuple(dict.fromkeys(c for s in stages for c in s.inputs))
+        self.outputs = tuple(dict.fromkeys(c for s in stages for c in s.outputs))
+
+    @property
+    def resources(self) -> Resources:
+        return self.stages[0].resources
+
+    def preflight(self) -> None:
+        for s in self.stages:
+            s.preflight()
+
+    def ensure_setup(self) -> None:
+        for s in self.stages:
+            s.ensure_setup()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        for s in self.stages:
+            batch = s(batch)
+        return batch
 
 
 def _reason(e: Exception) -> str:

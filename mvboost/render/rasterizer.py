@@ -180,7 +180,12 @@ def render(gaussians: Gaussians, cameras: Cameras | list[Cameras], background=(1
 
     ``cameras``: one :class:`Cameras` shared by every object, or a list with one per object.
     ``backend``: "auto" (gsplat on CUDA tensors, else torch), "gsplat" or "torch".
+    Half-precision Gaussians (fp16/bf16, e.g. straight from a bf16 LGM) are rendered in fp32 (gsplat
+    has no bf16 kernels, and fp16 covariances lose the small scales); the outputs are fp32. Gradients
+    flow back to the half-precision tensors through the cast.
     """
+    if gaussians.means.dtype in (torch.float16, torch.bfloat16):
+        gaussians = gaussians.to(torch.float32)
     cams = list(cameras) if isinstance(cameras, (list, tuple)) else [cameras] * gaussians.batch_size
     if len(cams) != gaussians.batch_size:
         raise ValueError(f"{len(cams)} camera sets for {gaussians.batch_size} objects")
@@ -209,6 +214,8 @@ def gaussian_normals(g: Gaussians) -> torch.Tensor:
 def render_normals(gaussians: Gaussians, cameras: Cameras, background=(1.0, 1.0, 1.0), **kwargs) -> torch.Tensor:
     """Normal maps (B,C,3,H,W) encoded as (n + 1) / 2 in world axes (= the front camera's frame for
     LGM/Era3D cameras), each Gaussian's normal flipped to face the camera, composited on ``background``."""
+    if gaussians.means.dtype in (torch.float16, torch.bfloat16):
+        gaussians = gaussians.to(torch.float32)
     normals = gaussian_normals(gaussians)
     outs = []
     for ci in range(len(cameras)):

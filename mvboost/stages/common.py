@@ -1,9 +1,13 @@
-"""Helpers shared by the stages: devices, dtypes, lazy imports with one clear message."""
+"""Helpers shared by the stages: devices, dtypes, compile switches, model loading, lazy imports."""
 from __future__ import annotations
 
 import importlib
+import threading
+from dataclasses import dataclass, field
 
 import torch
+
+from ..pipeline.stage import Resources
 
 EXTRAS = {"diffusers": "diffusion", "transformers": "diffusion", "skimage": "diffusion", "scipy": "diffusion",
           "gsplat": "gpu", "webdataset": "ray", "fsspec": "ray", "rembg": "matting"}
@@ -26,11 +30,80 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def check_dtype(dtype: str, where: str) -> None:
+    if dtype != "auto" and dtype not in DTYPES:
+        from ..config import ConfigError
+
+        raise ConfigError(f"{where}: unknown dtype {dtype!r}; choose auto, {', '.join(sorted(DTYPES))}")
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto': bf16 on a GPU that supports it (fp16 otherwise), fp32 on the CPU."""
     if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
-    return table[dtype]
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+def pick_compile(setting: str | bool, device: torch.device) -> bool:
+    """'auto' compiles on CUDA only (compilation pays off over thousands of calls; on CPU it does not)."""
+    s = str(setting).strip().lower()
+    if s == "auto":
+        return device.type == "cuda"
+    if s in ("true", "on", "yes", "1"):
+        return True
+    if s in ("false", "off", "no", "0"):
+        return False
+    raise ValueError(f"compile must be auto, true or false, got {setting!r}")
+
+
+@dataclass
+class ModelStageConfig:
+    """What every weight-loading stage has: a model reference, where and how to run it."""
+
+    model: str = ""
+    revision: str = "main"  # branch, tag or commit of a Hugging Face id (ignored for paths and built models)
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 on GPUs that support it, else fp16; fp32 on CPU
+    resources: Resources = field(default_factory=Resources)
+
+
+_SHARED: dict = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_model(key: tuple, factory):
+    """One loaded model per process and key (stages fused into one worker share weights: e.g. the
+    ``era3d`` and ``refine`` stages load one Era3D pipeline)."""
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = factory()
+        return _SHARED[key]
+
+
+class ModelStage:
+    """Mixin for stages whose config is a :class:`ModelStageConfig`: the model is checked on the driver
+    (``preflight``, builds nothing) and resolved on the worker, both through :mod:`mvboost.models.hub`."""
+
+    name: str
+    config: ModelStageConfig
+
+    def preflight(self) -> None:
+        from ..models.hub import check
+
+        check_dtype(self.config.dtype, f"{self.name}.dtype")
+        if hasattr(self.config, "compile"):
+            pick_compile(self.config.compile, torch.device("cpu"))  # raises on a bad value
+        check(self.config.model, self.config.revision, what=self.name)
+
+    def model_path(self):
+        from ..models.hub import resolve
+
+        return resolve(self.config.model, self.config.revision, what=self.name)

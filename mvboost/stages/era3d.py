@@ -1,8 +1,10 @@
 """Era3D stages: multi-view generation (C^pi) and the MVBoost refinement (C-up^pi, SDEdit at strength s).
 
-Both load the same checkpoint folder through :class:`~mvboost.models.era3d_pipeline.Era3DPipeline`.
-They are separate stages (separate actor pools) so each can be sized on its own; to keep a single copy
-of the weights per GPU, give both ``num_gpus: 0.5`` and they pack on one GPU.
+Both load the same checkpoint through :class:`~mvboost.models.era3d_pipeline.Era3DPipeline`. Loaded
+pipelines are shared per process (:func:`~mvboost.stages.common.shared_model`): when ``era3d`` and
+``refine`` run in one worker (a fused stage group, see ``job.stages``) the GPU holds one copy of the
+weights. With ``compile`` on, batches are padded to ``resources.batch_size`` so the compiled UNet
+always sees one shape (objects are independent of the batch composition, so padding changes nothing).
 """
 from __future__ import annotations
 
@@ -11,22 +13,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.tiny import check_model_available
 from ..pipeline.codec import decode_array, encode_array, to_uint8
 from ..pipeline.stage import Reject, Resources, Stage
-from .common import pick_device, pick_dtype
+from .common import ModelStage, ModelStageConfig, pick_compile, pick_device, pick_dtype, shared_model
 
 
 @dataclass
-class Era3DConfig:
+class Era3DConfig(ModelStageConfig):
     model: str = "pengHTYX/MacLab-Era3D-512-6view"
-    revision: str = "main"
     steps: int = 40
     guidance: float = 3.0
     eta: float = 1.0
     crop_size: int = 0  # 0: 420/512 of the resolution (Era3D's default)
-    device: str = "auto"
-    dtype: str = "auto"
+    compile: str = "auto"  # torch.compile the UNet: auto = on CUDA only
+    attention_upcast: bool = False  # legacy: q/k/v to fp32 before SDPA (3x slower on GPUs, no more accurate)
     resources: Resources = field(default_factory=lambda: Resources(num_gpus=1.0, batch_size=2))
 
 
@@ -37,20 +37,29 @@ class RefineConfig(Era3DConfig):
     seed_offset: int = 1  # fresh noise: item seed + offset
 
 
-class _Era3DBase(Stage):
-    def preflight(self):
-        check_model_available(self.config.model, self.name)
-
+class _Era3DBase(ModelStage, Stage):
     def setup(self):
         from ..models.era3d_pipeline import Era3DPipeline
 
-        device = pick_device(self.config.device)
-        self.pipe = Era3DPipeline(check_model_available(self.config.model, self.name), device=device,
-                                  dtype=pick_dtype(self.config.dtype, device))
+        c = self.config
+        device = pick_device(c.device)
+        dtype = pick_dtype(c.dtype, device)
+        compiled = pick_compile(c.compile, device)
+        folder = self.model_path()
+        self.pipe = shared_model(("era3d", str(folder), str(device), str(dtype), compiled, c.attention_upcast),
+                                 lambda: Era3DPipeline(folder, device=device, dtype=dtype, compile=compiled,
+                                                       attention_upcast=c.attention_upcast))
 
     def _kw(self):
         return dict(steps=self.config.steps, guidance=self.config.guidance, eta=self.config.eta,
                     crop_size=self.config.crop_size or None)
+
+    def _pad(self, rows):
+        """With a compiled UNet, pad a short batch with copies of its last row (outputs dropped)."""
+        want = self.resources.batch_size
+        if not self.pipe.compiled or len(rows) >= want:
+            return rows
+        return rows + [rows[-1]] * (want - len(rows))
 
     @staticmethod
     def _check(*arrays):
@@ -64,10 +73,11 @@ class Era3DStage(_Era3DBase):
     outputs = ("views", "normals", "pose_pred")
 
     def process(self, rows):
+        n, rows = len(rows), self._pad(rows)
         rgba = [decode_array(r["rgba"]) for r in rows]
         out = self.pipe.generate(rgba, seeds=[int(r["seed"]) for r in rows], **self._kw())
         res = []
-        for i in range(len(rows)):
+        for i in range(n):
             if not self._check(out.colors[i], out.normals[i]):
                 res.append(Reject("NaN output from Era3D"))
                 continue
@@ -85,6 +95,7 @@ class RefineStage(_Era3DBase):
     outputs = ("refined", "refined_normals")
 
     def process(self, rows):
+        n, rows = len(rows), self._pad(rows)
         colours = np.stack([decode_array(r["renders"]) for r in rows]).astype(np.float32) / 255.0
         key = "render_normals" if self.config.use_rendered_normals else "normals"
         normals = np.stack([decode_array(r[key]) for r in rows]).astype(np.float32) / 255.0
@@ -93,4 +104,4 @@ class RefineStage(_Era3DBase):
         return [{"refined": encode_array(to_uint8(out.colors[i])),
                  "refined_normals": encode_array(to_uint8(out.normals[i]))}
                 if self._check(out.colors[i], out.normals[i]) else Reject("NaN output from Era3D refinement")
-                for i in range(len(rows))]
+                for i in range(n)]

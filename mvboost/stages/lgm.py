@@ -10,19 +10,15 @@ import torch
 
 from ..gaussians import Gaussians
 from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH, ERA3D_TO_LGM_VIEWS, ERA3D_VIEW_NAMES, era3d_cameras
-from ..models.tiny import check_model_available
 from ..pipeline.codec import decode_array, encode_array, to_uint8
 from ..pipeline.stage import Reject, Resources, Stage
-from .common import pick_device, pick_dtype
+from .common import ModelStage, ModelStageConfig, pick_device, pick_dtype, shared_model
 
 
 @dataclass
-class LGMStageConfig:
+class LGMStageConfig(ModelStageConfig):
     model: str = "ashawkey/LGM"
-    revision: str = "main"
     preset: str = ""  # "": inferred from the checkpoint
-    device: str = "auto"
-    dtype: str = "auto"
     resources: Resources = field(default_factory=lambda: Resources(num_gpus=0.5, batch_size=4))
 
 
@@ -34,22 +30,21 @@ class RenderConfig:
     resources: Resources = field(default_factory=lambda: Resources(num_gpus=0.25, batch_size=4))
 
 
-class LGMStage(Stage):
+class LGMStage(ModelStage, Stage):
     name = "lgm"
     Config = LGMStageConfig
     inputs = ("views",)
     outputs = ("gaussians",)
-
-    def preflight(self):
-        check_model_available(self.config.model, self.name)
 
     def setup(self):
         from ..models.loading import load_lgm
 
         self.device = pick_device(self.config.device)
         self.dtype = pick_dtype(self.config.dtype, self.device)
-        self.model = load_lgm(check_model_available(self.config.model, self.name), preset=self.config.preset or None,
-                              dtype=self.dtype, device=self.device)
+        path = self.model_path()
+        self.model = shared_model(("lgm", str(path), self.config.preset, str(self.device), str(self.dtype)),
+                                  lambda: load_lgm(path, preset=self.config.preset or None, dtype=self.dtype,
+                                                   device=self.device))
 
     @torch.no_grad()
     def process(self, rows):

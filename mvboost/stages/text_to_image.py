@@ -5,10 +5,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.tiny import check_model_available, resolve_model
 from ..pipeline.codec import encode_array
 from ..pipeline.stage import Reject, Resources, Stage
-from .common import pick_device, pick_dtype, require
+from .common import ModelStage, ModelStageConfig, pick_compile, pick_device, pick_dtype, require
 
 #: Versioned prompt templates: a single centred object on a white background.
 PROMPT_TEMPLATES = {
@@ -19,27 +18,22 @@ NEGATIVE_PROMPT = "multiple objects, cropped, cut off, text, watermark, busy bac
 
 
 @dataclass
-class TextToImageConfig:
+class TextToImageConfig(ModelStageConfig):
     model: str = "stabilityai/sdxl-turbo"
-    revision: str = "main"
     steps: int = 4
     guidance: float = 0.0
     size: int = 512
     template: str = "v1"
     negative_prompt: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
+    compile: str = "auto"  # torch.compile the denoiser: auto = on CUDA only
     resources: Resources = field(default_factory=lambda: Resources(num_gpus=1.0, batch_size=8))
 
 
-class TextToImageStage(Stage):
+class TextToImageStage(ModelStage, Stage):
     name = "text_to_image"
     Config = TextToImageConfig
     inputs = ("prompt", "seed")
     outputs = ("image",)
-
-    def preflight(self):
-        check_model_available(self.config.model, "text_to_image")
 
     def setup(self):
         if self.config.template not in PROMPT_TEMPLATES:
@@ -49,14 +43,16 @@ class TextToImageStage(Stage):
 
         self.device = pick_device(self.config.device)
         dtype = pick_dtype(self.config.dtype, self.device)
-        path = resolve_model(self.config.model)
-        if self.config.model.startswith("tiny:"):  # byte-level toy tokenizer: silence truncation notices
+        path = self.model_path()  # a local folder: the revision was applied when resolving
+        if self.config.model.startswith(("tiny:", "random:")):  # byte-level tokenizer: silence truncation notices
             diffusers.utils.logging.set_verbosity_error()
             require("transformers").logging.set_verbosity_error()
-        self.pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-            path, revision=None if path != self.config.model else self.config.revision, dtype=dtype,
-            local_files_only=True)
+        self.pipe = diffusers.AutoPipelineForText2Image.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         self.pipe = self.pipe.to(self.device)
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        self.compiled = pick_compile(self.config.compile, self.device) and denoiser is not None
+        if self.compiled:
+            denoiser.compile()  # in place (diffusers' recommended torch.compile of the denoiser)
         self.pipe.set_progress_bar_config(disable=True)
         self._torch = torch
 

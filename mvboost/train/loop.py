@@ -32,7 +32,8 @@ STATE_FILE = "train_state.json"
 
 @dataclass
 class ModelSection:
-    checkpoint: str = "ashawkey/LGM"
+    checkpoint: str = "ashawkey/LGM"  # a path, a Hugging Face id (at revision) or tiny:lgm / random:lgm
+    revision: str = "main"
     preset: str = ""  # "": inferred from the checkpoint
 
 
@@ -134,11 +135,9 @@ def ds_config(cfg: TrainConfig, device: torch.device) -> dict:
 
 def build_model(cfg: TrainConfig, device):
     from ..models.loading import load_lgm
-    from ..models.tiny import check_model_available
     from .lora import add_lora
 
-    base = load_lgm(check_model_available(cfg.model.checkpoint, "model.checkpoint"), preset=cfg.model.preset or None,
-                    device=device)
+    base = load_lgm(cfg.model.checkpoint, revision=cfg.model.revision, preset=cfg.model.preset or None, device=device)
     return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target)
 
 
