@@ -149,3 +149,36 @@ def test_progress_counters_reach_prometheus():
                    for l in text.splitlines())
     finally:
         ray.shutdown()
+
+
+ONE_GPU_SMOKE = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
+
+
+def test_production_layout_on_a_one_gpu_ray(tmp_path, tiny_cache):
+    """generate_1gpu_smoke.yaml: the production stage layout and GPU fractions (text-to-image 0.25, the
+    fused era3d+lgm+render+refine group 0.75) on a local Ray that declares 1 GPU completes the chain."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(ONE_GPU_SMOKE), "--output", str(out)]
+    r = subprocess.run(cmd, cwd=REPO, env=job_env(tiny_cache), capture_output=True, text=True, timeout=420)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "accepted 8, rejected 0" in r.stdout
+    assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"era3d", "lgm", "render", "refine"} <= set(summary["stage_seconds"]) and summary["gpu_seconds"] > 0
+
+
+def test_an_unschedulable_layout_fails_at_start_with_the_stages_named(tmp_path, tiny_cache):
+    """The layout that used to sit at 0 items ("1/1 GPU, pending: 2 GPU") now stops at once, exit 2."""
+    old = ["job.stages=[text_to_image, matting, era3d, lgm, render, refine, write]",
+           "text_to_image.resources.num_gpus=1.0", "era3d.resources.num_gpus=1.0", "lgm.resources.num_gpus=0.5",
+           "render.resources.num_gpus=0.5", "refine.resources.num_gpus=1.0"]
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(ONE_GPU_SMOKE), "--output", str(tmp_path / "o")]
+    for o in old:
+        cmd += ["--set", o]
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=REPO, env=job_env(tiny_cache), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("error:"))
+    assert "cannot be scheduled" in line and "1 GPUs" in line and "era3d" in line and "refine" in line
+    assert time.time() - t0 < 120

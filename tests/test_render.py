@@ -156,3 +156,41 @@ def test_cpu_rasterizer_matches_gsplat():
         psnr = -10 * math.log10(mse.item() + 1e-12)
         print(f"{cams.model}: PSNR CPU vs gsplat {psnr:.2f} dB")
         assert psnr >= 40
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gaussians_render_in_fp32(dtype):
+    """bf16/fp16 Gaussians (a bf16 LGM's output) render in fp32 and give fp32 images equal to rendering
+    the same (rounded) values in fp32; gradients reach the half-precision tensors."""
+    torch.manual_seed(0)
+    model = LGM(LGMConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        half = Gaussians.from_lgm(model(model.prepare_inputs(torch.rand(1, 4, 3, 32, 32))).to(dtype))
+    cams = era3d_cameras(32)
+    out = render(half, cams)
+    ref = render(half.to(torch.float32), cams)
+    assert out.rgb.dtype == out.alpha.dtype == out.depth.dtype == torch.float32
+    assert torch.equal(out.rgb, ref.rgb) and torch.equal(out.alpha, ref.alpha) and out.alpha.max() > 0.1
+    from mvboost.render import render_normals
+
+    assert render_normals(half, cams).dtype == torch.float32
+    colors = half.colors.clone().requires_grad_(True)
+    g = Gaussians(half.means, half.opacities, half.scales, half.quats, colors)
+    render(g, cams).rgb.sum().backward()
+    assert colors.grad is not None and colors.grad.dtype == dtype and colors.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gsplat_takes_half_precision_gaussians(dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.manual_seed(0)
+    n = 4000
+    q = torch.randn(1, n, 4)
+    g = Gaussians(torch.rand(1, n, 3) * 1.2 - 0.6, torch.rand(1, n) * 0.9 + 0.05, torch.rand(1, n, 3) * 0.03 + 0.005,
+                  q / q.norm(dim=-1, keepdim=True), torch.rand(1, n, 3)).to("cuda", dtype)
+    cams = era3d_cameras(128).to("cuda")
+    out = render(g, cams, backend="gsplat")
+    ref = render(g.to(torch.float32), cams, backend="gsplat")
+    assert out.rgb.dtype == torch.float32 and torch.equal(out.rgb, ref.rgb)
