@@ -102,11 +102,14 @@ def test_gpu_configs_share_one_layout():
         "random:sd-turbo", "random:era3d", "random:lgm"}
 
 
-def test_fused_production_layout_runs_in_process(tmp_path, tiny_cache):
+def test_fused_production_layout_runs_in_process(tmp_path, tiny_cache, monkeypatch):
     """The fused group runs its members in order in one worker (here: this process) and era3d/refine
     share one pipeline; every item is accounted for."""
     from mvboost.pipeline.job import run_in_process
-    from mvboost.stages.common import _SHARED
+    from mvboost.stages import common
+
+    monkeypatch.setattr(common, "_SHARED", {})  # a fresh process: no model loaded yet
+    _SHARED = common._SHARED
 
     cfg = load_job_config(ONE_GPU_SMOKE, [f"job.output={tmp_path / 'out'}", "job.n=4", "job.progress=false"])
     summary = run_in_process(cfg)

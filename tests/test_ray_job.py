@@ -54,8 +54,11 @@ def test_smoke_on_local_ray_readable_by_both_readers(tmp_path, tiny_cache):
 def test_bad_config_and_missing_model_fail_at_start(tmp_path, tiny_cache):
     r = run_job(tmp_path / "o1", tiny_cache, "--set", "matting.treshold=3")
     assert r.returncode == 2 and "unknown config key(s) matting.treshold" in r.stderr
-    r = run_job(tmp_path / "o2", tiny_cache, "--set", "text_to_image.model=nobody/no-such-model")
-    assert r.returncode == 2 and "nor in the local Hugging Face cache" in r.stderr
+    r = run_job(tmp_path / "o2", tiny_cache, "--set", "text_to_image.model=nobody/no-such-model",
+                "--set", "text_to_image.revision=v1.0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert ("error: text_to_image: model 'nobody/no-such-model' at revision 'v1.0' is not in the local Hugging Face "
+            "cache") in r.stderr and "`hf download nobody/no-such-model --revision v1.0`" in r.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
     r = run_job(blocker / "out", tiny_cache)

@@ -113,6 +113,15 @@ def download_hint(model: str, revision: str | None) -> str:
     return f"hf download {model}" + ("" if rev == DEFAULT_REVISION else f" --revision {rev}")
 
 
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time (huggingface_hub reads it once,
+    at import: a worker's runtime env or a test that sets HF_HOME/HF_HUB_CACHE later would be missed)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
 def _hub_snapshot(model: str, revision: str | None, what: str, allow_download: bool) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -121,10 +130,11 @@ def _hub_snapshot(model: str, revision: str | None, what: str, allow_download: b
                             "(pip install 'mvboost[diffusion]')") from e
     rev = revision or DEFAULT_REVISION
     offline = _offline(allow_download)
+    cache = hf_cache_dir()
     try:
-        return Path(snapshot_download(model, revision=rev, local_files_only=offline))
+        return Path(snapshot_download(model, revision=rev, local_files_only=offline, cache_dir=str(cache)))
     except Exception as e:  # noqa: BLE001 - one message that says what to do
-        where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        where = cache
         how = (f"download it on every node first (`{download_hint(model, revision)}`), or point HF_HOME at a "
                "cache that has it" if offline else f"the download failed ({type(e).__name__}: {e})")
         raise ModelNotFound(f"{what}: model {model!r} at revision {rev!r} is not in the local Hugging Face cache "
