@@ -10,22 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: a tiny Era3D UNet config with every key of the official unet/config.json (64² images, 8² latents)
+from .era3d import OFFICIAL_UNET_CONFIG
+
+#: the official Era3D UNet config at a tiny size (64² images, 8² latents); every other key as released,
+#: plus two of the EMA bookkeeping fields the official unet/config.json carries (the loader ignores them)
 TINY_UNET_CONFIG = {
-    "_class_name": "UNetMV2DConditionModel", "sample_size": 8, "in_channels": 8, "out_channels": 4,
-    "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ["CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "CrossAttnDownBlockMV2D", "DownBlock2D"],
-    "mid_block_type": "UNetMidBlockMV2DCrossAttn",
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D", "CrossAttnUpBlockMV2D"],
-    "only_cross_attention": False, "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1,
-    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "cross_attention_dim": 32, "attention_head_dim": [2, 2, 4, 4], "dual_cross_attention": False,
-    "use_linear_projection": True, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 64,
-    "num_class_embeds": None, "upcast_attention": True, "resnet_time_scale_shift": "default", "num_views": 6,
-    "cd_attention_last": False, "cd_attention_mid": False, "multiview_attention": True, "sparse_mv_attention": True,
-    "selfattn_block": "self_rowwise", "mvcd_attention": True, "regress_elevation": True, "regress_focal_length": True,
-    "num_regress_blocks": 3, "projection_camera_embeddings_input_dim": 4, "use_dino": False,
-    "addition_downsample": False, "decay": 0.9999, "optimization_step": 40000,
+    **OFFICIAL_UNET_CONFIG, "sample_size": 8, "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1,
+    "cross_attention_dim": 32, "attention_head_dim": [2, 2, 4, 4], "projection_class_embeddings_input_dim": 64,
+    "decay": 0.9999, "optimization_step": 40000,
 }
 
 
