@@ -200,7 +200,6 @@ def count_stage_flops(cfg, stages, rows, device) -> dict[str, float]:
             k = len(pipe.refine_timesteps(ts, st.config.strength))
         per_step = f2 - f1
         flops[name] = (f1 - per_step) + k * per_step
-        del pipe
     if "lgm" in stages and "lgm" in rows:
         flops["lgm"] = count_flops(lambda: stages["lgm"].process(rows["lgm"]))
     return flops

@@ -1,0 +1,52 @@
+"""The run summary (counts, reasons, seconds, GPU-seconds and $, throughput)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..io.shards import shard_name
+
+
+@dataclass
+class RunSummary:
+    output: str
+    requested: int
+    accepted: int
+    rejected: int
+    skipped_already_done: int
+    rejected_by_reason: dict
+    stage_seconds: dict
+    shards: list
+    wall_seconds: float
+    steady_items_per_s: float = 0.0  # between the first and the last finished item (excludes start-up)
+    gpu_seconds: float = 0.0  # busy GPU-seconds this run: stage seconds x the stage's num_gpus
+    gpu_seconds_per_accepted: float = 0.0
+    usd_per_accepted: float | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        lines = [f"shards at {self.output} ({len(self.shards)} committed: "
+                 f"{shard_name(self.shards[0]) if self.shards else '-'} … "
+                 f"{shard_name(self.shards[-1]) if self.shards else '-'})",
+                 f"requested {self.requested}: accepted {self.accepted}, rejected {self.rejected}"
+                 f" ({self.skipped_already_done} were already finished before this run)"]
+        for reason, n in sorted(self.rejected_by_reason.items(), key=lambda x: -x[1]):
+            lines.append(f"  rejected {n:>5}  {reason}")
+        if self.stage_seconds:
+            lines.append("seconds per stage (this run, summed over items): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in self.stage_seconds.items()))
+        if self.gpu_seconds:
+            cost = f", ${self.usd_per_accepted:.5f} per accepted sample" if self.usd_per_accepted is not None else ""
+            lines.append(f"busy GPU-seconds {self.gpu_seconds:.1f} ({self.gpu_seconds_per_accepted:.2f} per accepted "
+                         f"sample{cost})")
+        lines.append(f"wall time {self.wall_seconds:.1f} s; steady throughput {self.steady_items_per_s:.3f} items/s")
+        return "\n".join(lines)
+
+
+def _reason_class(reason: str) -> str:
+    """Group reasons for the summary: drop numbers after a colon ("object too small: 0.3% …")."""
+    return reason.split(":")[0].split("(")[0].strip()
+
+

@@ -1,0 +1,145 @@
+"""The driver's job state: output store, plan, resume state, shard tracking and commits, and the one
+consumer of result rows used by both executors (in-process and Ray)."""
+from __future__ import annotations
+
+import collections
+import json
+import time
+
+from ..io.shards import OutputStore, jsonl_bytes, shard_name
+from .config import JobInfo, job_meta, validate
+from .plan import plan_items
+from .stage import OK, STATUS, to_python
+from .summary import RunSummary, _reason_class
+from .units import gpu_share
+
+#: the columns that come back from the workers to the driver (everything heavy stays at the output)
+RESULT_COLUMNS = ("item_id", "shard", STATUS, "reject_stage", "reject_reason", "staged_bytes")
+
+
+
+
+class ShardTracker:
+    """Counts finished items per shard and says when a shard can be committed."""
+
+    def __init__(self, items: list[dict], done_keys: set[str], committed: set[int]):
+        self.keys: dict[int, list[str]] = collections.defaultdict(list)
+        for it in items:
+            self.keys[it["shard"]].append(it["item_id"])
+        self.committed = set(committed)
+        self.outstanding = {s: {k for k in ks if k not in done_keys} for s, ks in self.keys.items()
+                            if s not in committed}
+        self.seconds: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    def ready(self) -> list[int]:
+        return sorted(s for s, left in self.outstanding.items() if not left and s not in self.committed)
+
+    def mark(self, row: dict) -> int | None:
+        s = int(row["shard"])
+        for k, v in row.items():
+            if k.startswith("t_") and v:
+                self.seconds[s][k[2:]] += float(v)
+        left = self.outstanding.get(s)
+        if left is None:
+            return None
+        left.discard(row["item_id"])
+        return s if not left else None
+
+
+class JobState:
+    """Everything the driver needs: output store, plan, what is already done, and the tracker."""
+
+    def __init__(self, cfg):
+        validate(cfg)
+        self.cfg = cfg
+        self.store = OutputStore(cfg.job.output, cfg.job.storage_options)
+        self.store.check_writable()
+        self.items = plan_items(cfg)
+        self.store.claim_job({"n": cfg.job.n, "shard_size": cfg.job.shard_size, "seed": cfg.job.seed,
+                              "prompts_source": cfg.prompts.source, "prompts_seed": cfg.prompts.seed,
+                              "first_key": self.items[0]["item_id"], "last_key": self.items[-1]["item_id"]})
+        self.shards = sorted({it["shard"] for it in self.items})
+        committed, staged = self.store.finished(self.shards)
+        self.tracker = ShardTracker(self.items, staged, committed)
+        done = staged | {it["item_id"] for it in self.items if it["shard"] in committed}
+        self.pending = [it for it in self.items if it["item_id"] not in done]
+        self.skipped = len(self.items) - len(self.pending)
+        self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
+        self.t0 = time.time()
+        self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
+        self.run_rejected = 0
+
+    def commit(self, shard: int) -> None:
+        self.store.commit_shard(shard, self.tracker.keys[shard], dict(self.tracker.seconds.get(shard, {})))
+        self.tracker.committed.add(shard)
+
+    def commit_ready(self) -> None:
+        for s in self.tracker.ready():
+            self.commit(s)
+
+    def on_result(self, row: dict) -> int | None:
+        if row.get(STATUS) != OK:
+            self.run_rejected += 1
+        return self.tracker.mark(row)
+
+    @property
+    def run_seconds(self) -> collections.Counter:
+        """Seconds per stage in this run: the sum of the per-shard timings the tracker collects."""
+        return sum(self.tracker.seconds.values(), collections.Counter())
+
+    def batch_done(self, n: int) -> None:
+        self.arrivals.append((time.time(), n))
+
+    def consume(self, batch: dict, on_row=None, on_commit=None) -> int:
+        """Take one batch of results (columns -> sequences) from either executor: keep only the status
+        columns, count them, commit every shard they complete. Returns the number of rows."""
+        cols = [c for c in batch if c in RESULT_COLUMNS or c.startswith("t_")]
+        n = len(batch["item_id"])
+        for i in range(n):
+            row = {c: to_python(batch[c][i]) for c in cols}
+            if on_row is not None:
+                on_row(row)
+            shard = self.on_result(row)
+            if shard is not None:
+                self.commit(shard)
+                if on_commit is not None:
+                    on_commit()
+        self.batch_done(n)
+        return n
+
+    def _steady(self) -> float:
+        """Items/s after the first batch of results (which pays model loading and actor start-up)."""
+        if len(self.arrivals) < 2 or self.arrivals[-1][0] <= self.arrivals[0][0]:
+            return 0.0
+        return sum(n for _, n in self.arrivals[1:]) / (self.arrivals[-1][0] - self.arrivals[0][0])
+
+    def finish(self) -> RunSummary:
+        self.commit_ready()
+        not_done = {s: sorted(left) for s, left in self.tracker.outstanding.items()
+                    if left and s not in self.tracker.committed}
+        if not_done:
+            s, keys = next(iter(not_done.items()))
+            raise RuntimeError(f"{len(not_done)} shard(s) still have unfinished items (e.g. {shard_name(s)}: "
+                               f"{keys[:3]}); rerun the job to finish them")
+        rejects = self.store.all_rejects(self.shards)
+        run_seconds = self.run_seconds
+        share = gpu_share(self.cfg)
+        gpu_s = sum(v * share.get(k, 0.0) for k, v in run_seconds.items())
+        new_accepted = max(0, sum(n for _, n in self.arrivals) - self.run_rejected)
+        by_reason = collections.Counter(f"{r['stage']}: {_reason_class(r['reason'])}" for r in rejects)
+        summary = RunSummary(output=self.cfg.job.output, requested=len(self.items),
+                             accepted=len(self.items) - len(rejects), rejected=len(rejects),
+                             skipped_already_done=self.skipped, rejected_by_reason=dict(by_reason),
+                             stage_seconds={k: round(v, 3) for k, v in run_seconds.items()},
+                             shards=self.shards, wall_seconds=round(time.time() - self.t0, 2),
+                             steady_items_per_s=round(self._steady(), 4), gpu_seconds=round(gpu_s, 3))
+        if new_accepted and gpu_s:
+            summary.gpu_seconds_per_accepted = round(gpu_s / new_accepted, 4)
+            if self.cfg.job.gpu_hour_usd:
+                summary.usd_per_accepted = round(summary.gpu_seconds_per_accepted * self.cfg.job.gpu_hour_usd / 3600, 6)
+        self.store.write_atomic(self.store.path("rejects.jsonl"),
+                                jsonl_bytes(rejects))
+        self.store.write_atomic(self.store.path("summary.json"), json.dumps(summary.to_dict(), indent=1).encode())
+        return summary
+
+
