@@ -9,7 +9,7 @@ from mvboost.pipeline.codec import decode_array, encode_array
 from mvboost.render import render_normals
 from mvboost.stages.era3d import Era3DConfig, Era3DStage, RefineConfig, RefineStage
 from mvboost.stages.lgm import LGMStage, LGMStageConfig, RenderConfig, RenderStage
-from mvboost.stages.write import sample_fields
+from mvboost.io.sample import encode_sample as sample_fields
 
 
 def flat_gaussian(normal_axis_scale=1e-3):

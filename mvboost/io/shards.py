@@ -24,6 +24,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from .sample import tar_members
+
 SHARD_PATTERN = "shard-{:06d}"
 MTIME = 0  # fixed member mtime: the same samples always give the same shard bytes
 
@@ -70,12 +72,6 @@ def read_tar(data: bytes) -> dict[str, bytes]:
             if f is not None:
                 out[m.name] = f.read()
     return out
-
-
-def sample_members(key: str, fields: dict[str, bytes]) -> dict[str, bytes]:
-    if "." in key or "/" in key:
-        raise ValueError(f"sample key {key!r} must not contain dots or slashes (WebDataset splits keys at dots)")
-    return {f"{key}.{ext}": data for ext, data in fields.items()}
 
 
 @dataclass
@@ -147,7 +143,7 @@ class OutputStore:
 
     # ---- items ------------------------------------------------------------------------------
     def stage_sample(self, shard: int, key: str, fields: dict[str, bytes]) -> int:
-        data = tar_bytes(sample_members(key, fields))
+        data = tar_bytes(tar_members(key, fields))
         self.write_atomic(f"{self.staging_dir(shard)}/{key}.tar", data)
         return len(data)
 

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 STATUS = "status"
 OK = "ok"
 REJECTED = "rejected"
+#: the columns that return to the driver (plus the ``t_<stage>`` timings); payloads never do
+RESULT_COLUMNS = ("item_id", "shard", STATUS, "reject_stage", "reject_reason", "staged_bytes")
+
+
+def status_columns(batch: dict) -> dict:
+    """Only the result columns and ``t_*`` timings of a column batch."""
+    return {k: v for k, v in batch.items() if k in RESULT_COLUMNS or k.startswith("t_")}
 
 
 class Reject(Exception):

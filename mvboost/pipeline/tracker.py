@@ -9,12 +9,10 @@ import time
 from ..io.shards import OutputStore, jsonl_bytes, shard_name
 from .config import JobInfo, job_meta, validate
 from .plan import plan_items
-from .stage import OK, STATUS, to_python
+from .stage import OK, RESULT_COLUMNS, STATUS, to_python
 from .summary import RunSummary, _reason_class
 from .units import gpu_share
 
-#: the columns that come back from the workers to the driver (everything heavy stays at the output)
-RESULT_COLUMNS = ("item_id", "shard", STATUS, "reject_stage", "reject_reason", "staged_bytes")
 
 
 

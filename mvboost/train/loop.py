@@ -182,8 +182,9 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         step = int((client or {}).get("step", 0))
         if ctx.rank == 0:
             print(f"resumed from step {step}", flush=True)
-    shards = list_shards(cfg.data.source, cfg.data.storage_options, cfg.data.verify)
-    batches = ShardStream(shards.urls, ctx.rank, ctx.world, cfg.data.storage_options).batches(
+    shards = list_shards(cfg.data.source, cfg.data.storage_options)
+    batches = ShardStream(shards.urls, ctx.rank, ctx.world, cfg.data.storage_options,
+                          expected=shards.expected if cfg.data.verify else None).batches(
         cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
     lgm = engine.module.base_model.model
     dtype = next(p for p in engine.module.parameters()).dtype
