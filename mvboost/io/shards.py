@@ -220,6 +220,15 @@ class OutputStore:
             pass
         return manifest
 
+    def remove_empty_staging(self) -> None:
+        """Once every shard is committed: drop ``_staging/`` if nothing is left in it (no leftovers)."""
+        staging = self.path("_staging")
+        try:
+            if not any(self._ls(p) for p in self._ls(staging)):
+                self.fs.rm(staging, recursive=True)
+        except FileNotFoundError:
+            pass
+
     def verify_shard(self, shard: int) -> ShardManifest:
         """Check a committed shard against its manifest (size, sha256, keys)."""
         m = self.read_manifest(shard)

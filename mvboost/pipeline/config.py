@@ -21,6 +21,7 @@ class JobSection:
     # e.g. [era3d, lgm, render, refine]: one actor per GPU holds every model of the group once)
     stages: list = field(default_factory=lambda: ["text_to_image", "matting", "write"])
     progress: bool = True
+    commit_cpus: float = 0.25  # CPUs of the Ray task that commits each finished shard (I/O bound)
     gpu_hour_usd: float = 0.0  # price of one GPU-hour, for the $ per accepted sample (0: not reported)
 
 

@@ -18,7 +18,8 @@ class RunSummary:
     stage_seconds: dict
     shards: list
     wall_seconds: float
-    steady_items_per_s: float = 0.0  # between the first and the last finished item (excludes start-up)
+    steady_items_per_s: float | None = None  # after the first results (start-up excluded); None: not measurable
+    items_per_s: float = 0.0  # items finished this run / wall time (start-up included)
     gpu_seconds: float = 0.0  # busy GPU-seconds this run: stage seconds x the stage's num_gpus
     gpu_seconds_per_accepted: float = 0.0
     usd_per_accepted: float | None = None
@@ -41,8 +42,25 @@ class RunSummary:
             cost = f", ${self.usd_per_accepted:.5f} per accepted sample" if self.usd_per_accepted is not None else ""
             lines.append(f"busy GPU-seconds {self.gpu_seconds:.1f} ({self.gpu_seconds_per_accepted:.2f} per accepted "
                          f"sample{cost})")
-        lines.append(f"wall time {self.wall_seconds:.1f} s; steady throughput {self.steady_items_per_s:.3f} items/s")
+        steady = (f"{self.steady_items_per_s:.3f} items/s" if self.steady_items_per_s is not None
+                  else "n/a (results came in too few bursts to measure)")
+        lines.append(f"wall time {self.wall_seconds:.1f} s; end to end {self.items_per_s:.3f} items/s; "
+                     f"steady throughput {steady}")
         return "\n".join(lines)
+
+
+def steady_rate(arrivals: list[tuple[float, int]], t0: float, t_end: float, min_batches: int = 3,
+                min_span: float = 0.25) -> float | None:
+    """Items/s once results flow: the items after the first batch of results over the time from the first
+    to the last batch. Only when there are ``min_batches`` batches spread over at least ``min_span`` of
+    the run; results that arrive in a burst (a short run, a pipeline that holds its output) give None
+    rather than a rate divided by a few milliseconds."""
+    if len(arrivals) < min_batches:
+        return None
+    span = arrivals[-1][0] - arrivals[0][0]
+    if span <= 0 or span < min_span * max(1e-9, t_end - t0):
+        return None
+    return round(sum(n for _, n in arrivals[1:]) / span, 4)
 
 
 def _reason_class(reason: str) -> str:

@@ -10,7 +10,7 @@ from ..io.shards import OutputStore, jsonl_bytes, shard_name
 from .config import JobInfo, job_meta, validate
 from .plan import plan_items
 from .stage import OK, RESULT_COLUMNS, STATUS, to_python
-from .summary import RunSummary, _reason_class
+from .summary import RunSummary, _reason_class, steady_rate
 from .units import gpu_share
 
 
@@ -44,6 +44,19 @@ class ShardTracker:
         return s if not left else None
 
 
+class LocalCommitter:
+    """Commits shards in this process (the in-process runner): tar, rejects, manifest last."""
+
+    def __init__(self, store: OutputStore):
+        self.store = store
+
+    def submit(self, shard: int, keys: list[str], seconds: dict) -> None:
+        self.store.commit_shard(shard, keys, seconds)
+
+    def wait(self) -> None:
+        return None
+
+
 class JobState:
     """Everything the driver needs: output store, plan, what is already done, and the tracker."""
 
@@ -63,12 +76,14 @@ class JobState:
         self.pending = [it for it in self.items if it["item_id"] not in done]
         self.skipped = len(self.items) - len(self.pending)
         self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
+        self.committer = LocalCommitter(self.store)  # the Ray job swaps in a committer that runs on workers
         self.t0 = time.time()
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
         self.run_rejected = 0
 
     def commit(self, shard: int) -> None:
-        self.store.commit_shard(shard, self.tracker.keys[shard], dict(self.tracker.seconds.get(shard, {})))
+        """Hand a finished shard to the committer (in this process, or a Ray task where the data is)."""
+        self.committer.submit(shard, list(self.tracker.keys[shard]), dict(self.tracker.seconds.get(shard, {})))
         self.tracker.committed.add(shard)
 
     def commit_ready(self) -> None:
@@ -105,16 +120,13 @@ class JobState:
         self.batch_done(n)
         return n
 
-    def _steady(self) -> float:
-        """Items/s after the first batch of results (which pays model loading and actor start-up)."""
-        if len(self.arrivals) < 2 or self.arrivals[-1][0] <= self.arrivals[0][0]:
-            return 0.0
-        return sum(n for _, n in self.arrivals[1:]) / (self.arrivals[-1][0] - self.arrivals[0][0])
-
     def finish(self) -> RunSummary:
         self.commit_ready()
+        self.committer.wait()
         not_done = {s: sorted(left) for s, left in self.tracker.outstanding.items()
                     if left and s not in self.tracker.committed}
+        if not not_done:
+            self.store.remove_empty_staging()
         if not_done:
             s, keys = next(iter(not_done.items()))
             raise RuntimeError(f"{len(not_done)} shard(s) still have unfinished items (e.g. {shard_name(s)}: "
@@ -130,7 +142,7 @@ class JobState:
                              skipped_already_done=self.skipped, rejected_by_reason=dict(by_reason),
                              stage_seconds={k: round(v, 3) for k, v in run_seconds.items()},
                              shards=self.shards, wall_seconds=round(time.time() - self.t0, 2),
-                             steady_items_per_s=round(self._steady(), 4), gpu_seconds=round(gpu_s, 3))
+                             steady_items_per_s=steady_rate(self.arrivals, self.t0, time.time()), items_per_s=round(sum(n for _, n in self.arrivals) / max(1e-9, time.time() - self.t0), 4), gpu_seconds=round(gpu_s, 3))
         if new_accepted and gpu_s:
             summary.gpu_seconds_per_accepted = round(gpu_s / new_accepted, 4)
             if self.cfg.job.gpu_hour_usd:

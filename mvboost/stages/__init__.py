@@ -2,6 +2,7 @@
 from .era3d import Era3DStage, RefineStage
 from .lgm import LGMStage, RenderStage
 from .matting import MattingStage
+from .synthetic import SyntheticStage
 from .text_to_image import TextToImageStage
 from .write import WriteStage
 
@@ -13,7 +14,8 @@ STAGES = {
     "render": RenderStage,
     "refine": RefineStage,
     "write": WriteStage,
+    "synthetic": SyntheticStage,  # load tests: payload and latency without a model
 }
 
-__all__ = ["STAGES", "Era3DStage", "LGMStage", "MattingStage", "RefineStage", "RenderStage", "TextToImageStage",
+__all__ = ["STAGES", "Era3DStage", "LGMStage", "MattingStage", "RefineStage", "RenderStage", "SyntheticStage", "TextToImageStage",
            "WriteStage"]
