@@ -276,7 +276,7 @@ def bench_end_to_end(config: Path, n: int, out_dir: Path, gpus: float, extra: li
     rec = {"n": n, "accepted": summary["accepted"], "rejected": summary["rejected"], "gpus": gpus,
            "wall_s": round(wall, 1), "objects_per_gpu_hour": round(summary["accepted"] / (wall * gpus / 3600), 1),
            "time_to_first_shard_s": round(times[0] - t0, 1) if times else None,
-           "busy_gpu_seconds": summary["gpu_seconds"], "shards": len(times)}
+           "busy_gpu_seconds": summary["gpu_seconds_busy"], "held_gpu_seconds": summary["gpu_seconds_held"], "shards": len(times)}
     if len(times) >= 3:  # steady: the shards after the first, over the time after the first
         per_shard = summary["accepted"] / len(times)
         rec["steady_objects_per_gpu_hour"] = round(per_shard * (len(times) - 1) / ((times[-1] - times[0]) * gpus / 3600), 1)

@@ -74,19 +74,38 @@ def _to_numpy_batch(batch: dict) -> dict:
     return out
 
 
+def run_unit(stage, batch: dict) -> dict:
+    """Run a stage or each member of a fused group on a column batch, counting items in and out of
+    every stage for the live metrics."""
+    from ray_jobs.metrics import StageMetrics
+
+    metrics = StageMetrics.get()
+    for member in getattr(stage, "stages", [stage]):
+        n_ok = sum(1 for s in batch.get("status", ["ok"] * len(batch["item_id"])) if s == "ok")
+        if metrics is not None:
+            metrics.entered(member.name, n_ok)
+        batch = member(batch)
+        if metrics is not None:
+            metrics.left(member.name, n_ok)
+    return batch
+
+
 class StageActor:
     """Holds one stage (or fused group): ``setup()`` (weights) runs once per actor."""
 
     def __init__(self, unit, cfg, info):
         from mvboost.pipeline.job import build_unit
+        from ray_jobs.metrics import StageMetrics
 
         logging.basicConfig(level=logging.WARNING)
         self.stage = build_unit(unit, cfg, info)
         _limit_threads(self.stage.resources.num_cpus)
+        if StageMetrics.get() is not None:
+            StageMetrics.get().register(unit)
         self.stage.ensure_setup()
 
     def __call__(self, batch):
-        return _to_numpy_batch(self.stage(_to_rows_batch(batch)))
+        return _to_numpy_batch(run_unit(self.stage, _to_rows_batch(batch)))
 
 
 def _limit_threads(num_cpus: float) -> None:
@@ -101,7 +120,7 @@ def run_stage_task(batch, unit, cfg, info):
 
     stage = build_unit(unit, cfg, info)
     _limit_threads(stage.resources.num_cpus)
-    return _to_numpy_batch(stage(_to_rows_batch(batch)))
+    return _to_numpy_batch(run_unit(stage, _to_rows_batch(batch)))
 
 
 def commit_shard_task(output: str, storage_options: dict, shard: int, keys: list[str], seconds: dict) -> int:
@@ -206,7 +225,7 @@ def run_on_ray(cfg):
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm.auto import tqdm
 
-    from mvboost.pipeline.job import JobState, build_units, gpu_share, stage_units
+    from mvboost.pipeline.job import JobState, build_units, flat_stages, gpu_share, stage_units
 
     state = JobState(cfg)  # validates output, plan and resume state before any Ray work
     state.commit_ready()
@@ -215,8 +234,12 @@ def run_on_ray(cfg):
         u.preflight()  # e.g. a missing model fails here, once, with a clear message
     local = init_ray(cfg)
     check_cluster_layout(cfg, local)
+    from ray_jobs.metrics import GpuHeldSampler, JobMetrics
+
     state.committer = RayCommitter(cfg.job.output, cfg.job.storage_options, cfg.job.commit_cpus)
-    metrics = _Metrics(gpu_share(cfg))
+    metrics = JobMetrics(flat_stages(cfg), gpu_share(cfg), cfg.job.gpu_hour_usd)
+    metrics.pending(len(state.pending))
+    sampler = GpuHeldSampler(on_sample=metrics.held).start()
     if state.pending:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = bool(cfg.job.progress)
@@ -236,42 +259,15 @@ def run_on_ray(cfg):
                                     batch_size=res.batch_size, num_cpus=res.num_cpus)
         with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
                   disable=not cfg.job.progress) as bar:
+            left = len(state.pending)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                bar.update(state.consume(batch, on_row=metrics.item, on_commit=metrics.shard))
+                n = state.consume(batch, on_row=metrics.item, on_commit=metrics.shard)
+                left -= n
+                metrics.pending(left)
+                bar.update(n)
+    state.committer.wait()
+    state.gpu_seconds_held = sampler.stop()
     return state.finish()
-
-
-class _Metrics:
-    """Live counters for the Ray dashboard / Prometheus (ray_mvboost_*)."""
-
-    def __init__(self, num_gpus: dict[str, float] | None = None):
-        self.num_gpus = num_gpus or {}
-        try:
-            from ray.util.metrics import Counter
-
-            self.accepted = Counter("mvboost_items_accepted", description="items written")
-            self.rejected = Counter("mvboost_items_rejected", description="items rejected (with a reason)")
-            self.shards = Counter("mvboost_shards_committed", description="shards committed")
-            self.stage_s = Counter("mvboost_stage_seconds", description="seconds spent per stage",
-                                   tag_keys=("stage",))
-            self.gpu_s = Counter("mvboost_gpu_seconds", description="busy GPU-seconds (stage seconds x num_gpus)",
-                                 tag_keys=("stage",))
-        except Exception:  # noqa: BLE001 - metrics are optional
-            self.accepted = None
-
-    def item(self, row):
-        if self.accepted is None:
-            return
-        (self.accepted if row.get("status") == "ok" else self.rejected).inc()
-        for k, v in row.items():
-            if k.startswith("t_") and v:
-                self.stage_s.inc(float(v), tags={"stage": k[2:]})
-                if self.num_gpus.get(k[2:]):
-                    self.gpu_s.inc(float(v) * self.num_gpus[k[2:]], tags={"stage": k[2:]})
-
-    def shard(self):
-        if self.accepted is not None:
-            self.shards.inc()
 
 
 def main(argv=None) -> int:

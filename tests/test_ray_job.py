@@ -124,32 +124,75 @@ def test_ray_job_submit_to_a_started_cluster(tmp_path, tiny_cache):
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
 
 
-def test_progress_counters_reach_prometheus():
+def dashboard_series() -> set[str]:
+    import re
+
+    dash = json.loads((REPO / "cluster" / "grafana_mvboost.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    return {m for e in exprs for m in re.findall(r"\bray_[a-z_]+", e)}
+
+
+def test_dashboard_plots_only_defined_metrics_and_every_one_of_them():
+    from ray_jobs.metrics import RAY_DATA_METRICS, prometheus_names
+
+    plotted = dashboard_series()
+    assert plotted - prometheus_names() - set(RAY_DATA_METRICS) == set()
+    assert prometheus_names() - plotted == set()  # nothing defined goes unplotted
+    assert set(RAY_DATA_METRICS) <= plotted
+
+
+def test_metrics_are_registered_at_start_and_reach_prometheus():
+    """Every series the dashboard plots is on Ray's Prometheus endpoint: ours at 0 before any item (stage
+    labels included), then counting; Ray Data's with the stage-named operator label."""
     import urllib.request
 
     import ray
 
-    from ray_jobs.generate import _Metrics
+    from ray_jobs.metrics import RAY_DATA_METRICS, JobMetrics, StageMetrics, prometheus_names
 
     ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
-        m = _Metrics({"lgm": 0.5})
-        m.item({"status": "ok", "t_lgm": 0.5})
-        m.item({"status": "rejected"})
-        m.shard()
         port = ray.nodes()[0]["MetricsExportPort"]
-        wanted = {"ray_mvboost_items_accepted_total", "ray_mvboost_items_rejected_total",
-                  "ray_mvboost_shards_committed_total", "ray_mvboost_stage_seconds_total",
-                  "ray_mvboost_gpu_seconds_total"}
-        found: set = set()
+
+        def scrape():
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+        m = JobMetrics(["era3d", "lgm", "write"], {"era3d": 0.75, "lgm": 0.75}, gpu_hour_usd=3.6)
+        StageMetrics.get().register(["era3d", "lgm"])
+        m.pending(5)
+        def era3d(batch):  # an operator named like the job names its stages
+            return batch
+
+        ray.data.range(8, override_num_blocks=2).map_batches(era3d, batch_size=4).materialize()
+        wanted = (prometheus_names() - {"ray_mvboost_rejections_total"}) | set(RAY_DATA_METRICS)
+        text, found = "", set()
         deadline = time.time() + 40
-        while time.time() < deadline and found != wanted:
+        while time.time() < deadline and not wanted <= found:
             time.sleep(2)
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-            found = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_mvboost_")}
-        assert found == wanted
-        assert any(l.startswith("ray_mvboost_gpu_seconds_total") and l.endswith('stage="lgm"} 0.25')
-                   for l in text.splitlines())
+            text = scrape()
+            found = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_")}
+        assert wanted - found == set()
+        lines = text.splitlines()
+        assert any(ln.startswith("ray_mvboost_items_rejected_total") and 'stage="lgm"' in ln and ln.endswith(" 0.0")
+                   for ln in lines)  # registered at 0 before anything was rejected
+        assert any(ln.startswith("ray_data_operator_queued_blocks") and 'operator="MapBatches(era3d)' in ln
+                   for ln in lines)
+        m.item({"status": "ok", "t_era3d": 2.0, "t_lgm": 0.5})
+        m.item({"status": "rejected", "reject_stage": "lgm", "reject_reason": "NaN in LGM output (3 of 4)"})
+        m.shard()
+        m.held(10.0)
+        deadline = time.time() + 40
+        want = ('ray_mvboost_gpu_seconds_busy_total', 'stage="lgm"', " 0.375")
+        while time.time() < deadline:
+            time.sleep(2)
+            lines = scrape().splitlines()
+            if any(ln.startswith(want[0]) and want[1] in ln and ln.endswith(want[2]) for ln in lines) and any(
+                    ln.startswith("ray_mvboost_rejections_total") for ln in lines):
+                break
+        assert any(ln.startswith(want[0]) and want[1] in ln and ln.endswith(want[2]) for ln in lines)
+        assert any(ln.startswith("ray_mvboost_rejections_total") and 'reason="NaN in LGM output"' in ln
+                   for ln in lines)
+        assert any(ln.startswith("ray_mvboost_usd_total") and ln.endswith(" 0.01") for ln in lines)  # 10 s x $3.6/h
     finally:
         ray.shutdown()
 
@@ -167,7 +210,7 @@ def test_production_layout_on_a_one_gpu_ray(tmp_path, tiny_cache):
     assert "accepted 8, rejected 0" in r.stdout
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
     summary = json.loads((out / "summary.json").read_text())
-    assert {"era3d", "lgm", "render", "refine"} <= set(summary["stage_seconds"]) and summary["gpu_seconds"] > 0
+    assert {"era3d", "lgm", "render", "refine"} <= set(summary["stage_seconds"]) and summary["gpu_seconds_busy"] > 0 and summary["gpu_seconds_held"] > 0
 
 
 def test_an_unschedulable_layout_fails_at_start_with_the_stages_named(tmp_path, tiny_cache):

@@ -20,9 +20,20 @@ class RunSummary:
     wall_seconds: float
     steady_items_per_s: float | None = None  # after the first results (start-up excluded); None: not measurable
     items_per_s: float = 0.0  # items finished this run / wall time (start-up included)
-    gpu_seconds: float = 0.0  # busy GPU-seconds this run: stage seconds x the stage's num_gpus
-    gpu_seconds_per_accepted: float = 0.0
+    gpu_seconds_busy: float = 0.0  # stage seconds x the GPUs each stage's worker holds, this run
+    gpu_seconds_held: float = 0.0  # GPUs handed to workers x time, busy or idle (what is paid; Ray job only)
+    gpu_seconds_per_accepted: float = 0.0  # held where known, else busy
+    usd: float | None = None  # this run's GPU-seconds (held, else busy) at job.gpu_hour_usd
     usd_per_accepted: float | None = None
+
+    def add_cost(self, new_accepted: int, gpu_hour_usd: float) -> None:
+        paid = self.gpu_seconds_held or self.gpu_seconds_busy
+        if paid and gpu_hour_usd:
+            self.usd = round(paid * gpu_hour_usd / 3600, 4)
+        if new_accepted and paid:
+            self.gpu_seconds_per_accepted = round(paid / new_accepted, 4)
+            if gpu_hour_usd:
+                self.usd_per_accepted = round(self.gpu_seconds_per_accepted * gpu_hour_usd / 3600, 6)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -38,10 +49,12 @@ class RunSummary:
         if self.stage_seconds:
             lines.append("seconds per stage (this run, summed over items): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in self.stage_seconds.items()))
-        if self.gpu_seconds:
-            cost = f", ${self.usd_per_accepted:.5f} per accepted sample" if self.usd_per_accepted is not None else ""
-            lines.append(f"busy GPU-seconds {self.gpu_seconds:.1f} ({self.gpu_seconds_per_accepted:.2f} per accepted "
-                         f"sample{cost})")
+        if self.gpu_seconds_busy or self.gpu_seconds_held:
+            cost = (f"; ${self.usd:.4f} in all, ${self.usd_per_accepted:.5f} per accepted sample"
+                    if self.usd_per_accepted is not None else "")
+            held = f"held {self.gpu_seconds_held:.1f}, " if self.gpu_seconds_held else ""
+            lines.append(f"GPU-seconds {held}busy {self.gpu_seconds_busy:.1f} ({self.gpu_seconds_per_accepted:.2f} "
+                         f"{'held' if self.gpu_seconds_held else 'busy'} per accepted sample{cost})")
         steady = (f"{self.steady_items_per_s:.3f} items/s" if self.steady_items_per_s is not None
                   else "n/a (results came in too few bursts to measure)")
         lines.append(f"wall time {self.wall_seconds:.1f} s; end to end {self.items_per_s:.3f} items/s; "

@@ -76,7 +76,8 @@ class JobState:
         self.pending = [it for it in self.items if it["item_id"] not in done]
         self.skipped = len(self.items) - len(self.pending)
         self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
-        self.committer = LocalCommitter(self.store)  # the Ray job swaps in a committer that runs on workers
+        self.committer = LocalCommitter(self.store)
+        self.gpu_seconds_held = 0.0  # set by an executor that can see the GPUs it holds (the Ray job)  # the Ray job swaps in a committer that runs on workers
         self.t0 = time.time()
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
         self.run_rejected = 0
@@ -134,19 +135,20 @@ class JobState:
         rejects = self.store.all_rejects(self.shards)
         run_seconds = self.run_seconds
         share = gpu_share(self.cfg)
-        gpu_s = sum(v * share.get(k, 0.0) for k, v in run_seconds.items())
-        new_accepted = max(0, sum(n for _, n in self.arrivals) - self.run_rejected)
+        busy = sum(v * share.get(k, 0.0) for k, v in run_seconds.items())
+        finished = sum(n for _, n in self.arrivals)
+        new_accepted = max(0, finished - self.run_rejected)
         by_reason = collections.Counter(f"{r['stage']}: {_reason_class(r['reason'])}" for r in rejects)
+        now = time.time()
         summary = RunSummary(output=self.cfg.job.output, requested=len(self.items),
                              accepted=len(self.items) - len(rejects), rejected=len(rejects),
                              skipped_already_done=self.skipped, rejected_by_reason=dict(by_reason),
                              stage_seconds={k: round(v, 3) for k, v in run_seconds.items()},
-                             shards=self.shards, wall_seconds=round(time.time() - self.t0, 2),
-                             steady_items_per_s=steady_rate(self.arrivals, self.t0, time.time()), items_per_s=round(sum(n for _, n in self.arrivals) / max(1e-9, time.time() - self.t0), 4), gpu_seconds=round(gpu_s, 3))
-        if new_accepted and gpu_s:
-            summary.gpu_seconds_per_accepted = round(gpu_s / new_accepted, 4)
-            if self.cfg.job.gpu_hour_usd:
-                summary.usd_per_accepted = round(summary.gpu_seconds_per_accepted * self.cfg.job.gpu_hour_usd / 3600, 6)
+                             shards=self.shards, wall_seconds=round(now - self.t0, 2),
+                             steady_items_per_s=steady_rate(self.arrivals, self.t0, now),
+                             items_per_s=round(finished / max(1e-9, now - self.t0), 4),
+                             gpu_seconds_busy=round(busy, 3), gpu_seconds_held=round(self.gpu_seconds_held, 3))
+        summary.add_cost(new_accepted, self.cfg.job.gpu_hour_usd)
         self.store.write_atomic(self.store.path("rejects.jsonl"),
                                 jsonl_bytes(rejects))
         self.store.write_atomic(self.store.path("summary.json"), json.dumps(summary.to_dict(), indent=1).encode())
