@@ -43,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set text_to_image.steps=2 (repeatable)")
     p.add_argument("--in-process", action="store_true", help="run the same stage list without Ray (debugging)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (items, shards, what a rerun skips, operators, resources, models) and exit; "
+                        "runs no model, starts no Ray, writes nothing")
     return p.parse_args(argv)
 
 
@@ -226,9 +229,11 @@ def run_on_ray(cfg):
     from tqdm.auto import tqdm
 
     from mvboost.pipeline.job import JobState, build_units, flat_stages, gpu_share, stage_units
+    from mvboost.pipeline.units import ray_resource_args
 
     state = JobState(cfg)  # validates output, plan and resume state before any Ray work
-    state.commit_ready()
+    if not state.pending and not state.tracker.ready():
+        return state.finish()  # a finished output: nothing to run, no Ray to start
     units = build_units(cfg, state.info)
     for u in units:
         u.preflight()  # e.g. a missing model fails here, once, with a clear message
@@ -237,6 +242,7 @@ def run_on_ray(cfg):
     from ray_jobs.metrics import GpuHeldSampler, JobMetrics
 
     state.committer = RayCommitter(cfg.job.output, cfg.job.storage_options, cfg.job.commit_cpus)
+    state.commit_ready()  # shards an earlier run finished but did not commit: committed by Ray tasks too
     metrics = JobMetrics(flat_stages(cfg), gpu_share(cfg), cfg.job.gpu_hour_usd)
     metrics.pending(len(state.pending))
     sampler = GpuHeldSampler(on_sample=metrics.held).start()
@@ -253,10 +259,11 @@ def run_on_ray(cfg):
                                     compute=ActorPoolStrategy(
                                         min_size=res.min_actors, max_size=res.max_actors or None,
                                         max_tasks_in_flight_per_actor=cfg.ray.max_tasks_in_flight_per_actor),
-                                    batch_size=res.batch_size, num_gpus=res.num_gpus or None, num_cpus=res.num_cpus)
+                                    batch_size=res.batch_size, num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
+                                    **ray_resource_args(res))
             else:
                 ds = ds.map_batches(named_task(unit.name), fn_args=(names, cfg, state.info),
-                                    batch_size=res.batch_size, num_cpus=res.num_cpus)
+                                    batch_size=res.batch_size, num_cpus=res.num_cpus, **ray_resource_args(res))
         with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
                   disable=not cfg.job.progress) as bar:
             left = len(state.pending)
@@ -278,6 +285,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load(args)
+        if args.dry_run:
+            from mvboost.pipeline.dryrun import dry_run
+
+            text = dry_run(cfg)
+            print(text)
+            return 2 if "\nproblem: " in text else 0
+        print(f"output: {cfg.job.output}", flush=True)
         if args.in_process:
             from mvboost.pipeline.job import run_in_process
 

@@ -11,8 +11,9 @@ ONE_GPU_SMOKE = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
 GPU_RANDOM = REPO / "ray_jobs" / "configs" / "generate_gpu_random.yaml"
 
 
-def node(cpus, gpus):
-    return {"CPU": cpus, "GPU": gpus}
+def node(cpus, gpus, memory=None):
+    """A node as ray.nodes() reports it; memory: what Ray offers by default, ~70 % of 8 GB per CPU."""
+    return {"CPU": cpus, "GPU": gpus, "memory": 0.7 * 8e9 * cpus if memory is None else memory}
 
 
 def units(*spec):
@@ -26,10 +27,10 @@ def test_the_old_production_fractions_are_refused_on_one_gpu_naming_the_stages()
     with pytest.raises(LayoutError) as e:
         check_layout(old, [node(16, 1)])
     msg = str(e.value)
-    assert "1 node: 16 CPUs, 1 GPUs" in msg and "need 4 GPUs at once" in msg
+    assert "1 node: 16 CPUs, 1 GPUs" in msg and "4 GPUs needed, 1 GPUs in the cluster" in msg
     for name in ("era3d", "refine", "lgm", "render"):
         assert name in msg.split("no room for:")[1]
-    assert "text_to_image 1 x 1 GPU" in msg and "fused group" in msg
+    assert "text_to_image 1 x 1 GPU + 1 CPU" in msg and "fused group" in msg
 
 
 @pytest.mark.parametrize("nodes", [[node(16, 1)], [node(96, 8)], [node(16, 1)] * 4])
@@ -49,7 +50,7 @@ def test_fractions_are_packed_per_gpu_not_summed():
     with pytest.raises(LayoutError, match="no room for: b"):
         check_layout(units(("a", 0.75, 1, 1), ("b", 0.5, 1, 1)), [node(4, 1)])
     check_layout(units(("a", 0.5, 1, 3)), [node(4, 2)])  # 0.5 + 0.5 on one GPU, 0.5 on the other
-    with pytest.raises(LayoutError, match="need 1.8 GPUs"):  # 1.8 <= 2 in sum, but 0.6 + 0.6 > 1 GPU
+    with pytest.raises(LayoutError, match="the totals fit, but not packed"):  # 1.8 <= 2 GPUs, but 0.6 + 0.6 > 1
         check_layout(units(("a", 0.6, 1, 3)), [node(4, 2)])
 
 

@@ -73,7 +73,24 @@ def load_job_config(path=None, overrides=None):
 
     cfg = load_config(JobConfig, path, overrides)
     validate(cfg)
+    cfg.job.output = absolute_output(cfg.job.output)
     return cfg
+
+
+def absolute_output(url: str, cwd: str | None = None) -> str:
+    """A local output path made absolute (URLs unchanged). A relative path inside Ray's copy of a
+    submitted working directory would land in Ray's session cache, which Ray deletes: refused."""
+    import os
+
+    if "://" in str(url):
+        return str(url)
+    cwd = cwd or os.getcwd()
+    path = os.path.abspath(os.path.join(cwd, os.path.expanduser(str(url))))
+    if not os.path.isabs(os.path.expanduser(str(url))) and "/runtime_resources/working_dir_files/" in cwd:
+        raise ConfigError(f"job.output {url!r} is relative and this job runs in Ray's copy of the working directory "
+                          f"({cwd}): the shards would land in Ray's session cache and be deleted with it. Pass "
+                          "--output with an absolute path on shared storage or a URL (s3://…, gs://…)")
+    return path
 
 
 def validate(cfg) -> None:
@@ -94,6 +111,9 @@ def validate(cfg) -> None:
         res = getattr(cfg, unit[0]).resources
         if res.batch_size <= 0:
             raise ConfigError(f"{unit[0]}.resources.batch_size must be positive, got {res.batch_size}")
+        if res.memory < 0 or any(not isinstance(v, (int, float)) or v <= 0 for v in (res.custom or {}).values()):
+            raise ConfigError(f"{unit[0]}.resources: memory must be >= 0 and custom resources positive numbers, "
+                              f"got memory {res.memory!r}, custom {res.custom!r}")
         if res.min_actors < 1 or res.max_actors < 0 or (res.max_actors and res.max_actors < res.min_actors):
             raise ConfigError(f"{unit[0]}.resources: need 1 <= min_actors <= max_actors (max_actors 0 = no bound), "
                               f"got {res.min_actors} and {res.max_actors}")

@@ -29,18 +29,40 @@ class Unit:
     num_cpus: float
     min_actors: int
     uses_actor: bool
+    other: dict = field(default_factory=dict)  # memory (bytes), accelerator_type:<T>, custom resources
 
 
 @dataclass
 class Node:
     cpus: float
     gpus: int
+    other: dict = field(default_factory=dict)  # every other resource of the node (memory, custom, ...)
     gpu_free: list[float] = field(default_factory=list)
     cpu_free: float = 0.0
 
     def __post_init__(self):
         self.gpu_free = [1.0] * int(self.gpus)
         self.cpu_free = float(self.cpus)
+        self.other = dict(self.other)
+
+    @classmethod
+    def from_ray(cls, res: dict) -> Node:
+        return cls(float(res.get("CPU", 0)), int(float(res.get("GPU", 0))),
+                   {k: float(v) for k, v in res.items() if k not in ("CPU", "GPU")})
+
+    def copy(self) -> Node:
+        return Node(self.cpus, self.gpus, self.other)
+
+
+def _fmt(key: str, value: float) -> str:
+    if key == "memory":
+        return f"{value / 1e9:.1f} GB memory"
+    return f"{value:g} {key}{'s' if key in ('GPU', 'CPU') else ''}"
+
+
+def _demand(u: Unit) -> str:
+    parts = [f"{u.num_gpus:g} GPU", f"{u.num_cpus:g} CPU"] + [_fmt(k, v) for k, v in u.other.items()]
+    return " + ".join(parts)
 
 
 def describe_cluster(nodes: list[dict]) -> str:
@@ -52,9 +74,13 @@ def describe_cluster(nodes: list[dict]) -> str:
 def _place(node: Node, u: Unit) -> bool:
     if node.cpu_free + EPS < u.num_cpus:
         return False
+    if any(node.other.get(k, 0.0) + EPS < v for k, v in u.other.items()):
+        return False
     g = u.num_gpus
     if g <= 0:
         node.cpu_free -= u.num_cpus
+        for k, v in u.other.items():
+            node.other[k] = node.other.get(k, 0.0) - v
         return True
     if g >= 1 - EPS:
         whole = int(round(g))
@@ -71,6 +97,8 @@ def _place(node: Node, u: Unit) -> bool:
         i = min(cands, key=lambda k: node.gpu_free[k])
         node.gpu_free[i] -= g
     node.cpu_free -= u.num_cpus
+    for k, v in u.other.items():
+        node.other[k] = node.other.get(k, 0.0) - v
     return True
 
 
@@ -83,26 +111,38 @@ def check_layout(units: list[Unit], nodes: list[dict]) -> None:
                               "(Ray gives an actor either a fraction of one GPU or whole GPUs)")
         if u.uses_actor and u.min_actors < 1:
             raise LayoutError(f"stage {u.name}: min_actors must be at least 1")
-    pool = [Node(float(n.get("CPU", 0)), int(float(n.get("GPU", 0)))) for n in nodes]
+    pool = [Node.from_ray(n) for n in nodes]
     cluster = describe_cluster(nodes)
-    alone = [u for u in units if not any(_place(Node(n.cpus, n.gpus), u) for n in pool)]
+    alone = [u for u in units if not any(_place(n.copy(), u) for n in pool)]
     if alone:
-        need = ", ".join(f"{u.name} ({u.num_gpus:g} GPU, {u.num_cpus:g} CPU)" for u in alone)
+        def needs(u):
+            extra = "".join(f", {k} {v:g}" for k, v in u.other.items())
+            return f"{u.name} ({u.num_gpus:g} GPU, {u.num_cpus:g} CPU{extra})"
+        need = ", ".join(needs(u) for u in alone)
         raise LayoutError(f"the stage layout cannot be scheduled on this cluster ({cluster}): no node can hold "
                           f"one worker of {need}. Lower the stage's resources or add a node that has them.")
     demands = [u for u in units if u.uses_actor for _ in range(u.min_actors)]
     demands.sort(key=lambda u: (u.num_gpus >= 1 - EPS, u.num_gpus, u.num_cpus), reverse=True)
     failed = [u for u in demands if not any(_place(n, u) for n in pool)]
     if failed:
-        want = ", ".join(f"{u.name} {u.min_actors} x {u.num_gpus:g} GPU + {u.num_cpus:g} CPU"
-                         for u in units if u.uses_actor)
-        total_gpu = sum(u.num_gpus * u.min_actors for u in units if u.uses_actor)
+        actors = [u for u in units if u.uses_actor]
+        want = ", ".join(f"{u.name} {u.min_actors} x {_demand(u)}" for u in actors)
         names = ", ".join(dict.fromkeys(u.name for u in failed))
+        need = {"GPU": sum(u.num_gpus * u.min_actors for u in actors),
+                "CPU": sum(u.num_cpus * u.min_actors for u in actors)}
+        for u in actors:
+            for k, v in u.other.items():
+                need[k] = need.get(k, 0.0) + v * u.min_actors
+        have = {k: sum(float(n.get(k, 0)) for n in nodes) for k in need}
+        short = [f"{_fmt(k, need[k])} needed, {_fmt(k, have[k])} in the cluster" for k in need
+                 if need[k] > have[k] + EPS]
+        why = ("; ".join(short) if short else
+               "the totals fit, but not packed onto the nodes (whole GPUs and CPUs per node, fractions per GPU)")
         raise LayoutError(
-            f"the stage layout cannot be scheduled on this cluster ({cluster}): the actor pools need "
-            f"{total_gpu:g} GPUs at once at their min_actors ({want}); no room for: {names}. Ray Data would "
-            "wait forever. Give the GPU stages fractions that fit on one GPU, run them in one worker "
-            "(a fused group in job.stages, e.g. [era3d, lgm, render, refine]), lower min_actors, or add GPUs.")
+            f"the stage layout cannot be scheduled on this cluster ({cluster}): the actor pools need at their "
+            f"min_actors {want}: {why}; no room for: {names}. Ray Data would wait forever. Give the GPU stages "
+            "fractions that fit on one GPU, run them in one worker (a fused group in job.stages, e.g. [era3d, lgm, "
+            "render, refine]), lower min_actors or the resources asked for, or add nodes.")
     tasks = [u for u in units if not u.uses_actor]
     starved = [u for u in tasks if not any(n.cpu_free + EPS >= u.num_cpus for n in pool)]
     if starved:

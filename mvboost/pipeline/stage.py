@@ -53,6 +53,9 @@ class Resources:
     batch_size: int = 4
     min_actors: int = 1
     max_actors: int = 1  # 0: no upper bound (Ray Data scales the pool to what the cluster has free)
+    memory: float = 0.0  # bytes of RAM one worker reserves (Ray's "memory" resource; 0: none)
+    accelerator_type: str = ""  # e.g. "H100", "A10G": only nodes with that accelerator (Ray's accelerator_type)
+    custom: dict = field(default_factory=dict)  # custom resources, e.g. {"gpu_pool_a": 1}: pin to a node group
     retries: int = 2  # bounded retries per item for unexpected (non-Reject) errors
     timeout_s: float = 0.0  # per batch; 0 = none. Items of a batch that times out are rejected ("timeout")
 

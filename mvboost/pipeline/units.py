@@ -50,6 +50,29 @@ def build_units(cfg, info: JobInfo) -> list[Stage | FusedStage]:
     return [build_unit(u, cfg, info) for u in stage_units(cfg)]
 
 
+def other_resources(res) -> dict[str, float]:
+    """A stage's resources besides CPUs and GPUs, named as Ray's nodes report them: ``memory`` (bytes),
+    ``accelerator_type:<T>`` (Ray asks 0.001 of it per worker), custom resources."""
+    other = {str(k): float(v) for k, v in (res.custom or {}).items()}
+    if res.memory:
+        other["memory"] = float(res.memory)
+    if res.accelerator_type:
+        other[f"accelerator_type:{res.accelerator_type}"] = 0.001
+    return other
+
+
+def ray_resource_args(res) -> dict:
+    """Keyword arguments of Ray Data's ``map_batches`` for a stage's memory, accelerator and custom resources."""
+    args = {}
+    if res.memory:
+        args["memory"] = float(res.memory)
+    if res.accelerator_type:
+        args["accelerator_type"] = res.accelerator_type
+    if res.custom:
+        args["resources"] = {str(k): float(v) for k, v in res.custom.items()}
+    return args
+
+
 def layout_units(cfg) -> list:
     """The job's operators with their resources, for :func:`mvboost.pipeline.layout.check_layout`."""
     from .layout import Unit
@@ -59,7 +82,7 @@ def layout_units(cfg) -> list:
     for unit in stage_units(cfg):
         res = getattr(cfg, unit[0]).resources
         out.append(Unit("+".join(unit), res.num_gpus, res.num_cpus, res.min_actors,
-                        any(stages[n].uses_actor for n in unit)))
+                        any(stages[n].uses_actor for n in unit), other_resources(res)))
     return out
 
 
