@@ -116,3 +116,31 @@ def test_a_finished_output_is_recognised_without_starting_ray(tmp_path, tiny_cac
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "(4 were already finished before this run)" in r.stdout
+
+
+def test_working_dir_upload_leaves_out_venvs_outputs_and_caches(tmp_path):
+    """Ray's own packaging of a `--working-dir` honours the repo's .rayignore: a symlinked .venv,
+    outputs/, shard tars and caches stay home; the code travels."""
+    import shutil
+    import zipfile
+
+    pytest.importorskip("ray")
+    from ray._private.runtime_env.packaging import _zip_files
+
+    wd = tmp_path / "wd"
+    (wd / "mvboost").mkdir(parents=True)
+    (wd / "mvboost" / "a.py").write_text("x = 1\n")
+    (wd / "outputs" / "smoke").mkdir(parents=True)
+    (wd / "outputs" / "smoke" / "shard-000000.tar").write_bytes(b"0" * 1024)
+    (wd / "loose.tar").write_bytes(b"0")
+    real_venv = tmp_path / "venv-elsewhere"
+    (real_venv / "lib").mkdir(parents=True)
+    (real_venv / "lib" / "big.so").write_bytes(b"0" * 4096)
+    (wd / ".venv").symlink_to(real_venv, target_is_directory=True)
+    (wd / ".cache" / "mvboost").mkdir(parents=True)
+    (wd / ".cache" / "mvboost" / "w.safetensors").write_bytes(b"0")
+    shutil.copy(REPO / ".rayignore", wd / ".rayignore")
+    _zip_files(str(wd), [], str(tmp_path / "pkg.zip"), include_gitignore=True)
+    names = set(zipfile.ZipFile(tmp_path / "pkg.zip").namelist())
+    assert "mvboost/a.py" in names
+    assert not [n for n in names if n.startswith((".venv", "outputs", ".cache")) or n.endswith(".tar")], names
