@@ -139,3 +139,69 @@ def test_a_typo_in_a_manifest_is_caught():
     cr["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(cr["spec"], RAYCLUSTER_SPEC)
+
+
+def _fake_autoscaling_cluster(worker_types: dict, head: dict):
+    """Ray's AutoscalingCluster with its fake multi-node provider config given inline (the PyPI wheel does
+    not ship the example.yaml it reads). start() and shutdown() run `ray stop --force`."""
+    from ray.cluster_utils import AutoscalingCluster
+
+    class InlineAutoscalingCluster(AutoscalingCluster):
+        def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **kw):
+            cfg = {"cluster_name": "fake_multinode", "max_workers": 8, "idle_timeout_minutes": 0.05,
+                   "upscaling_speed": 1.0, "head_node_type": "ray.head.default",
+                   "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                                "disable_launch_config_check": True},
+                   "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+                   "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+                   "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+                   "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
+            cfg["available_node_types"] = {**worker_node_types, "ray.head.default": {
+                "resources": head_resources, "node_config": {}, "max_workers": 0}}
+            return cfg
+
+    return InlineAutoscalingCluster(head_resources=dict(head), worker_node_types=worker_types)
+
+
+@pytest.mark.ray
+def test_gpu_stages_scale_gpu_nodes_up_from_zero_and_back(tmp_path, tiny_cache):
+    """A head with no GPU and a GPU node type at min 0: the production layout's GPU pools make the
+    autoscaler start GPU nodes, the job completes, and the idle GPU nodes go away."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    cluster = _fake_autoscaling_cluster({"gpu_node": {"resources": {"CPU": 1, "GPU": 1, "mvboost_gpu": 1},
+                                                      "node_config": {}, "min_workers": 0, "max_workers": 2}},
+                                        head={"CPU": 2})
+    env = dict(os.environ, MVBOOST_CACHE=str(tiny_cache), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO))
+    env.pop("RAY_ADDRESS", None)
+    cluster.start(override_env={"RAY_AUTH_MODE": "disabled"})
+    try:
+        out = tmp_path / "out"
+        cmd = [sys.executable, "-m", "ray_jobs.generate", "--config",
+               str(REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"), "--output", str(out), "--n", "4",
+               "--set", "ray.address=auto", "--set", "era3d.resources.custom={mvboost_gpu: 0.75}"]
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        assert "accepted 4, rejected 0" in r.stdout
+        assert "cannot be scheduled" in r.stderr  # warned (no GPU yet), not refused: an autoscaler may add nodes
+        ray.init(address="auto")
+        try:
+            deadline, alive = time.time() + 120, None
+            while time.time() < deadline:
+                alive = [n for n in ray.nodes() if n["Alive"]]
+                if len(alive) == 1:
+                    break
+                time.sleep(3)
+            assert len(alive) == 1 and not alive[0]["Resources"].get("GPU")  # only the head is left
+        finally:
+            ray.shutdown()
+        summary = __import__("json").loads((out / "summary.json").read_text())
+        assert summary["gpu_seconds_held"] > 0  # GPUs were held on the started nodes
+    finally:
+        cluster.shutdown()
