@@ -77,7 +77,7 @@ def bench_driver_rss(tmp: Path, ns: list[int]) -> None:
     print(f"driver peak RSS spread {100 * (hi - lo) / lo:.1f} % over n = {', '.join(map(str, ns))} [target <= 10 %]")
 
 
-def bench_commit(tmp: Path, items: int = 64, size: int = 1_000_000, repeat: int = 3) -> None:
+def bench_commit(tmp: Path, items: int = 64, size: int = 1_000_000, repeat: int = 5) -> None:
     import numpy as np
 
     from mvboost.io.sample import tar_members

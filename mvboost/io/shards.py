@@ -22,6 +22,7 @@ import json
 import tarfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .sample import tar_members
@@ -227,12 +228,19 @@ class OutputStore:
         final = self.path(shard_name(shard) + ".tar")
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         digest, size = hashlib.sha256(), 0
-        with self.fs.open(tmp, "wb") as out:
+        # sha256 runs in a helper thread, item i overlapping the write of item i (hashlib releases the GIL;
+        # prefetching reads in a second thread measured slower on 2 cores)
+        with self.fs.open(tmp, "wb") as out, ThreadPoolExecutor(1, thread_name_prefix="shard-sha256") as hasher:
+            pending = None
             for key in accepted:
                 body = tar_body(self.read(f"{sdir}/{key}.tar"))
+                if pending is not None:
+                    pending.result()
+                pending = hasher.submit(digest.update, body)
                 out.write(body)
-                digest.update(body)
                 size += len(body)
+            if pending is not None:
+                pending.result()
             tail = tar_end(size)
             out.write(tail)
             digest.update(tail)
