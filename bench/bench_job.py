@@ -3,9 +3,12 @@ same tiny smoke config and machine, and 1 vs 2 workers per actor stage.
 
     python bench/bench_job.py [--n 32]
 
-Prints samples/s for each and the ratios (target: Ray / in-process >= 0.9). "Steady" counts items
-between the first and the last finished item, so model loading and actor start-up (paid once per
-actor on a cluster) are excluded; end-to-end numbers include them.
+Prints end-to-end samples/s (start-up, model loading and actor start included) for the in-process loop
+and for the Ray job with three layouts of the same stages, and the ratios (target: Ray / in-process
+>= 0.9 end to end): "separate" (generate_smoke.yaml: an actor pool per model stage), "fused GPU group"
+(generate_1gpu_smoke.yaml's layout: text-to-image + one [era3d, lgm, render, refine] worker) and "one
+worker" (every model stage fused: one actor pool, the in-process loop's shape on Ray). Steady rates
+are printed where the summary can measure them.
 """
 from __future__ import annotations
 
@@ -19,7 +22,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "ray_jobs" / "configs" / "generate_smoke.yaml"
-ACTOR_STAGES = ("text_to_image", "era3d", "lgm", "render", "refine")
+
+
+LAYOUTS = {
+    "separate": [],
+    "fused GPU group": ["job.stages=[text_to_image, matting, [era3d, lgm, render, refine], write]",
+                        "era3d.resources.num_cpus=1"],
+    "one worker": ["job.stages=[[text_to_image, matting, era3d, lgm, render, refine], write]",
+                   "text_to_image.resources.num_cpus=1.5", "text_to_image.resources.batch_size=4"],
+}
 
 
 def in_process(n, out):
@@ -30,14 +41,14 @@ def in_process(n, out):
     return s.steady_items_per_s, s.accepted / s.wall_seconds
 
 
-def on_ray(n, out, workers):
-    """Runs the job on one local Ray; returns samples/s of the pipeline (after a warm-up run)."""
+def on_ray(n, out, layout):
+    """Runs the job on one local Ray (after a warm-up run that builds nothing new); end-to-end samples/s."""
     code = f"""
 import time, sys
 sys.path.insert(0, {str(REPO)!r})
 from ray_jobs.generate import run_on_ray
 from mvboost.pipeline.job import load_job_config
-sets = ["job.progress=false", "ray.num_cpus=2"] + [f"{{s}}.resources.max_actors={workers}" for s in {ACTOR_STAGES!r}]
+sets = ["job.progress=false", "ray.num_cpus=2"] + {LAYOUTS[layout]!r}
 run_on_ray(load_job_config({str(SMOKE)!r}, [f"job.output={out}-warm", "job.n=4", "job.shard_size=4"] + sets))
 s = run_on_ray(load_job_config({str(SMOKE)!r}, [f"job.output={out}", "job.n={n}"] + sets))
 print("RESULT", s.steady_items_per_s, s.accepted / s.wall_seconds)
@@ -47,7 +58,8 @@ print("RESULT", s.steady_items_per_s, s.accepted / s.wall_seconds)
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
     if not line:
         raise RuntimeError(r.stderr[-3000:])
-    return float(line[0].split()[1]), float(line[0].split()[2])
+    steady, e2e = line[0].split()[1:3]
+    return (None if steady == "None" else float(steady)), float(e2e)
 
 
 def main():
@@ -62,13 +74,11 @@ def main():
         torch.set_num_threads(2)
         in_process(4, tmp / "warm")  # builds the tiny models once
         base, base_e2e = in_process(args.n, tmp / "inproc")
-        print(f"in-process loop: {base:.3f} samples/s steady ({base_e2e:.3f} end to end)", flush=True)
-        one, one_e2e = on_ray(args.n, tmp / "ray1", 1)
-        print(f"Ray job, 1 worker per stage: {one:.3f} samples/s steady = x{one / base:.2f} the in-process loop "
-              f"({one_e2e:.3f} end to end, x{one_e2e / base_e2e:.2f}; includes actor start-up)", flush=True)
-        two, two_e2e = on_ray(args.n, tmp / "ray2", 2)
-        print(f"Ray job, up to 2 workers per stage: {two:.3f} samples/s steady = x{two / one:.2f} of 1 worker "
-              f"({two_e2e:.3f} end to end; 2 CPU cores in all)", flush=True)
+        print(f"in-process loop: {base_e2e:.3f} samples/s end to end (steady {base})", flush=True)
+        for i, layout in enumerate(LAYOUTS):
+            steady, e2e = on_ray(args.n, tmp / f"ray{i}", layout)
+            print(f"Ray job, {layout}: {e2e:.3f} samples/s end to end = x{e2e / base_e2e:.2f} the in-process loop "
+                  f"(steady {steady})", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
