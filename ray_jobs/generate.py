@@ -14,8 +14,9 @@ member, sharing loaded models (one Era3D per GPU for generation and refinement).
 weights (``uses_actor``) run as actor pools (``ActorPoolStrategy(min_size, max_size)``, ``num_gpus``
 fraction and batch size from config; ``max_actors: 0`` = as many as the cluster has room for), so
 weights load once per actor; the others run as tasks. Ray Data streams with backpressure. The last
-stage writes each finished item to the output's staging area from the worker; the driver commits
-each shard (tar, rejects, manifest last) as soon as its last item is in.
+stage writes each finished item to the output's staging area from the worker and returns only status
+rows; as soon as a shard's last item is in, the driver has a Ray task commit it where the data is
+(tar, rejects, manifest last).
 
 Before any work the layout is checked against the cluster's nodes
 (:mod:`mvboost.pipeline.layout`): pools whose ``min_actors`` cannot all start at once fail with a
@@ -288,9 +289,9 @@ def main(argv=None) -> int:
         if args.dry_run:
             from mvboost.pipeline.dryrun import dry_run
 
-            text = dry_run(cfg)
+            text, problems = dry_run(cfg)
             print(text)
-            return 2 if "\nproblem: " in text else 0
+            return 2 if problems else 0
         print(f"output: {cfg.job.output}", flush=True)
         if args.in_process:
             from mvboost.pipeline.job import run_in_process

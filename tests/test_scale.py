@@ -1,5 +1,4 @@
 """Scale-out without a cluster: dry runs, resources per stage, outputs as users read them, shard commits."""
-import json
 import subprocess
 import sys
 

@@ -146,18 +146,23 @@ class OutputStore:
             raise OutputError(f"output {self.url} is not writable: {type(e).__name__}: {e}") from e
 
     # ---- job plan ---------------------------------------------------------------------------
+    def plan_mismatch(self, plan: dict) -> str | None:
+        """How ``plan`` differs from the one this output's job.json pins ("n: 4 there, 8 now, …"), or None."""
+        path = self.path("job.json")
+        if not self.exists(path):
+            return None
+        old = json.loads(self.read(path))
+        diff = {k: (old.get(k), v) for k, v in plan.items() if old.get(k) != v}
+        return ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items()) or None
+
     def claim_job(self, plan: dict) -> None:
         """Record the shard plan, or check that an existing output was made with the same plan."""
-        path = self.path("job.json")
-        if self.exists(path):
-            old = json.loads(self.read(path))
-            diff = {k: (old.get(k), v) for k, v in plan.items() if old.get(k) != v}
-            if diff:
-                raise OutputError(f"output {self.url} holds a job with a different plan "
-                                  f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
-                                  "rerun with the same settings to resume, or choose a new output")
-        else:
-            self.write_atomic(path, json.dumps(plan, indent=1, sort_keys=True).encode())
+        mismatch = self.plan_mismatch(plan)
+        if mismatch:
+            raise OutputError(f"output {self.url} holds a job with a different plan ({mismatch}); "
+                              "rerun with the same settings to resume, or choose a new output")
+        if not self.exists(self.path("job.json")):
+            self.write_atomic(self.path("job.json"), json.dumps(plan, indent=1, sort_keys=True).encode())
 
     # ---- items ------------------------------------------------------------------------------
     def stage_sample(self, shard: int, key: str, fields: dict[str, bytes]) -> int:

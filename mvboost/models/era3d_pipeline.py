@@ -314,7 +314,7 @@ def write_era3d_folder(folder: Path, unet_config: dict, unet: Era3DUNet, vae, im
     save_file({k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in unet.state_dict().items()},
               str(folder / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     for name, module in (("vae", vae), ("image_encoder", image_encoder), ("text_encoder", text_encoder)):
-        module.to("cpu", dtype) if dtype is not None else module.to("cpu")
+        module.to("cpu", dtype=dtype)
         module.save_pretrained(str(folder / name))
     CLIPImageProcessor(size={"shortest_edge": clip_image_size},
                        crop_size={"height": clip_image_size, "width": clip_image_size},

@@ -7,15 +7,16 @@ resources and the least the cluster must have for the actor pools to start.
 """
 from __future__ import annotations
 
-import json
-
 from ..io.shards import OutputStore
 from .config import validate
-from .plan import plan_items
-from .units import build_units, stage_units
+from .layout import fmt_resource, min_demand
+from .plan import job_plan, plan_items
+from .tracker import resume_state
+from .units import build_units, layout_units, stage_units
 
 
-def dry_run(cfg) -> str:
+def dry_run(cfg) -> tuple[str, list[str]]:
+    """(the plan as text, the problems a run would hit: an other plan on the output, missing models)."""
     from ..models.hub import ModelNotFound, check
 
     validate(cfg)
@@ -25,37 +26,23 @@ def dry_run(cfg) -> str:
     lines = [f"plan: {len(items):,} items in {len(shards):,} shards of up to {cfg.job.shard_size} "
              f"(prompts: {cfg.prompts.source}{' ' + str(cfg.prompts.bank) if cfg.prompts.source == 'file' else ''})",
              f"output: {store.url}"]
-    plan = {"n": cfg.job.n, "shard_size": cfg.job.shard_size, "seed": cfg.job.seed,
-            "prompts_source": cfg.prompts.source, "prompts_seed": cfg.prompts.seed,
-            "first_key": items[0]["item_id"], "last_key": items[-1]["item_id"]}
     problems = []
-    job_json = store.path("job.json")
-    if store.exists(job_json):
-        old = json.loads(store.read(job_json))
-        diff = {k: (old.get(k), v) for k, v in plan.items() if old.get(k) != v}
-        if diff:
-            problems.append("the output holds a job with a different plan (" + ", ".join(
-                f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items()) + "): a run would be refused")
-        committed, staged = store.finished(shards)
-        done = staged | {it["item_id"] for it in items if it["shard"] in committed}
+    if store.exists(store.path("job.json")):
+        mismatch = store.plan_mismatch(job_plan(cfg, items))
+        if mismatch:
+            problems.append(f"the output holds a job with a different plan ({mismatch}): a run would be refused")
+        committed, staged, done = resume_state(store, items)
         lines.append(f"already done: {len(committed):,} shards committed, {len(staged):,} items staged or rejected "
                      f"in uncommitted shards; a run skips {len(done):,} items and processes "
                      f"{len(items) - len(done):,}")
     else:
         lines.append(f"new output: a run processes all {len(items):,} items")
     lines.append("operators (job.stages):")
-    units = build_units(cfg, None)
-    min_gpu = min_cpu = 0.0
-    for names, unit in zip(stage_units(cfg), units):
+    layout = layout_units(cfg)
+    for names, unit, lu in zip(stage_units(cfg), build_units(cfg, None), layout):
         r = unit.resources
-        if unit.uses_actor:
-            pool = f"actor pool {r.min_actors}..{r.max_actors or 'as many as fit'}"
-            min_gpu += r.min_actors * r.num_gpus
-            min_cpu += r.min_actors * r.num_cpus
-        else:
-            pool = "tasks"
-        extra = "".join(f", {k} {v}" for k, v in (("memory", r.memory), ("accelerator", r.accelerator_type))
-                        if v) + ("".join(f", {k} {v:g}" for k, v in r.custom.items()) if r.custom else "")
+        pool = f"actor pool {r.min_actors}..{r.max_actors or 'as many as fit'}" if unit.uses_actor else "tasks"
+        extra = "".join(f", {fmt_resource(k, v)}" for k, v in lu.other.items())
         lines.append(f"  {unit.name:<28} {pool} x ({r.num_gpus:g} GPU, {r.num_cpus:g} CPU{extra}), "
                      f"batch {r.batch_size}")
         for name in names:
@@ -67,8 +54,10 @@ def dry_run(cfg) -> str:
                     where = "MISSING"
                     problems.append(str(e))
                 lines.append(f"      {name}: {sc.model}@{sc.revision} -> {where}")
-    lines.append(f"the actor pools need at least {min_gpu:g} GPUs and {min_cpu:g} CPUs at once (min_actors), "
-                 "plus CPUs for the task stages and the shard commits")
+    need = min_demand(layout)
+    others = "".join(f", {fmt_resource(k, v)}" for k, v in need.items() if k not in ("GPU", "CPU"))
+    lines.append(f"the actor pools need at least {need['GPU']:g} GPUs and {need['CPU']:g} CPUs{others} at once "
+                 "(min_actors), plus CPUs for the task stages and the shard commits")
     lines += [f"problem: {p}" for p in problems]
     lines.append("dry run: nothing was run or written" + (f"; {len(problems)} problem(s) above" if problems else ""))
-    return "\n".join(lines)
+    return "\n".join(lines), problems

@@ -54,15 +54,27 @@ class Node:
         return Node(self.cpus, self.gpus, self.other)
 
 
-def _fmt(key: str, value: float) -> str:
+def fmt_resource(key: str, value: float) -> str:
     if key == "memory":
         return f"{value / 1e9:.1f} GB memory"
     return f"{value:g} {key}{'s' if key in ('GPU', 'CPU') else ''}"
 
 
 def _demand(u: Unit) -> str:
-    parts = [f"{u.num_gpus:g} GPU", f"{u.num_cpus:g} CPU"] + [_fmt(k, v) for k, v in u.other.items()]
+    parts = [f"{u.num_gpus:g} GPU", f"{u.num_cpus:g} CPU"] + [fmt_resource(k, v) for k, v in u.other.items()]
     return " + ".join(parts)
+
+
+def min_demand(units: list[Unit]) -> dict[str, float]:
+    """What the actor pools hold at once at their ``min_actors``: GPU, CPU and every other resource."""
+    need = {"GPU": 0.0, "CPU": 0.0}
+    for u in units:
+        if u.uses_actor:
+            need["GPU"] += u.num_gpus * u.min_actors
+            need["CPU"] += u.num_cpus * u.min_actors
+            for k, v in u.other.items():
+                need[k] = need.get(k, 0.0) + v * u.min_actors
+    return need
 
 
 def describe_cluster(nodes: list[dict]) -> str:
@@ -128,13 +140,9 @@ def check_layout(units: list[Unit], nodes: list[dict]) -> None:
         actors = [u for u in units if u.uses_actor]
         want = ", ".join(f"{u.name} {u.min_actors} x {_demand(u)}" for u in actors)
         names = ", ".join(dict.fromkeys(u.name for u in failed))
-        need = {"GPU": sum(u.num_gpus * u.min_actors for u in actors),
-                "CPU": sum(u.num_cpus * u.min_actors for u in actors)}
-        for u in actors:
-            for k, v in u.other.items():
-                need[k] = need.get(k, 0.0) + v * u.min_actors
+        need = min_demand(units)
         have = {k: sum(float(n.get(k, 0)) for n in nodes) for k in need}
-        short = [f"{_fmt(k, need[k])} needed, {_fmt(k, have[k])} in the cluster" for k in need
+        short = [f"{fmt_resource(k, need[k])} needed, {fmt_resource(k, have[k])} in the cluster" for k in need
                  if need[k] > have[k] + EPS]
         why = ("; ".join(short) if short else
                "the totals fit, but not packed onto the nodes (whole GPUs and CPUs per node, fractions per GPU)")

@@ -43,3 +43,10 @@ def plan_items(cfg) -> list[dict]:
     return items
 
 
+
+
+def job_plan(cfg, items: list[dict]) -> dict:
+    """What job.json pins: a rerun on the same output must have the same plan."""
+    return {"n": cfg.job.n, "shard_size": cfg.job.shard_size, "seed": cfg.job.seed,
+            "prompts_source": cfg.prompts.source, "prompts_seed": cfg.prompts.seed,
+            "first_key": items[0]["item_id"], "last_key": items[-1]["item_id"]}

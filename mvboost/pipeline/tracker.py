@@ -8,13 +8,16 @@ import time
 
 from ..io.shards import OutputStore, jsonl_bytes, shard_name
 from .config import JobInfo, job_meta, validate
-from .plan import plan_items
+from .plan import job_plan, plan_items
 from .stage import OK, RESULT_COLUMNS, STATUS, to_python
 from .summary import RunSummary, _reason_class, steady_rate
 from .units import gpu_share
 
 
-
+def resume_state(store: OutputStore, items: list[dict]) -> tuple[set[int], set[str], set[str]]:
+    """(committed shards, keys staged or rejected in uncommitted shards, every finished key) of an output."""
+    committed, staged = store.finished(sorted({it["shard"] for it in items}))
+    return committed, staged, staged | {it["item_id"] for it in items if it["shard"] in committed}
 
 
 class ShardTracker:
@@ -66,18 +69,15 @@ class JobState:
         self.store = OutputStore(cfg.job.output, cfg.job.storage_options)
         self.store.check_writable()
         self.items = plan_items(cfg)
-        self.store.claim_job({"n": cfg.job.n, "shard_size": cfg.job.shard_size, "seed": cfg.job.seed,
-                              "prompts_source": cfg.prompts.source, "prompts_seed": cfg.prompts.seed,
-                              "first_key": self.items[0]["item_id"], "last_key": self.items[-1]["item_id"]})
+        self.store.claim_job(job_plan(cfg, self.items))
         self.shards = sorted({it["shard"] for it in self.items})
-        committed, staged = self.store.finished(self.shards)
+        committed, staged, done = resume_state(self.store, self.items)
         self.tracker = ShardTracker(self.items, staged, committed)
-        done = staged | {it["item_id"] for it in self.items if it["shard"] in committed}
         self.pending = [it for it in self.items if it["item_id"] not in done]
         self.skipped = len(self.items) - len(self.pending)
         self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
-        self.committer = LocalCommitter(self.store)
-        self.gpu_seconds_held = 0.0  # set by an executor that can see the GPUs it holds (the Ray job)  # the Ray job swaps in a committer that runs on workers
+        self.committer = LocalCommitter(self.store)  # the Ray job swaps in a committer that runs on workers
+        self.gpu_seconds_held = 0.0  # set by an executor that can see the GPUs it holds (the Ray job)
         self.t0 = time.time()
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
         self.run_rejected = 0
@@ -153,5 +153,3 @@ class JobState:
                                 jsonl_bytes(rejects))
         self.store.write_atomic(self.store.path("summary.json"), json.dumps(summary.to_dict(), indent=1).encode())
         return summary
-
-

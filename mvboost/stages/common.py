@@ -47,8 +47,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(sorted(DTYPES))}")
+    check_dtype(dtype, "dtype")  # a ConfigError, which is a ValueError
     return DTYPES[dtype]
 
 
