@@ -71,18 +71,125 @@ def test_background_compositing():
     assert render(g, cam).alpha.max() == 0
 
 
+def random_scene(n, batch=1, seed=0, dtype=torch.float64, opacity=(0.1, 1.0), scale=(0.01, 0.06)):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, n, 4, generator=g, dtype=dtype)
+    lo, hi = opacity
+    return Gaussians(torch.rand(batch, n, 3, generator=g, dtype=dtype) - 0.5,
+                     torch.rand(batch, n, generator=g, dtype=dtype) * (hi - lo) + lo,
+                     torch.rand(batch, n, 3, generator=g, dtype=dtype) * (scale[1] - scale[0]) + scale[0],
+                     q / q.norm(dim=-1, keepdim=True), torch.rand(batch, n, 3, generator=g, dtype=dtype))
+
+
+def brute_force(g: Gaussians, cams: Cameras, background=(1.0, 1.0, 1.0)):
+    """Independent oracle for the compositing: every pixel against every Gaussian (no tiles, no
+    chunks, no bounding boxes), the direct sigma formula, plain autograd. Same rules as gsplat's:
+    alpha = min(0.999, o exp(-sigma)), skipped below 1/255 or sigma < 0, depth-sorted front to back,
+    a pixel stops before the Gaussian that would take its transmittance to 1e-4."""
+    from mvboost.render import project_gaussians
+    from mvboost.render.rasterizer import ALPHA_MAX, ALPHA_MIN, NEAR_PLANE, T_MIN
+
+    W, H = cams.width, cams.height
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=g.means.dtype) + 0.5, torch.arange(W, dtype=g.means.dtype) + 0.5,
+                            indexing="ij")
+    px, py = xs.reshape(-1, 1), ys.reshape(-1, 1)
+    rgbs, alphas, depths = [], [], []
+    for ci in range(len(cams)):
+        m2, con, _, depth, det = project_gaussians(g.means[0], g.quats[0], g.scales[0], cams.viewmats[ci].to(g.means),
+                                                   cams.K[ci].to(g.means), W, H, cams.model)
+        keep = (depth > NEAR_PLANE) & (det > 0)
+        order = torch.argsort(torch.where(keep, depth, torch.full_like(depth, float("inf"))))[:int(keep.sum())]
+        m2, con, depth, op, col = m2[order], con[order], depth[order], g.opacities[0][order], g.colors[0][order]
+        dx, dy = m2[:, 0][None] - px, m2[:, 1][None] - py
+        sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
+        alpha = torch.clamp(op * torch.exp(-sigma), max=ALPHA_MAX)
+        alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+        t_incl = torch.cumprod(1 - alpha, dim=1)
+        w = alpha * t_incl / (1 - alpha) * (t_incl > T_MIN)
+        a = w.sum(1)
+        rgb = w @ col + (1 - a)[:, None] * torch.as_tensor(background, dtype=g.means.dtype)
+        d = torch.where(a > 0, (w @ depth) / a.clamp_min(1e-10), torch.zeros_like(a))
+        rgbs.append(rgb.T.reshape(3, H, W).clamp(0, 1))  # render() clamps too
+        alphas.append(a.reshape(1, H, W))
+        depths.append(d.reshape(1, H, W))
+    return torch.stack(rgbs)[None], torch.stack(alphas)[None], torch.stack(depths)[None]
+
+
+@pytest.mark.parametrize("cams", [lgm_input_cameras(24), era3d_cameras(24)], ids=["pinhole", "ortho"])
+def test_rasterizer_matches_brute_force_oracle_forward_and_backward(cams):
+    """Values and gradients of every Gaussian parameter agree with the dense oracle in float64, for a
+    scene with overlaps, near-opaque Gaussians (so pixels stop at 1e-4) and Gaussians off-screen."""
+    cams = cams.to(dtype=torch.float64)
+    g = random_scene(150, opacity=(0.5, 0.999), scale=(0.03, 0.15))
+    params = [t.clone().requires_grad_(True) for t in (g.means, g.opacities, g.scales, g.quats, g.colors)]
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.rand(1, len(cams), c, 24, 24, generator=gen, dtype=torch.float64) for c in (3, 1, 1)]
+
+    def loss(out):
+        return sum((o * w).sum() for o, w in zip(out, weights))
+
+    ref = brute_force(Gaussians(*params), cams)
+    ref_grads = torch.autograd.grad(loss(ref), params)
+    for ts, ch in ((4, 32), (8, 5), (16, 1000)):
+        out = render(Gaussians(*params), cams, tile_size=ts, chunk=ch, max_elems=4096)
+        for o, r in zip((out.rgb, out.alpha, out.depth), ref):
+            torch.testing.assert_close(o, r, rtol=0, atol=1e-10)
+        grads = torch.autograd.grad(loss((out.rgb, out.alpha, out.depth)), params)
+        for name, gr, rg in zip(("means", "opacities", "scales", "quats", "colors"), grads, ref_grads):
+            assert rg.abs().max() > 0, name
+            torch.testing.assert_close(gr, rg, rtol=1e-7, atol=1e-9, msg=lambda m: f"{name} tile {ts}: {m}")
+    assert (ref[1] > 1 - 1.1e-4).any()  # some pixels did reach the 1e-4 stop
+
+
 def test_tiling_and_chunking_do_not_change_the_image():
-    torch.manual_seed(0)
-    n = 300
-    q = torch.randn(1, n, 4)
-    g = Gaussians(torch.rand(1, n, 3) - 0.5, torch.rand(1, n) * 0.9 + 0.1, torch.rand(1, n, 3) * 0.05 + 0.01,
-                  q / q.norm(dim=-1, keepdim=True), torch.rand(1, n, 3))
+    g = random_scene(300, dtype=torch.float32)
     cams = era3d_cameras(48)
-    ref = render(g, cams, tile_size=48, chunk=100000)
-    for ts, ch in ((16, 7), (8, 64), (20, 1000)):
+    ref = render(g.to(torch.float64), cams.to(dtype=torch.float64), tile_size=4, chunk=100000)
+    for ts, ch in ((16, 7), (8, 64), (4, 1000), (12, 3)):
+        out64 = render(g.to(torch.float64), cams.to(dtype=torch.float64), tile_size=ts, chunk=ch)
+        torch.testing.assert_close(out64.rgb, ref.rgb, rtol=0, atol=1e-12)
+        # float32: each exponent is a quadratic form about the tile centre; for tiles up to 16 px the
+        # rounding stays below 5e-6 (measured: 1.1e-6 at 4 px, 3.8e-6 at 16 px)
         out = render(g, cams, tile_size=ts, chunk=ch)
-        torch.testing.assert_close(out.rgb, ref.rgb, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(out.alpha, ref.alpha, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.rgb.double(), ref.rgb, rtol=0, atol=5e-6)
+        torch.testing.assert_close(out.alpha.double(), ref.alpha, rtol=0, atol=5e-6)
+    with pytest.raises(ValueError, match="tile_size"):
+        render(g, cams, tile_size=32)
+
+
+def test_backward_memory_is_bounded_by_the_round_not_the_image(tmp_path):
+    """Peak RSS of forward + backward at 256^2 x 6 views x 16k Gaussians stays near the size of the
+    inputs and images: the backward keeps no per-(pixel, Gaussian) activations."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch
+torch.set_num_threads(2)
+from mvboost.gaussians import Gaussians
+from mvboost.geometry.cameras import era3d_cameras
+from mvboost.render import render
+g = torch.Generator().manual_seed(0)
+n = 16384
+q = torch.randn(1, n, 4, generator=g)
+params = [torch.rand(1, n, 3, generator=g) - 0.5, torch.rand(1, n, generator=g) * 0.9 + 0.05,
+          torch.rand(1, n, 3, generator=g) * 0.02 + 0.003, q / q.norm(dim=-1, keepdim=True), torch.rand(1, n, 3, generator=g)]
+params = [p.requires_grad_(True) for p in params]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+render(Gaussians(*params), era3d_cameras(SIZE)).rgb.mean().backward()
+assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+    growth = {}
+    for size in (128, 256):
+        out = subprocess.run([sys.executable, "-c", code.replace("SIZE", str(size))], capture_output=True, text=True,
+                             check=True)
+        growth[size] = float(out.stdout.split()[-1])
+    print("peak RSS growth, MiB:", growth)
+    # measured 213 / 260 MiB (the per-tile-pair rasterizer before this one: 3,698 / 6,053 MiB). 4x the
+    # pixels grows the images, per-pixel state and the tile-pair list, not the per-round working set
+    assert growth[256] < 600, growth
+    assert growth[256] < growth[128] + 300, growth
 
 
 def test_gradients_reach_every_parameter_gradcheck():

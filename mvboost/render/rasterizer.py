@@ -4,8 +4,16 @@ The pure-torch rasterizer follows gsplat's "classic" conventions so it can serve
 oracle for gsplat on GPU: EWA projection with +0.3 px^2 dilation, pixel centres at +0.5,
 alpha = min(0.999, opacity * exp(-sigma)), Gaussians with alpha < 1/255 skipped, depth-sorted
 front-to-back compositing that stops before transmittance would fall to 1e-4, background
-blended with the final transmittance. It is differentiable w.r.t. every Gaussian parameter and
-works tile by tile, in chunks of Gaussians, so memory stays bounded for 65k Gaussians at 512^2.
+blended with the final transmittance (gsplat's sigma < 0 skip is implied: conics are positive
+definite). It is differentiable w.r.t. every Gaussian parameter.
+
+How it is fast enough for optimisation loops on a CPU without a compiled kernel: all objects x views
+are binned into small tiles at once (one sort of (tile, Gaussian) pairs with narrow keys); each round
+takes the next ``chunk`` Gaussians of every busy tile, and a Gaussian's exponent over a tile is a
+quadratic form in the pixel position, so opacity * exp(-sigma) for all pairs is one batched matmul
+and one exp. The backward is written by hand (:class:`_Composite`) and replays the rounds front to
+back, so neither pass keeps per-(pixel, Gaussian) activations: memory is bounded by ``max_elems``,
+not by image size x Gaussians.
 """
 from __future__ import annotations
 
@@ -33,121 +41,290 @@ class RenderOutput:
 
 
 def project_gaussians(means, quats, scales, viewmat, K, width, height, camera_model="pinhole", eps2d=EPS2D):
-    """EWA projection of N Gaussians into one camera (gsplat's conventions).
+    """EWA projection of Gaussians into cameras (gsplat's conventions).
 
-    Returns means2d (N,2) in pixels, conics (N,3) = (a, b, c) of the inverse 2D covariance,
-    cov2d (N,2,2) with dilation, depth (N,) and det (N,) of the dilated covariance.
+    ``means`` (..., N, 3), ``quats`` (..., N, 4), ``scales`` (..., N, 3); ``viewmat`` (..., 4, 4) and
+    ``K`` (..., 3, 3) with the same leading dimensions (or none: one camera). Returns means2d (..., N, 2)
+    in pixels, conics (..., N, 3) = (a, b, c) of the inverse 2D covariance, cov2d (..., N, 2, 2) with
+    dilation, depth (..., N) and det (..., N) of the dilated covariance.
     """
-    rot = viewmat[:3, :3]
-    p = means @ rot.T + viewmat[:3, 3]
+    rot = viewmat[..., :3, :3]
+    p = means @ rot.transpose(-1, -2) + viewmat[..., None, :3, 3]
     x, y, z = p.unbind(-1)
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]
+    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
     rs = quat_to_rotmat(quats) * scales[..., None, :]  # R S
     cov_world = rs @ rs.transpose(-1, -2)
-    cov_cam = rot @ cov_world @ rot.T
+    rot_ = rot[..., None, :, :]
+    cov_cam = rot_ @ cov_world @ rot_.transpose(-1, -2)
     zeros = torch.zeros_like(z)
     if camera_model == "pinhole":
         zs = torch.where(z.abs() > 1e-8, z, torch.full_like(z, 1e-8))
         tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
         tx = zs * torch.clamp(x / zs, -(cx / fx + 0.3 * tan_fovx), (width - cx) / fx + 0.3 * tan_fovx)
         ty = zs * torch.clamp(y / zs, -(cy / fy + 0.3 * tan_fovy), (height - cy) / fy + 0.3 * tan_fovy)
-        jac = torch.stack([fx / zs, zeros, -fx * tx / zs ** 2, zeros, fy / zs, -fy * ty / zs ** 2], -1).reshape(-1, 2, 3)
+        jac = torch.stack([fx / zs, zeros, -fx * tx / zs ** 2, zeros, fy / zs, -fy * ty / zs ** 2], -1)
         means2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], -1)
     elif camera_model == "ortho":
         ones = torch.ones_like(z)
-        jac = torch.stack([fx * ones, zeros, zeros, zeros, fy * ones, zeros], -1).reshape(-1, 2, 3)
+        jac = torch.stack([fx * ones, zeros, zeros, zeros, fy * ones, zeros], -1)
         means2d = torch.stack([fx * x + cx, fy * y + cy], -1)
     else:
         raise ValueError(f"unknown camera model {camera_model!r}")
+    jac = jac.reshape(*jac.shape[:-1], 2, 3)
     cov2d = jac @ cov_cam @ jac.transpose(-1, -2)
     cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
-    a, b, c = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
     det = a * c - b * b
     det_safe = torch.where(det > 0, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], -1)
     return means2d, conics, cov2d, z, det
 
 
-def _rasterize_one(means2d, conics, opac, colors, depth, radii_x, radii_y, valid, width, height, background,
-                   tile_size, chunk):
-    dev, dt = means2d.device, means2d.dtype
-    order = torch.argsort(torch.where(valid, depth, torch.full_like(depth, float("inf"))))
-    order = order[valid[order]]
-    m2, con, op, col, dep = means2d[order], conics[order], opac[order], colors[order], depth[order]
-    rx, ry = radii_x[order], radii_y[order]
-    # tile ranges covered by each Gaussian's bounding box (conservative; exact culling is alpha < 1/255)
-    tx0 = torch.floor((m2[:, 0] - rx) / tile_size).clamp(min=0)
-    tx1 = torch.floor((m2[:, 0] + rx) / tile_size)
-    ty0 = torch.floor((m2[:, 1] - ry) / tile_size).clamp(min=0)
-    ty1 = torch.floor((m2[:, 1] + ry) / tile_size)
-    rows = []
-    n_tx, n_ty = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    for ty in range(n_ty):
-        row_sel = (ty0 <= ty) & (ty1 >= ty)
-        y0, y1 = ty * tile_size, min((ty + 1) * tile_size, height)
-        tiles = []
-        for tx in range(n_tx):
-            x0, x1 = tx * tile_size, min((tx + 1) * tile_size, width)
-            idx = torch.nonzero(row_sel & (tx0 <= tx) & (tx1 >= tx)).squeeze(1)
-            ys, xs = torch.meshgrid(torch.arange(y0, y1, device=dev, dtype=dt) + 0.5,
-                                    torch.arange(x0, x1, device=dev, dtype=dt) + 0.5, indexing="ij")
-            px, py = xs.reshape(-1, 1), ys.reshape(-1, 1)
-            trans = torch.ones(px.shape[0], dtype=dt, device=dev)
-            c_acc = torch.zeros(px.shape[0], 3, dtype=dt, device=dev)
-            d_acc = torch.zeros(px.shape[0], dtype=dt, device=dev)
-            done = torch.zeros(px.shape[0], dtype=torch.bool, device=dev)
-            for s in range(0, idx.numel(), chunk):
-                j = idx[s:s + chunk]
-                dx, dy = m2[j, 0][None] - px, m2[j, 1][None] - py
-                a, b, c = con[j, 0][None], con[j, 1][None], con[j, 2][None]
-                sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                alpha = torch.clamp(op[j][None] * torch.exp(-sigma), max=ALPHA_MAX)
-                alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-                one_minus = 1.0 - alpha
-                t_incl = trans[:, None] * torch.cumprod(one_minus, dim=1)
-                t_excl = t_incl / one_minus
-                # a pixel stops before the Gaussian that would drop its transmittance to 1e-4
-                w = alpha * t_excl * ((t_incl > T_MIN) & ~done[:, None])
-                done = done | ((alpha > 0) & (t_incl <= T_MIN)).any(1)
-                c_acc = c_acc + w @ col[j]
-                d_acc = d_acc + w @ dep[j]
-                trans = trans - w.sum(1)
-                if bool(done.all()):
+@dataclass
+class _TilePlan:
+    """Which Gaussians touch which tile, front to back: the (tile, Gaussian) pairs sorted by tile and
+    then depth, as one flat list with each tile's start and count (no padding to the busiest tile)."""
+    gauss: torch.Tensor  # Gaussian index of each pair, grouped by tile, front to back, padded with N
+    start: torch.Tensor  # (tiles,) first pair of each tile (segments padded to a multiple of chunk)
+    count: torch.Tensor  # (tiles,) pairs per tile
+    origin: torch.Tensor  # (tiles, 2) pixel (x, y) of each tile's top-left corner
+    tile_size: int
+    chunk: int  # Gaussians per tile per round
+    tiles_per_round: int  # tiles processed together: bounds memory by tile size, not image size
+
+    @property
+    def n_tiles(self) -> int:
+        return self.start.shape[0]
+
+
+def _tile_plan(means2d, depth, rx, ry, valid, view, n_views, width, height, tile_size, chunk, max_elems):
+    """Bin N projected Gaussians (each belonging to ``view``) into the 16x16-style tiles of their view."""
+    dev = means2d.device
+    ntx, nty = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    per_view = ntx * nty
+    idx = torch.nonzero(valid).squeeze(1)
+    idx = idx[torch.argsort(depth[idx])]  # front to back; the stable sort by tile below keeps this order
+    m2, rx, ry = means2d[idx], rx[idx], ry[idx]
+    tx0 = torch.floor((m2[:, 0] - rx) / tile_size).clamp(0, ntx - 1).long()
+    tx1 = torch.floor((m2[:, 0] + rx) / tile_size).clamp(0, ntx - 1).long()
+    ty0 = torch.floor((m2[:, 1] - ry) / tile_size).clamp(0, nty - 1).long()
+    ty1 = torch.floor((m2[:, 1] + ry) / tile_size).clamp(0, nty - 1).long()
+    nx = tx1 - tx0 + 1
+    n = nx * (ty1 - ty0 + 1)  # tiles each Gaussian's box covers
+    base = view[idx] * per_view + ty0 * ntx + tx0
+    # the pairs: for Gaussian j, tiles base_j + (i // nx_j) * ntx + i % nx_j for i < n_j
+    local = torch.arange(int(n.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+    nx_r = torch.repeat_interleave(nx, n)
+    tile = torch.repeat_interleave(base, n) + torch.div(local, nx_r, rounding_mode="floor") * ntx + local % nx_r
+    key_dtype = torch.int16 if n_views * per_view <= 32767 else torch.int32  # radix sort: narrow keys are faster
+    tile, order = torch.sort(tile.to(key_dtype), stable=True)
+    tile = tile.long()
+    count = torch.bincount(tile, minlength=n_views * per_view)
+    chunk = max(1, min(chunk, int(count.max()) if count.numel() else 1))
+    # each tile's segment is padded to a multiple of ``chunk`` with the index of a transparent dummy
+    # Gaussian (index N), so a round reads whole chunks without masks
+    padded = (count + chunk - 1) // chunk * chunk
+    start = torch.cumsum(padded, 0) - padded
+    dest = torch.arange(tile.numel(), device=dev) + (start - (torch.cumsum(count, 0) - count)).index_select(0, tile)
+    gauss = torch.full((int(padded.sum()),), valid.numel(), dtype=torch.long, device=dev)
+    gauss.index_copy_(0, dest, torch.repeat_interleave(idx, n).index_select(0, order))
+    t = torch.arange(n_views * per_view, device=dev) % per_view
+    origin = torch.stack([(t % ntx) * tile_size, (t // ntx) * tile_size], -1).to(means2d.dtype)
+    tiles_per_round = max(1, max_elems // (tile_size * tile_size * chunk))
+    return _TilePlan(gauss, start, count, origin, tile_size, chunk, tiles_per_round)
+
+
+def _pixel_basis(tile_size, dtype, device):
+    """phi(p) = [1, x, y, x^2, y^2, xy] of each tile pixel centre, relative to the tile centre."""
+    c = torch.arange(tile_size, device=device, dtype=torch.float64) + 0.5 - tile_size / 2
+    ys, xs = torch.meshgrid(c, c, indexing="ij")
+    x, y = xs.reshape(-1), ys.reshape(-1)
+    return torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], -1).to(dtype)
+
+
+def _quad_coefs(m, con, op):
+    """Coefficients q with q . phi(p) = sigma(p) - log(opacity), so opacity * exp(-sigma) = exp(-q . phi).
+
+    ``m`` is the mean relative to the tile centre: sigma = 1/2 a dx^2 + 1/2 c dy^2 + b dx dy with
+    d = m - p. Means are relative to the tile centre so the terms that cancel stay small."""
+    mx, my = m[..., 0], m[..., 1]
+    a, b, c = con[..., 0], con[..., 1], con[..., 2]
+    return torch.stack([0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my - torch.log(op),
+                        -(a * mx + b * my), -(c * my + b * mx), 0.5 * a, 0.5 * c, b], -1)
+
+
+def _quad_coefs_backward(m, con, op, gq):
+    """Gradients of (m, con, op) from the gradient ``gq`` of :func:`_quad_coefs`' output."""
+    mx, my = m[..., 0], m[..., 1]
+    a, b, c = con[..., 0], con[..., 1], con[..., 2]
+    g0, g1, g2, g3, g4, g5 = gq.unbind(-1)
+    gm = torch.stack([g0 * (a * mx + b * my) - g1 * a - g2 * b, g0 * (c * my + b * mx) - g1 * b - g2 * c], -1)
+    gcon = torch.stack([g0 * 0.5 * mx * mx - g1 * mx + 0.5 * g3, g0 * mx * my - g1 * my - g2 * mx + g5,
+                        g0 * 0.5 * my * my - g2 * my + 0.5 * g4], -1)
+    return gm, gcon, -g0 / op
+
+
+def _sweep(plan, m2, con, op, feats, backward=None):
+    """Front-to-back compositing of every tile, ``chunk`` Gaussians per tile per round.
+
+    Each Gaussian's exponent over a tile is a quadratic form in the pixel position, so a round
+    evaluates opacity * exp(-sigma) for all (pixel, Gaussian) pairs as one batched matmul of the
+    pixel basis with per-pair coefficients, then one exp.
+
+    Forward (``backward`` None): returns acc (tiles, P, F) = sum_i w_i f_i and the final transmittance
+    (tiles, P), w_i = alpha_i T_i. Backward (``backward`` = (acc, trans, g_acc, g_trans)): replays the
+    same rounds and returns the gradients of (m2, con, op, feats). Nothing is kept per round, so memory
+    is bounded by tiles_per_round x tile pixels x chunk whatever the image size and Gaussian count.
+    The features still to come behind Gaussian i are acc_total - prefix_i, so the backward also runs
+    front to back.
+    """
+    dev, dt = m2.device, m2.dtype
+    ts, k = plan.tile_size, plan.chunk
+    phi = _pixel_basis(ts, dt, dev)  # (P, 6)
+    P, F = phi.shape[0], feats.shape[1]
+    acc = torch.zeros(plan.n_tiles, P, F, dtype=dt, device=dev)
+    trans = torch.ones(plan.n_tiles, P, dtype=dt, device=dev)
+    bwd = backward is not None
+    if bwd:
+        acc_total, trans_final, g_acc, g_trans = backward
+        grads = [torch.zeros(t.shape[0] + 1, *t.shape[1:], dtype=dt, device=dev) for t in (m2, con, op, feats)]
+    arange_k = torch.arange(k, device=dev)
+    centre = plan.origin + ts / 2
+    busy = torch.nonzero(plan.count > 0).squeeze(1)
+    busy = busy[torch.argsort(plan.count[busy], descending=True)]  # rows still busy in a round = a prefix
+    packed = torch.cat([m2, con, op[:, None], feats], -1)
+    dummy = torch.zeros(1, packed.shape[1], dtype=dt, device=dev)
+    dummy[0, 5] = 1e-30  # opacity: alpha = 1e-30 < 1/255, never composited
+    packed = torch.cat([packed, dummy])
+    alpha_min = torch.nextafter(torch.tensor(ALPHA_MIN, dtype=dt), torch.tensor(0.0, dtype=dt)).item()
+    for g0 in range(0, busy.numel(), plan.tiles_per_round):
+        active = busy[g0:g0 + plan.tiles_per_round]
+        t_cur, a_cur = trans[active], acc[active]
+        done = torch.zeros_like(t_cur, dtype=torch.bool)
+        if bwd:
+            g_a = g_acc[active]
+            g_rest = (g_a * acc_total[active]).sum(-1)  # G . (features still to come), updated per round
+            g_t = g_trans[active] * trans_final[active]
+        cnt = plan.count[active]  # descending
+        for r0 in range(0, int(cnt[0]), k):
+            n = int((cnt > r0).sum())
+            alive = ~done[:n].all(1)
+            if bool(alive.all()):
+                sel = slice(0, n)  # a view: no gathers
+            else:
+                sel = torch.nonzero(alive).squeeze(1)
+                if sel.numel() == 0:
                     break
-            tiles.append((c_acc.reshape(y1 - y0, x1 - x0, 3), (1 - trans).reshape(y1 - y0, x1 - x0),
-                          d_acc.reshape(y1 - y0, x1 - x0)))
-        rows.append([torch.cat([t[k] for t in tiles], dim=1) for k in range(3)])
-    rgb = torch.cat([r[0] for r in rows], dim=0)
-    acc_alpha = torch.cat([r[1] for r in rows], dim=0)
-    acc_depth = torch.cat([r[2] for r in rows], dim=0)
-    rgb = rgb + (1 - acc_alpha)[..., None] * background
-    depth = torch.where(acc_alpha > 0, acc_depth / acc_alpha.clamp_min(1e-10), torch.zeros_like(acc_depth))
-    return rgb.permute(2, 0, 1), acc_alpha[None], depth[None]
+            tiles = active[sel]
+            t_sel, d_sel, a_sel = t_cur[sel], done[sel], a_cur[sel]
+            gi = torch.take(plan.gauss, plan.start[tiles][:, None] + r0 + arange_k)  # (Ta, k)
+            pk = packed.index_select(0, gi.reshape(-1)).view(*gi.shape, -1)  # mean, conic, opacity, features
+            rel, cn, o, fg = pk[..., 0:2] - centre[tiles][:, None], pk[..., 2:5], pk[..., 5], pk[..., 6:]
+            q = _quad_coefs(rel, cn, o)
+            raw = torch.exp_(phi @ -q.transpose(1, 2))  # (Ta, P, k) = opacity * exp(-sigma)
+            alpha = torch.nn.functional.threshold(raw, alpha_min, 0.0).clamp_(max=ALPHA_MAX)  # < 1/255: skipped
+            one_minus = 1.0 - alpha
+            t0 = t_sel.masked_fill(d_sel, 0.0)  # done pixels take nothing more
+            t_incl = torch.cumprod(one_minus, dim=-1).mul_(t0[..., None])
+            t_excl = t_incl / one_minus
+            last = t_incl[..., -1]
+            stopped = (last <= T_MIN) & ~d_sel
+            any_stopped = bool(stopped.any())
+            # a pixel stops before the Gaussian that would drop its transmittance to 1e-4
+            live = t_incl > T_MIN if any_stopped else None
+            w = alpha * t_excl
+            if any_stopped:
+                w.mul_(live)
+            if bwd:
+                G = g_a[sel]
+                gf = G @ fg.transpose(1, 2)  # (Ta, P, k): G . f_i
+                rest = g_rest[sel][..., None] - torch.cumsum(w * gf, dim=-1)  # G . (features behind i)
+                d_alpha = t_excl * gf - (rest + g_t[sel][..., None]) / one_minus
+                # only the pairs that were composited (a done pixel has t_incl = 0, so not live)
+                d_raw = d_alpha * ((alpha > 0) & (alpha < ALPHA_MAX) & (t_incl > T_MIN))
+                gq = -(d_raw * raw).transpose(1, 2) @ phi  # (Ta, k, 6)
+                gm, gcon, gop = _quad_coefs_backward(rel, cn, o, gq)
+                flat = gi.reshape(-1)
+                for j, g in enumerate((gm, gcon, gop, w.transpose(1, 2) @ G)):
+                    grads[j].index_add_(0, flat, g.reshape(flat.numel(), *g.shape[2:]))
+                g_rest[sel] = rest[..., -1]
+            a_cur[sel] = a_sel + w @ fg
+            t_new = torch.where(d_sel, t_sel, last)
+            if any_stopped:  # transmittance after the last Gaussian the pixel took
+                kept = torch.where(live[stopped], t_incl[stopped], torch.full_like(t_incl[stopped], float("inf")))
+                t_new[stopped] = torch.minimum(kept.min(-1).values, t_sel[stopped])
+            t_cur[sel] = t_new
+            done[sel] = d_sel | stopped
+        trans[active], acc[active] = t_cur, a_cur
+    return (acc, trans) if not bwd else tuple(g[:-1] for g in grads)  # the dummy's row dropped
+
+
+class _Composite(torch.autograd.Function):
+    """Tile compositing with a hand-written backward that replays the forward round by round (like
+    gsplat's), so the backward holds no per-pair activations."""
+
+    @staticmethod
+    def forward(ctx, m2, con, op, feats, plan):
+        acc, trans = _sweep(plan, m2, con, op, feats)
+        ctx.plan = plan
+        ctx.save_for_backward(m2, con, op, feats, acc, trans)
+        return acc, trans
+
+    @staticmethod
+    def backward(ctx, g_acc, g_trans):
+        m2, con, op, feats, acc, trans = ctx.saved_tensors
+        g_acc = torch.zeros_like(acc) if g_acc is None else g_acc
+        g_trans = torch.zeros_like(trans) if g_trans is None else g_trans
+        grads = _sweep(ctx.plan, m2, con, op, feats, backward=(acc, trans, g_acc, g_trans))
+        return (*grads, None)
 
 
 def rasterize_torch(g: Gaussians, cams: list[Cameras], background, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
-                    tile_size: int = 16, chunk: int = 2048, eps2d: float = EPS2D) -> RenderOutput:
-    """Pure-torch reference rasterizer. ``cams``: one Cameras per object (same count and size)."""
-    outs = []
-    for bi in range(g.batch_size):
-        cam = cams[bi]
-        viewmats = cam.viewmats.to(g.means)
-        Ks = cam.K.to(g.means)
-        per_cam = []
-        for ci in range(len(cam)):
-            means2d, conics, cov2d, depth, det = project_gaussians(
-                g.means[bi], g.quats[bi], g.scales[bi], viewmats[ci], Ks[ci], cam.width, cam.height, cam.model, eps2d)
-            op = g.opacities[bi]
-            extent = torch.sqrt(2.0 * torch.log((op.detach() / ALPHA_MIN).clamp_min(1.0)))
-            rx = extent * cov2d[:, 0, 0].detach().clamp_min(0).sqrt() + 1
-            ry = extent * cov2d[:, 1, 1].detach().clamp_min(0).sqrt() + 1
-            valid = (depth > near_plane) & (depth < far_plane) & (det > 0) & (op >= ALPHA_MIN)
-            valid = valid & (means2d[:, 0] + rx > 0) & (means2d[:, 0] - rx < cam.width)
-            valid = valid & (means2d[:, 1] + ry > 0) & (means2d[:, 1] - ry < cam.height)
-            per_cam.append(_rasterize_one(means2d, conics, op, g.colors[bi], depth, rx, ry, valid.detach(),
-                                          cam.width, cam.height, background.to(g.means), tile_size, chunk))
-        outs.append([torch.stack([p[k] for p in per_cam]) for k in range(3)])
-    return RenderOutput(*(torch.stack([o[k] for o in outs]) for k in range(3)))
+                    tile_size: int = 4, chunk: int = 32, eps2d: float = EPS2D,
+                    max_elems: int = 1 << 21) -> RenderOutput:
+    """Pure-torch rasterizer. ``cams``: one Cameras per object (same count, size and camera model).
+
+    Every object x camera is one "view"; all views are binned and composited together (Python loops
+    run over rounds of ``chunk`` Gaussians, not over views or tiles). ``max_elems`` bounds the
+    pixels x Gaussians evaluated at once (and so the memory of forward and backward).
+    """
+    models = {c.model for c in cams}
+    if len(models) != 1:
+        raise ValueError(f"one camera model per render call, got {sorted(models)}")
+    if not 1 <= tile_size <= 16:
+        raise ValueError(f"tile_size must be 1..16 (float32 exponents are exact to ~4e-6 up to 16), got {tile_size}")
+    B, C, N = g.batch_size, len(cams[0]), g.means.shape[1]
+    W, H = cams[0].width, cams[0].height
+    viewmats = torch.stack([c.viewmats for c in cams]).to(g.means)  # (B, C, 4, 4)
+    Ks = torch.stack([c.K for c in cams]).to(g.means)
+    means2d, conics, cov2d, depth, det = project_gaussians(
+        g.means[:, None], g.quats[:, None], g.scales[:, None], viewmats, Ks, W, H, models.pop(), eps2d)
+    op = g.opacities[:, None].expand(B, C, N)
+    extent = torch.sqrt(2.0 * torch.log((op.detach() / ALPHA_MIN).clamp_min(1.0)))
+    rx = extent * cov2d[..., 0, 0].detach().clamp_min(0).sqrt() + 1
+    ry = extent * cov2d[..., 1, 1].detach().clamp_min(0).sqrt() + 1
+    m2d = means2d.detach()
+    valid = (depth > near_plane) & (depth < far_plane) & (det > 0) & (op >= ALPHA_MIN)
+    valid = valid & (m2d[..., 0] + rx > 0) & (m2d[..., 0] - rx < W) & (m2d[..., 1] + ry > 0) & (m2d[..., 1] - ry < H)
+    V = B * C
+    view = torch.arange(V, device=g.means.device).repeat_interleave(N)
+    plan = _tile_plan(m2d.reshape(-1, 2), depth.detach().reshape(-1), rx.reshape(-1), ry.reshape(-1),
+                      valid.detach().reshape(-1), view, V, W, H, tile_size, chunk, max_elems)
+    feats = torch.cat([g.colors[:, None].expand(B, C, N, 3), depth[..., None]], -1).reshape(V * N, 4)
+    acc, trans = _Composite.apply(means2d.reshape(-1, 2), conics.reshape(-1, 3), op.reshape(-1), feats, plan)
+    ntx, nty = math.ceil(W / tile_size), math.ceil(H / tile_size)
+
+    def image(t, ch):  # (V * tiles, P, ch) -> (B, C, ch, H, W)
+        t = t.reshape(B, C, nty, ntx, tile_size, tile_size, ch).permute(0, 1, 6, 2, 4, 3, 5)
+        return t.reshape(B, C, ch, nty * tile_size, ntx * tile_size)[..., :H, :W]
+
+    acc_img = image(acc, 4)
+    alpha = 1 - image(trans[..., None], 1)
+    rgb = acc_img[:, :, :3] + (1 - alpha) * background.view(3, 1, 1)
+    d = acc_img[:, :, 3:]
+    depth_img = torch.where(alpha > 0, d / alpha.clamp_min(1e-10), torch.zeros_like(d))
+    return RenderOutput(rgb, alpha, depth_img)
 
 
 def rasterize_gsplat(g: Gaussians, cams: list[Cameras], background, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
