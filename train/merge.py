@@ -9,12 +9,10 @@ import sys
 
 
 def merge(base: str, adapter: str, preset: str | None = None, revision: str | None = None):
-    from peft import PeftModel
-
     from mvboost.models.loading import load_lgm
+    from mvboost.train.lora import merge_adapter
 
-    model = load_lgm(base, preset=preset, revision=revision)
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return merge_adapter(load_lgm(base, preset=preset, revision=revision), adapter)
 
 
 def main(argv=None) -> int:

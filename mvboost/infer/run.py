@@ -1,0 +1,277 @@
+"""Image -> 3D with LGM (base, + a LoRA adapter, or a merged checkpoint): the library behind
+``python -m mvboost.infer``.
+
+Per image: matting and recentring (``mvboost.stages.matting``) -> Era3D's 6 views -> LGM Gaussians
+(-> optional input-view optimisation, paper §3.4) -> ``gaussians.ply``, ``mesh.glb``, a turntable, the
+6 views and ``meta.json``. Models are resolved by ``mvboost.models.hub`` (tiny random models by default,
+so it runs on a fresh clone; ``--lgm ashawkey/LGM`` and ``--set era3d.model=…`` for the real ones).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import to_dict
+from ..gaussians import Gaussians
+from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, ERA3D_VIEW_NAMES
+from ..pipeline.stage import Reject
+from ..stages.common import pick_device, pick_dtype
+from ..stages.era3d import Era3DConfig
+from ..stages.lgm import LGMStageConfig
+from ..stages.matting import MattingConfig, MattingStage
+from .view_opt import ViewOptConfig, optimize_input_view
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class OutputSection:
+    turntable: str = "gif"  # gif, mp4 (needs imageio[ffmpeg]) or none
+    turntable_frames: int = 36
+    turntable_size: int = 256
+    turntable_elevation: float = -15.0  # degrees; negative = from above
+    mesh: bool = True
+    mesh_resolution: int = 96
+
+
+# the inference defaults: tiny random models (a fresh clone runs) and matting that takes photographs
+@dataclass
+class InferMattingConfig(MattingConfig):
+    method: str = "auto"
+
+
+@dataclass
+class InferEra3DConfig(Era3DConfig):
+    model: str = "tiny:era3d"
+    steps: int = 4
+
+
+@dataclass
+class InferLGMConfig(LGMStageConfig):
+    model: str = "tiny:lgm"
+
+
+@dataclass
+class InferConfig:
+    device: str = "auto"
+    batch_size: int = 4
+    seed: int = 0
+    lora: str = ""  # a peft adapter folder (train run checkpoint_*/adapter); "" = none
+    optimize_input_view: bool = False
+    matting: InferMattingConfig = field(default_factory=InferMattingConfig)
+    era3d: InferEra3DConfig = field(default_factory=InferEra3DConfig)
+    lgm: InferLGMConfig = field(default_factory=InferLGMConfig)
+    view_opt: ViewOptConfig = field(default_factory=ViewOptConfig)
+    output: OutputSection = field(default_factory=OutputSection)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------
+def list_inputs(source: str) -> list[str]:
+    """A file, a folder (its images, sorted) or a URL (any fsspec protocol)."""
+    if "://" in source and not source.startswith("file://"):
+        return [source]
+    path = Path(source.removeprefix("file://")).expanduser()
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"input not found: {source}")
+    return [str(path)]
+
+
+def read_image(source: str) -> np.ndarray:
+    """(H,W,3|4) uint8. Raises ValueError with the reason for anything that is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if "://" in source and not source.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(source, "rb") as f:
+            data = f.read()
+    else:
+        data = Path(source.removeprefix("file://")).read_bytes()
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"not a readable image: {e}") from None
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        return np.asarray(im.convert("RGBA"))
+    return np.asarray(im.convert("RGB"))
+
+
+def item_name(source: str, taken: set[str]) -> str:
+    stem = Path(source.split("?")[0].rstrip("/")).stem or "image"
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
+    name, i = stem, 1
+    while name in taken:
+        i += 1
+        name = f"{stem}_{i}"
+    taken.add(name)
+    return name
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+def load_reconstructor(cfg: InferConfig, device: torch.device, dtype: torch.dtype):
+    """LGM from ``cfg.lgm`` (resolved by the hub), with ``cfg.lora`` merged in when given."""
+    from ..models.hub import resolve
+    from ..models.loading import load_lgm
+
+    path = resolve(cfg.lgm.model, cfg.lgm.revision, what="lgm")
+    model = load_lgm(path, preset=cfg.lgm.preset or None, device="cpu")
+    if cfg.lora:
+        from ..train.lora import merge_adapter
+
+        model = merge_adapter(model, cfg.lora)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def model_record(model: str, revision: str, what: str) -> dict:
+    from ..models.hub import resolve, resolved_commit
+
+    path = resolve(model, revision, what=what)
+    return {"id": model, "revision": revision, "resolved": resolved_commit(path) or str(path)}
+
+
+@dataclass
+class Result:
+    name: str
+    source: str
+    folder: Path | None = None
+    rejected: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class ImageTo3D:
+    """Loads the models once; ``__call__(sources, output)`` writes one folder per image."""
+
+    def __init__(self, cfg: InferConfig):
+        from ..models.era3d_pipeline import Era3DPipeline
+        from ..models.hub import resolve
+
+        self.cfg = cfg
+        cfg.view_opt.check()
+        if cfg.output.turntable not in ("gif", "mp4", "none"):
+            raise ValueError(f"output.turntable must be gif, mp4 or none, got {cfg.output.turntable!r}")
+        self.device = pick_device(cfg.device)
+        self.era3d_dtype = pick_dtype(cfg.era3d.dtype, self.device)
+        self.lgm_dtype = pick_dtype(cfg.lgm.dtype, self.device)
+        self.matting = MattingStage(cfg.matting)
+        self.matting.ensure_setup()
+        self.era3d = Era3DPipeline(resolve(cfg.era3d.model, cfg.era3d.revision, what="era3d"), device=self.device,
+                                   dtype=self.era3d_dtype, attention_upcast=cfg.era3d.attention_upcast)
+        self.lgm = load_reconstructor(cfg, self.device, self.lgm_dtype)
+        self.models = {"era3d": model_record(cfg.era3d.model, cfg.era3d.revision, "era3d"),
+                       "lgm": model_record(cfg.lgm.model, cfg.lgm.revision, "lgm")}
+        if cfg.lora:
+            self.models["lora"] = {"adapter": str(Path(cfg.lora).resolve())}
+        self._lpips = None
+
+    def lpips(self):
+        if self._lpips is None:
+            from ..metrics.lpips import load_lpips
+
+            self._lpips = load_lpips(self.cfg.view_opt.lpips_net, device=self.device)
+        return self._lpips
+
+    @torch.no_grad()
+    def reconstruct(self, rgba: list[np.ndarray], seeds: list[int]):
+        """RGBA inputs -> (Era3D output, Gaussians (B,N) float32 on the device)."""
+        c = self.cfg.era3d
+        mv = self.era3d.generate(rgba, seeds=seeds, steps=c.steps, guidance=c.guidance, eta=c.eta,
+                                 crop_size=c.crop_size or None)
+        views = torch.from_numpy(np.ascontiguousarray(mv.colors[:, list(ERA3D_TO_LGM_VIEWS)])).to(self.device)
+        x = self.lgm.prepare_inputs(views.permute(0, 1, 4, 2, 3).float()).to(self.lgm_dtype)
+        g = Gaussians.from_lgm(self.lgm(x).float())
+        return mv, g
+
+    def __call__(self, sources: list[str], output: str | Path, progress=None) -> list[Result]:
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+        results = [Result(item_name(s, taken), s) for s in sources]
+        ready: list[tuple[Result, np.ndarray]] = []
+        for r in results:
+            t = time.perf_counter()
+            try:
+                img = read_image(r.source)
+                rgba = self.matting.matte(img)
+            except Reject as e:
+                r.rejected = f"matting: {e}"
+            except (ValueError, OSError) as e:
+                r.rejected = f"input: {e}"
+            else:
+                r.meta["seconds"] = {"matting": round(time.perf_counter() - t, 3)}
+                r.meta["matting"] = self.matting.last_method
+                ready.append((r, rgba))
+            if r.rejected and progress:
+                progress.update(1)
+        bs = max(1, self.cfg.batch_size)
+        for i in range(0, len(ready), bs):
+            batch = ready[i:i + bs]
+            t = time.perf_counter()
+            seeds = [self.cfg.seed + results.index(r) for r, _ in batch]
+            mv, g = self.reconstruct([rgba for _, rgba in batch], seeds)
+            per_item = (time.perf_counter() - t) / len(batch)
+            for j, (r, rgba) in enumerate(batch):
+                r.meta["seconds"]["era3d+lgm"] = round(per_item, 3)
+                self._finish(r, output, rgba, mv, j, g[j], seeds[j])
+                if progress:
+                    progress.update(1)
+        (output / "summary.json").write_text(json.dumps({
+            "images": len(results), "written": sum(r.rejected is None for r in results),
+            "rejected": [{"input": r.source, "reason": r.rejected} for r in results if r.rejected],
+            "items": [{"input": r.source, "folder": str(r.folder)} for r in results if r.folder]}, indent=2))
+        return results
+
+    def _finish(self, r: Result, output: Path, rgba, mv, j: int, g: Gaussians, seed: int) -> None:
+        from PIL import Image
+
+        from ..io import export
+
+        folder = output / r.name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgba, "RGBA").save(folder / "input_rgba.png")
+        views = (np.clip(mv.colors[j], 0, 1) * 255 + 0.5).astype(np.uint8)
+        for name, v in zip(ERA3D_VIEW_NAMES, views):
+            Image.fromarray(v).save(folder / f"view_{name}.png")
+        Image.fromarray(np.concatenate(list(views), axis=1)).save(folder / "views.png")
+        t = time.perf_counter()
+        if self.cfg.optimize_input_view:
+            target = torch.from_numpy(np.ascontiguousarray(mv.cond_images[j])).permute(2, 0, 1).float()
+            res = optimize_input_view(g, target.to(self.device), self.cfg.view_opt, self.lpips())
+            export.write_ply(g, folder / "gaussians_before_view_opt.ply")
+            g = res.gaussians
+            r.meta["input_view_optimisation"] = res.report()
+            r.meta["seconds"]["input_view_optimisation"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        g = g.to("cpu")
+        export.write_ply(g, folder / "gaussians.ply")
+        out = self.cfg.output
+        files = ["input_rgba.png", "views.png", *[f"view_{n}.png" for n in ERA3D_VIEW_NAMES], "gaussians.ply"]
+        if out.mesh:
+            try:
+                export.write_glb(g, folder / "mesh.glb", resolution=out.mesh_resolution)
+                files.append("mesh.glb")
+            except ValueError as e:  # an empty density field: recorded, the other outputs stand
+                r.meta["mesh_skipped"] = str(e)
+        if out.turntable != "none":
+            frames = export.turntable_frames(g, out.turntable_frames, out.turntable_size, out.turntable_elevation)
+            export.write_turntable(frames, folder / f"turntable.{out.turntable}")
+            files.append(f"turntable.{out.turntable}")
+        r.meta["seconds"]["exports"] = round(time.perf_counter() - t, 3)
+        r.meta.update(input=r.source, seed=seed, device=str(self.device), gaussians=int(g.means.shape[1]),
+                      models=self.models, files=files + ["meta.json"],
+                      era3d={"steps": self.cfg.era3d.steps, "guidance": self.cfg.era3d.guidance,
+                             "dtype": str(self.era3d_dtype).removeprefix("torch.")},
+                      config=to_dict(self.cfg))
+        (folder / "meta.json").write_text(json.dumps(r.meta, indent=2, default=str))
+        r.folder = folder

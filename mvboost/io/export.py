@@ -1,0 +1,96 @@
+"""Exports of reconstructed Gaussians that open in standard viewers: 3DGS ``.ply``, a vertex-coloured
+``.glb`` mesh and a turntable ``.gif``/``.mp4``. Used by the inference CLI and the evaluation harness.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..gaussians import Gaussians
+
+
+def write_ply(g: Gaussians, path: str | Path, index: int = 0) -> Path:
+    """The 3DGS layout (SuperSplat, gsplat viewers, the official LGM viewer read it)."""
+    path = Path(path)
+    g.save_ply(path, index=index)
+    return path
+
+
+def vertex_colors(g: Gaussians, vertices: np.ndarray, k: int = 8) -> np.ndarray:
+    """(V,3) uint8 colours for mesh vertices: the k nearest Gaussians' colours weighted by opacity x
+    their kernel at the vertex (the nearest one's colour where every weight vanishes)."""
+    from scipy.spatial import cKDTree
+
+    g0 = g[0].to(dtype=torch.float32)
+    means = g0.means[0].numpy()
+    colors = g0.colors[0].clamp(0, 1).numpy()
+    op = g0.opacities[0].numpy()
+    sigma = g0.scales[0].max(dim=-1).values.clamp_min(1e-4).numpy()
+    k = min(k, len(means))
+    dist, idx = cKDTree(means).query(vertices, k=k)
+    dist, idx = dist.reshape(len(vertices), k), idx.reshape(len(vertices), k)
+    w = op[idx] * np.exp(-0.5 * (dist / sigma[idx]) ** 2)
+    fallback = w.sum(1) < 1e-8
+    w[fallback] = 0
+    w[fallback, 0] = 1
+    rgb = (w[..., None] * colors[idx]).sum(1) / w.sum(1, keepdims=True)
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def gaussians_mesh(g: Gaussians, resolution: int = 96, level: float = 0.5):
+    """A ``trimesh.Trimesh`` of the Gaussians' density iso-surface (``mvboost.metrics.gaussians_to_mesh``)
+    with per-vertex colours. World frame: LGM's (+Y up, front on +Z), as glTF expects (+Y up)."""
+    import trimesh
+
+    from ..metrics.geometry import gaussians_to_mesh
+
+    verts, faces = gaussians_to_mesh(g[0], resolution=resolution, level=level)
+    rgba = np.concatenate([vertex_colors(g, verts), np.full((len(verts), 1), 255, np.uint8)], axis=1)
+    return trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=rgba, process=False)
+
+
+def write_glb(g: Gaussians, path: str | Path, resolution: int = 96, level: float = 0.5) -> Path:
+    path = Path(path)
+    path.write_bytes(gaussians_mesh(g, resolution, level).export(file_type="glb"))
+    return path
+
+
+def turntable_frames(g: Gaussians, frames: int = 36, size: int = 256, elevation: float = -15.0,
+                     camera: str = "pinhole") -> np.ndarray:
+    """(frames, size, size, 3) uint8: the object rendered on white around a full circle of azimuths."""
+    from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH, ORTHO_CAM_RADIUS, Cameras, orbit_camera, \
+        ortho_intrinsics, pinhole_intrinsics
+    from ..render import render
+
+    az = [360.0 * i / frames for i in range(frames)]
+    if camera == "ortho":
+        cams = Cameras(orbit_camera([elevation] * frames, az, ORTHO_CAM_RADIUS),
+                       ortho_intrinsics(size, size, ERA3D_ORTHO_WORLD_WIDTH), size, size, "ortho")
+    else:
+        cams = Cameras(orbit_camera([elevation] * frames, az), pinhole_intrinsics(size, size), size, size)
+    with torch.no_grad():
+        rgb = render(g[0], cams.to(g.means.device)).rgb[0]
+    return (rgb.permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def write_turntable(frames: np.ndarray, path: str | Path, fps: int = 12) -> Path:
+    """``.gif`` (Pillow) or ``.mp4`` (imageio with its ffmpeg plugin, ``pip install imageio[ffmpeg]``)."""
+    path = Path(path)
+    if path.suffix == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    elif path.suffix == ".mp4":
+        try:
+            import imageio.v2 as imageio
+
+            imageio.mimsave(path, list(frames), fps=fps, macro_block_size=1)
+        except (ImportError, ValueError, RuntimeError) as e:
+            raise RuntimeError(f"writing {path.name} needs imageio with ffmpeg (pip install 'imageio[ffmpeg]'), "
+                               f"or use a .gif turntable: {e}") from None
+    else:
+        raise ValueError(f"turntable format must be .gif or .mp4, got {path.suffix!r}")
+    return path
