@@ -153,8 +153,22 @@ def test_tiling_and_chunking_do_not_change_the_image():
         out = render(g, cams, tile_size=ts, chunk=ch)
         torch.testing.assert_close(out.rgb.double(), ref.rgb, rtol=0, atol=5e-6)
         torch.testing.assert_close(out.alpha.double(), ref.alpha, rtol=0, atol=5e-6)
+    # views rendered in separate groups (a pair budget of 1: one view per group) and the automatic tile size
+    for kw in (dict(max_pairs=1), dict(tile_size="auto")):
+        out64 = render(g.to(torch.float64), cams.to(dtype=torch.float64), **kw)
+        torch.testing.assert_close(out64.rgb, ref.rgb, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="tile_size"):
         render(g, cams, tile_size=32)
+
+
+def test_automatic_tile_size_follows_splat_size():
+    from mvboost.render.rasterizer import pick_tile_size
+
+    small, large = torch.full((1000,), 2.0), torch.full((1000,), 40.0)
+    ok = torch.ones(1000, dtype=torch.bool)
+    assert pick_tile_size(small, small, ok) == 4
+    assert pick_tile_size(large, large, ok) in (8, 16)
+    assert pick_tile_size(large, large, torch.zeros(1000, dtype=torch.bool)) == 4
 
 
 def test_backward_memory_is_bounded_by_the_round_not_the_image(tmp_path):

@@ -7,7 +7,8 @@ The paper gives two steps and leaves the details open; ours, all configurable (`
    input camera around Era3D's front view (orthographic, world width 1.370, the framing Era3D's
    condition image has), or LGM's pinhole camera (``camera: pinhole``, scale = distance ratio). A coarse
    grid (all candidates rendered and scored as one batch), then a pattern search that halves its step
-   (azimuth/elevation in degrees, scale in 1/100 of the degree step) until ``refine_deg`` is exhausted.
+   (azimuth/elevation in degrees, scale in 1/100 of the degree step) down to ``refine_min_deg``, kept
+   within the grid's range widened by ``refine_deg`` (scale: by 20 %) and ``max_poses`` scored poses.
    The image-plane offset is not searched: both the input and Era3D's views are recentred on the
    object's bounding box.
 2. **Gaussian residual W** (Eq. 8-9): theta_up = theta* + W, minimising LPIPS(g(theta_up, pi_opt), c)
@@ -45,6 +46,7 @@ class ViewOptConfig:
     scales: list[float] = field(default_factory=lambda: [0.85, 1.0, 1.15])
     refine_deg: float = 5.0  # first pattern-search step; halved down to ``refine_min_deg``
     refine_min_deg: float = 0.5
+    max_poses: int = 400  # cap on poses scored (grid + pattern search)
     attributes: list[str] = field(default_factory=lambda: ["colors", "opacities", "means"])
     steps: int = 100
     lr: float = 0.02  # colours, opacity logits, log-scales
@@ -123,10 +125,18 @@ def search_pose(g: Gaussians, target: torch.Tensor, lpips, cfg: ViewOptConfig) -
     best_i = int(values.argmin())
     best, best_v, evaluated = grid[best_i], float(values[best_i]), len(grid)
     step = cfg.refine_deg
-    while step >= cfg.refine_min_deg:
+    az_lo, az_hi = min(cfg.azimuths) - cfg.refine_deg, max(cfg.azimuths) + cfg.refine_deg
+    el_lo, el_hi = min(cfg.elevations) - cfg.refine_deg, max(cfg.elevations) + cfg.refine_deg
+    sc_lo, sc_hi = min(cfg.scales) / 1.2, max(cfg.scales) * 1.2
+    while step >= cfg.refine_min_deg and evaluated < cfg.max_poses:
         ds = step / 100.0
         cand = [Pose(best.azimuth + da, best.elevation + de, best.scale * (1 + dsc))
                 for da, de, dsc in ((step, 0, 0), (-step, 0, 0), (0, step, 0), (0, -step, 0), (0, 0, ds), (0, 0, -ds))]
+        cand = [p for p in cand if az_lo <= p.azimuth <= az_hi and el_lo <= p.elevation <= el_hi
+                and sc_lo <= p.scale <= sc_hi]
+        if not cand:
+            step /= 2
+            continue
         values = score(cand)
         evaluated += len(cand)
         i = int(values.argmin())

@@ -280,20 +280,37 @@ class _Composite(torch.autograd.Function):
         return (*grads, None)
 
 
+PAIR_COST = 6.0  # plan cost of one (tile, Gaussian) pair in units of one pixel evaluation (measured, 2 cores)
+
+
+def pick_tile_size(rx: torch.Tensor, ry: torch.Tensor, valid: torch.Tensor, sizes=(4, 8, 16)) -> int:
+    """The tile size with the least estimated work for these screen-space boxes: pixel evaluations
+    (2 rx + t)(2 ry + t) plus PAIR_COST per (tile, Gaussian) pair. Small splats -> 4, large -> 8 or 16."""
+    rx, ry = rx[valid].double(), ry[valid].double()
+    if rx.numel() == 0:
+        return sizes[0]
+    cost = [float(((2 * rx + t) * (2 * ry + t)).sum() + PAIR_COST * ((2 * rx / t + 1) * (2 * ry / t + 1)).sum())
+            for t in sizes]
+    return sizes[min(range(len(sizes)), key=cost.__getitem__)]
+
+
 def rasterize_torch(g: Gaussians, cams: list[Cameras], background, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
-                    tile_size: int = 4, chunk: int = 32, eps2d: float = EPS2D,
-                    max_elems: int = 1 << 21) -> RenderOutput:
+                    tile_size: int | str = "auto", chunk: int = 32, eps2d: float = EPS2D,
+                    max_elems: int = 1 << 21, max_pairs: int = 1 << 23) -> RenderOutput:
     """Pure-torch rasterizer. ``cams``: one Cameras per object (same count, size and camera model).
 
-    Every object x camera is one "view"; all views are binned and composited together (Python loops
-    run over rounds of ``chunk`` Gaussians, not over views or tiles). ``max_elems`` bounds the
-    pixels x Gaussians evaluated at once (and so the memory of forward and backward).
+    Every object x camera is one "view"; views are binned and composited together (Python loops run
+    over rounds of ``chunk`` Gaussians, not over views or tiles), in groups of views of at most
+    ``max_pairs`` (tile, Gaussian) pairs. ``max_elems`` bounds the pixels x Gaussians evaluated at
+    once (and so the memory of forward and backward). ``tile_size``: 1..16 or "auto"
+    (:func:`pick_tile_size`).
     """
     models = {c.model for c in cams}
     if len(models) != 1:
         raise ValueError(f"one camera model per render call, got {sorted(models)}")
-    if not 1 <= tile_size <= 16:
-        raise ValueError(f"tile_size must be 1..16 (float32 exponents are exact to ~4e-6 up to 16), got {tile_size}")
+    if tile_size != "auto" and not (isinstance(tile_size, int) and 1 <= tile_size <= 16):
+        raise ValueError(f"tile_size must be 1..16 or 'auto' (float32 exponents are exact to ~4e-6 up to 16), "
+                         f"got {tile_size!r}")
     B, C, N = g.batch_size, len(cams[0]), g.means.shape[1]
     W, H = cams[0].width, cams[0].height
     viewmats = torch.stack([c.viewmats for c in cams]).to(g.means)  # (B, C, 4, 4)
@@ -306,18 +323,41 @@ def rasterize_torch(g: Gaussians, cams: list[Cameras], background, near_plane=NE
     ry = extent * cov2d[..., 1, 1].detach().clamp_min(0).sqrt() + 1
     m2d = means2d.detach()
     valid = (depth > near_plane) & (depth < far_plane) & (det > 0) & (op >= ALPHA_MIN)
-    valid = valid & (m2d[..., 0] + rx > 0) & (m2d[..., 0] - rx < W) & (m2d[..., 1] + ry > 0) & (m2d[..., 1] - ry < H)
+    valid = (valid & (m2d[..., 0] + rx > 0) & (m2d[..., 0] - rx < W) & (m2d[..., 1] + ry > 0)
+             & (m2d[..., 1] - ry < H)).detach()
+    ts = pick_tile_size(rx, ry, valid) if tile_size == "auto" else tile_size
     V = B * C
-    view = torch.arange(V, device=g.means.device).repeat_interleave(N)
-    plan = _tile_plan(m2d.reshape(-1, 2), depth.detach().reshape(-1), rx.reshape(-1), ry.reshape(-1),
-                      valid.detach().reshape(-1), view, V, W, H, tile_size, chunk, max_elems)
-    feats = torch.cat([g.colors[:, None].expand(B, C, N, 3), depth[..., None]], -1).reshape(V * N, 4)
-    acc, trans = _Composite.apply(means2d.reshape(-1, 2), conics.reshape(-1, 3), op.reshape(-1), feats, plan)
-    ntx, nty = math.ceil(W / tile_size), math.ceil(H / tile_size)
+    ntx, nty = math.ceil(W / ts), math.ceil(H / ts)
+    # pairs per view (upper bound: boxes before clipping to the image), to split the views into groups
+    pairs = torch.where(valid, (2 * rx / ts + 2).floor() * (2 * ry / ts + 2).floor(), torch.zeros_like(rx))
+    pairs = pairs.reshape(V, N).sum(1).tolist()
+    groups, cur, size = [], [], 0.0
+    for v, n in enumerate(pairs):
+        if cur and size + n > max_pairs:
+            groups.append(cur)
+            cur, size = [], 0.0
+        cur.append(v)
+        size += n
+    groups.append(cur)
+    m2f, conf, opf = means2d.reshape(V, N, 2), conics.reshape(V, N, 3), op.reshape(V, N)
+    feats = torch.cat([g.colors[:, None].expand(B, C, N, 3), depth[..., None]], -1).reshape(V, N, 4)
+    dep, rxf, ryf, valf = depth.detach().reshape(V, N), rx.reshape(V, N), ry.reshape(V, N), valid.reshape(V, N)
+    accs, transs = [], []
+    for grp in groups:
+        sl = slice(grp[0], grp[-1] + 1)
+        nv = len(grp)
+        view = torch.arange(nv, device=g.means.device).repeat_interleave(N)
+        plan = _tile_plan(m2d.reshape(V, N, 2)[sl].reshape(-1, 2), dep[sl].reshape(-1), rxf[sl].reshape(-1),
+                          ryf[sl].reshape(-1), valf[sl].reshape(-1), view, nv, W, H, ts, chunk, max_elems)
+        acc, trans = _Composite.apply(m2f[sl].reshape(-1, 2), conf[sl].reshape(-1, 3), opf[sl].reshape(-1),
+                                      feats[sl].reshape(-1, 4), plan)
+        accs.append(acc)
+        transs.append(trans)
+    acc, trans = torch.cat(accs), torch.cat(transs)
 
     def image(t, ch):  # (V * tiles, P, ch) -> (B, C, ch, H, W)
-        t = t.reshape(B, C, nty, ntx, tile_size, tile_size, ch).permute(0, 1, 6, 2, 4, 3, 5)
-        return t.reshape(B, C, ch, nty * tile_size, ntx * tile_size)[..., :H, :W]
+        t = t.reshape(B, C, nty, ntx, ts, ts, ch).permute(0, 1, 6, 2, 4, 3, 5)
+        return t.reshape(B, C, ch, nty * ts, ntx * ts)[..., :H, :W]
 
     acc_img = image(acc, 4)
     alpha = 1 - image(trans[..., None], 1)
