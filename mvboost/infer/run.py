@@ -183,15 +183,25 @@ class ImageTo3D:
         return self._lpips
 
     @torch.no_grad()
-    def reconstruct(self, rgba: list[np.ndarray], seeds: list[int]):
-        """RGBA inputs -> (Era3D output, Gaussians (B,N) float32 on the device)."""
+    def multiview(self, rgba: list[np.ndarray], seeds: list[int]):
+        """RGBA inputs -> Era3D's output (6 colour + 6 normal views, the condition images)."""
         c = self.cfg.era3d
-        mv = self.era3d.generate(rgba, seeds=seeds, steps=c.steps, guidance=c.guidance, eta=c.eta,
-                                 crop_size=c.crop_size or None)
-        views = torch.from_numpy(np.ascontiguousarray(mv.colors[:, list(ERA3D_TO_LGM_VIEWS)])).to(self.device)
-        x = self.lgm.prepare_inputs(views.permute(0, 1, 4, 2, 3).float()).to(self.lgm_dtype)
-        g = Gaussians.from_lgm(self.lgm(x).float())
-        return mv, g
+        return self.era3d.generate(rgba, seeds=seeds, steps=c.steps, guidance=c.guidance, eta=c.eta,
+                                   crop_size=c.crop_size or None)
+
+    @torch.no_grad()
+    def gaussians(self, views: np.ndarray, lgm=None) -> Gaussians:
+        """(B, 4, H, W, 3) views in [0, 1] on white (LGM's input views: front, right, back, left) ->
+        Gaussians (B, N) float32 on the device. ``lgm``: another loaded LGM (default: this one's)."""
+        lgm = lgm or self.lgm
+        dtype = next(lgm.parameters()).dtype
+        x = torch.from_numpy(np.ascontiguousarray(views)).to(self.device).permute(0, 1, 4, 2, 3).float()
+        return Gaussians.from_lgm(lgm(lgm.prepare_inputs(x).to(dtype)).float())
+
+    def reconstruct(self, rgba: list[np.ndarray], seeds: list[int], lgm=None):
+        """RGBA inputs -> (Era3D output, Gaussians (B,N) float32 on the device)."""
+        mv = self.multiview(rgba, seeds)
+        return mv, self.gaussians(mv.colors[:, list(ERA3D_TO_LGM_VIEWS)], lgm)
 
     def __call__(self, sources: list[str], output: str | Path, progress=None) -> list[Result]:
         output = Path(output)

@@ -1,0 +1,364 @@
+"""The evaluation job's library half (no Ray): config, prediction modes, the per-object worker, the
+in-process loop. ``ray_jobs/evaluate.py`` fans the same worker out over objects on Ray.
+
+Modes (``job.mode``):
+* ``single`` — the paper's setting: the GT input view (RGBA) -> matting -> Era3D -> LGM.
+* ``gt4`` — LGM on 4 ground-truth views at its own input cameras (isolates the reconstructor).
+* ``ply`` — score ``<folder>/<object>.ply`` files from any 3DGS method (in our world frame, render space).
+
+``job.models``: ``name=<lgm id or folder>[@revision][+<LoRA adapter folder>]`` (single, gt4) or
+``name=<folder of PLYs>`` (ply). Each object's ground truth is rendered once and reused by every model;
+Era3D runs once per object in ``single`` mode and its views feed every model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import to_dict
+from ..pipeline.config import RaySection
+from ..pipeline.stage import Reject, Resources
+from .protocol import Protocol
+
+log = logging.getLogger(__name__)
+MODES = ("single", "gt4", "ply")
+
+
+@dataclass
+class EvalJobSection:
+    name: str = "eval"
+    objects: str = "fixtures"  # a GSO folder (any fsspec URL), or "fixtures" (built from pybullet_data)
+    split: str = "all"  # gso300 | gso30 | all | a file with one object name per line
+    output: str = "outputs/eval"
+    mode: str = "single"
+    models: list[str] = field(default_factory=lambda: ["base=ashawkey/LGM"])
+    seed: int = 0
+    device: str = "auto"
+    exports: bool = True  # each prediction as .ply and .glb
+    report: bool = True
+    bootstrap: int = 2000  # resamples for the 95 % interval of paired differences
+    progress: bool = True
+
+
+def _infer_sections():
+    from ..infer.run import InferEra3DConfig, InferLGMConfig, InferMattingConfig
+
+    return InferMattingConfig, InferEra3DConfig, InferLGMConfig
+
+
+_M, _E, _L = _infer_sections()
+
+
+@dataclass
+class EvalConfig:
+    job: EvalJobSection = field(default_factory=EvalJobSection)
+    protocol: Protocol = field(default_factory=Protocol)
+    matting: _M = field(default_factory=_M)
+    era3d: _E = field(default_factory=_E)
+    lgm: _L = field(default_factory=_L)  # dtype, device, preset; the ids come from job.models
+    worker: Resources = field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=1))
+    ray: RaySection = field(default_factory=RaySection)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # LGM id/folder (single, gt4) or PLY folder (ply)
+    revision: str = "main"
+    lora: str = ""
+
+
+def parse_model(text: str, mode: str) -> ModelSpec:
+    name, sep, rest = text.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise ValueError(f"job.models entries are name=<model>[@revision][+<adapter>], got {text!r}")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
+    if mode == "ply":
+        return ModelSpec(name, rest)
+    rest, _, lora = rest.partition("+")
+    src, _, rev = rest.partition("@")
+    return ModelSpec(name, src, rev or "main", lora)
+
+
+def check_config(cfg: EvalConfig) -> list[ModelSpec]:
+    if cfg.job.mode not in MODES:
+        raise ValueError(f"job.mode must be one of {', '.join(MODES)}, got {cfg.job.mode!r}")
+    cfg.protocol.check()
+    specs = [parse_model(m, cfg.job.mode) for m in cfg.job.models]
+    if not specs:
+        raise ValueError("job.models is empty")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job.models: duplicate names in {names}")
+    if cfg.job.mode == "ply":
+        for s in specs:
+            if not Path(s.source).is_dir():
+                raise FileNotFoundError(f"ply model {s.name}: folder not found: {s.source}")
+    else:
+        from ..models.hub import check
+
+        for s in specs:
+            check(s.source, s.revision, what=f"model {s.name}")
+            if s.lora and not (Path(s.lora) / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"model {s.name}: not a LoRA adapter folder: {s.lora}")
+    return specs
+
+
+def objects_root(cfg: EvalConfig) -> str:
+    if cfg.job.objects == "fixtures":
+        from .fixtures import fixtures_root
+
+        return str(fixtures_root())
+    return cfg.job.objects
+
+
+def object_seed(job_seed: int, name: str) -> int:
+    return (job_seed * 1_000_003 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)) % (2 ** 31)
+
+
+# ---- output -----------------------------------------------------------------------------------------------
+class EvalOutput:
+    """``<output>/objects/<name>.json`` (written last, atomically) + ``<output>/objects/<name>/`` files."""
+
+    def __init__(self, url: str):
+        import fsspec
+
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.root = self.root.rstrip("/")
+        self.url = url
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def write(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        tmp = final + ".tmp"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, final)
+
+    def record(self, name: str) -> dict | None:
+        p = self.path("objects", f"{name}.json")
+        if not self.fs.exists(p):
+            return None
+        try:
+            with self.fs.open(p, "rb") as f:
+                return json.loads(f.read())
+        except (ValueError, OSError):
+            return None
+
+    def done(self, name: str) -> bool:
+        rec = self.record(name)
+        return rec is not None and rec.get("status") == "done"
+
+
+def _png(img: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    arr = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _strip(img: np.ndarray, every: int = 1, max_views: int = 7) -> np.ndarray:
+    """(V,H,W,3) -> one row of up to ``max_views`` views, for the report."""
+    return np.concatenate(list(img[::every][:max_views]), axis=1)
+
+
+# ---- the worker -------------------------------------------------------------------------------------------
+class EvalWorker:
+    """Evaluates objects one at a time: GT once, every model's prediction, scores, exports, JSON last.
+    The same class runs in-process and as a Ray actor (``ray_jobs/evaluate.py``)."""
+
+    def __init__(self, cfg: EvalConfig, root: str):
+        from ..stages.common import pick_device, pick_dtype
+        from .gt import MeshRenderer
+        from .score import LPIPSSet
+
+        self.cfg, self.root = cfg, root
+        self.specs = check_config(cfg)
+        self.out = EvalOutput(cfg.job.output)
+        self.device = pick_device(cfg.job.device)
+        self.renderer = MeshRenderer()
+        self.lpips = LPIPSSet(cfg.protocol.lpips_nets, device=self.device)
+        self.runner, self.lgms = None, {}
+        if cfg.job.mode != "ply":
+            from ..infer.run import ImageTo3D, InferConfig, load_reconstructor
+
+            first = self.specs[0]
+            icfg = InferConfig(device=cfg.job.device, matting=cfg.matting, era3d=cfg.era3d,
+                               lgm=replace(cfg.lgm, model=first.source, revision=first.revision), lora=first.lora)
+            if cfg.job.mode == "single":
+                self.runner = ImageTo3D(icfg)
+                self.lgms[first.name] = self.runner.lgm
+            for s in self.specs:
+                if s.name not in self.lgms:
+                    c = replace(icfg, lgm=replace(cfg.lgm, model=s.source, revision=s.revision), lora=s.lora)
+                    self.lgms[s.name] = load_reconstructor(c, self.device, pick_dtype(cfg.lgm.dtype, self.device))
+        self.matting = None
+        if cfg.job.mode == "single" and self.runner is not None:
+            self.matting = self.runner.matting
+
+    def predict(self, name: str, gt) -> tuple[dict, dict]:
+        """{model: Gaussians | reason str}, extras (Era3D views for the report)."""
+        from ..gaussians import Gaussians
+        from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, lgm_input_cameras
+
+        mode, preds, extras = self.cfg.job.mode, {}, {}
+        if mode == "ply":
+            for s in self.specs:
+                p = Path(s.source) / f"{name}.ply"
+                preds[s.name] = Gaussians.from_ply(p) if p.is_file() else f"missing {p}"
+            return preds, extras
+        if mode == "single":
+            try:
+                rgba = self.matting.matte(gt.input_rgba)
+            except Reject as e:
+                return {s.name: f"matting: {e}" for s in self.specs}, extras
+            mv = self.runner.multiview([rgba], [object_seed(self.cfg.job.seed, name)])
+            views = mv.colors[:, list(ERA3D_TO_LGM_VIEWS)]
+            extras["era3d"] = mv.colors[0]
+        else:  # gt4: the GT rendered at LGM's own input cameras
+            rgb, _ = self.renderer.render(gt.obj, lgm_input_cameras(256), 1)
+            views = rgb[None]
+            extras["gt4_inputs"] = rgb
+        for s in self.specs:
+            lgm = self.lgms[s.name]
+            g = (self.runner.gaussians(views, lgm) if self.runner is not None else _lgm_gaussians(lgm, views, self.device))
+            preds[s.name] = g.to("cpu") if bool(g.isfinite().all()) else "NaN in the prediction"
+        return preds, extras
+
+    def evaluate(self, name: str) -> dict:
+        from ..io import export
+        from .gso import load_object
+        from .score import evaluate_object, prepare_gt
+
+        t0 = time.perf_counter()
+        obj = load_object(self.root, name)
+        gt = prepare_gt(obj, self.cfg.protocol, self.renderer)
+        rec = {"object": name, "status": "done", "mode": self.cfg.job.mode, "noise_floor_cd": gt.noise_floor_cd,
+               "gt_seconds": round(gt.seconds, 3), "models": {}}
+        self.out.write(f"objects/{name}/gt_input.png", _png(gt.input_rgba))
+        self.out.write(f"objects/{name}/gt_views.png", _png(_strip(gt.rgb, 3)))
+        t = time.perf_counter()
+        preds, extras = self.predict(name, gt)
+        rec["predict_seconds"] = round(time.perf_counter() - t, 3)
+        if "era3d" in extras:
+            self.out.write(f"objects/{name}/era3d_views.png", _png(_strip(extras["era3d"], 1, 6)))
+        for model, g in preds.items():
+            if isinstance(g, str):
+                rec["models"][model] = {"status": "failed", "reason": g}
+                continue
+            r, views = evaluate_object(g, obj, self.cfg.protocol, gt=gt, lpips=self.lpips, return_views=True)
+            r["status"] = "done"
+            rec["models"][model] = r
+            self.out.write(f"objects/{name}/{model}_views.png", _png(_strip(views["aligned"], 3)))
+            if self.cfg.job.exports:
+                from .align import transform_gaussians
+
+                g_out = g
+                if self.cfg.protocol.align and "transform_render_space" in r["aligned"]:
+                    g_out = transform_gaussians(transform_gaussians(g, np.array(r["normalisation"])),
+                                                np.array(r["aligned"]["transform_render_space"]))
+                self.out.write(f"objects/{name}/{model}.ply", g_out.to_ply_bytes())
+                try:
+                    self.out.write(f"objects/{name}/{model}.glb",
+                                   export.gaussians_mesh(g_out, self.cfg.protocol.mesh_resolution // 2 or 64)
+                                   .export(file_type="glb"))
+                except ValueError as e:
+                    r["glb_skipped"] = str(e)
+        if rec["models"] and all(m.get("status") == "failed" for m in rec["models"].values()):
+            rec["status"] = "failed"
+            rec["reason"] = "; ".join(f"{k}: {v['reason']}" for k, v in rec["models"].items())
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        self.out.write(f"objects/{name}.json", json.dumps(rec, indent=1, default=float).encode())
+        return rec
+
+    def __call__(self, names: list[str]) -> list[dict]:
+        rows = []
+        for name in names:
+            t = time.perf_counter()
+            try:
+                rec = self.evaluate(name)
+                rows.append({"object": name, "status": rec["status"], "reason": rec.get("reason", ""),
+                             "seconds": time.perf_counter() - t})
+            except Exception as e:  # noqa: BLE001 - one object's failure is recorded, the job goes on
+                reason = f"{type(e).__name__}: {e}"
+                log.warning("object %s failed: %s\n%s", name, reason, traceback.format_exc(limit=3))
+                self.out.write(f"objects/{name}.json", json.dumps({"object": name, "status": "failed",
+                                                                   "reason": reason}).encode())
+                rows.append({"object": name, "status": "failed", "reason": reason, "seconds": time.perf_counter() - t})
+        return rows
+
+
+def _lgm_gaussians(lgm, views: np.ndarray, device):
+    import torch
+
+    from ..gaussians import Gaussians
+
+    dtype = next(lgm.parameters()).dtype
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(views)).to(device).permute(0, 1, 4, 2, 3).float()
+        return Gaussians.from_lgm(lgm(lgm.prepare_inputs(x).to(dtype)).float())
+
+
+# ---- planning and the in-process executor -----------------------------------------------------------------
+@dataclass
+class EvalPlan:
+    root: str
+    names: list[str]
+    split: dict
+    pending: list[str]
+
+
+def plan(cfg: EvalConfig) -> EvalPlan:
+    from .gso import list_objects, resolve_split
+
+    check_config(cfg)
+    root = objects_root(cfg)
+    names, split = resolve_split(cfg.job.split, list_objects(root))
+    out = EvalOutput(cfg.job.output)
+    pending = [n for n in names if not out.done(n)]
+    meta = {"config": to_dict(cfg), "split": split, "objects": names}
+    out.write("eval.json", json.dumps(meta, indent=1).encode())
+    return EvalPlan(root, names, split, pending)
+
+
+def finish(cfg: EvalConfig, p: EvalPlan) -> dict:
+    """Summary tables and the report from the per-object records."""
+    from .summary import summarise, write_summary
+
+    out = EvalOutput(cfg.job.output)
+    records = [r for r in (out.record(n) for n in p.names) if r is not None]
+    summary = summarise(records, [parse_model(m, cfg.job.mode).name for m in cfg.job.models], cfg.job.bootstrap,
+                        cfg.job.seed)
+    summary["split"] = p.split
+    write_summary(out, summary)
+    if cfg.job.report:
+        from .report import eval_report
+
+        out.write("report.html", eval_report(out, records, summary).encode())
+    return summary
+
+
+def run_in_process(cfg: EvalConfig, progress=None) -> dict:
+    p = plan(cfg)
+    if p.pending:
+        worker = EvalWorker(cfg, p.root)
+        for name in p.pending:
+            worker([name])
+            if progress:
+                progress.update(1)
+    return finish(cfg, p)

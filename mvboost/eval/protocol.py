@@ -1,0 +1,45 @@
+"""The evaluation protocol (shared/spec gso_eval.md), every choice a field so a table records what
+produced it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Protocol:
+    resolution: int = 512  # every view, GT and prediction
+    supersample: int = 1  # render at resolution x supersample and area-downsample (GT and prediction alike)
+    fov_deg: float = 49.1
+    distance: float = 1.5
+    views: str = "21"  # "21": elevations {30, 0, -30} x 7 azimuths; "crm24": {0, 15, 30} x 8
+    lpips_nets: list[str] = field(default_factory=lambda: ["vgg", "alex"])
+    mesh_resolution: int = 256  # density grid over [-1, 1]^3 (metric space) for the predicted mesh
+    mesh_level: float = 0.5  # iso-level of the opacity-weighted density
+    points: int = 16000  # surface samples per mesh for CD / F
+    taus: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    seed: int = 0
+    align: bool = True  # yaw search (+ axis permutations) and ICP; "canonical" metrics are always kept
+    yaw_step_deg: float = 15.0
+    axis_permutations: bool = True  # the 24 rotations of the cube: catch frame-convention bugs
+    align_points: int = 4096
+    icp_points: int = 16384
+    icp_iterations: int = 50
+
+    def check(self) -> None:
+        if self.views not in ("21", "crm24"):
+            raise ValueError(f"protocol.views must be '21' or 'crm24', got {self.views!r}")
+        bad = [n for n in self.lpips_nets if n not in ("vgg", "alex")]
+        if bad or not self.lpips_nets:
+            raise ValueError(f"protocol.lpips_nets: vgg and/or alex (real ImageNet backbones), got {self.lpips_nets}")
+        if self.resolution < 16 or self.supersample < 1:
+            raise ValueError("protocol.resolution must be >= 16 and supersample >= 1")
+
+    def orbit(self) -> list[tuple[float, float]]:
+        """(elevation, azimuth) in degrees, positive elevation = camera above the object."""
+        if self.views == "21":
+            return [(e, k * 360.0 / 7) for e in (30.0, 0.0, -30.0) for k in range(7)]
+        return [(e, k * 45.0) for e in (0.0, 15.0, 30.0) for k in range(8)]
+
+    def input_index(self) -> int:
+        """Index of the input view (elevation 0, azimuth 0) among the orbit views."""
+        return self.orbit().index((0.0, 0.0))

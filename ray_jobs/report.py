@@ -1,0 +1,50 @@
+"""Visual reports that open from disk (no server).
+
+    python -m ray_jobs.report --shards <generation output URL> [--out gallery.html] [--max 200]
+    python -m ray_jobs.report --eval <evaluation output folder>       (rewrites its report.html)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.report", description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--shards", help="a generation job's output (shards with manifests) or a brace pattern")
+    g.add_argument("--eval", help="an evaluation job's output folder")
+    p.add_argument("--out", help="where to write the HTML (default: gallery.html / report.html in the folder)")
+    p.add_argument("--max", type=int, default=200, help="samples shown (--shards)")
+    a = p.parse_args(argv)
+    import fsspec
+
+    try:
+        if a.shards:
+            from mvboost.eval.report import shards_report
+
+            page = shards_report(a.shards, a.max)
+            out = a.out or (a.shards.rstrip("/") + "/gallery.html" if "{" not in a.shards else "gallery.html")
+        else:
+            import json
+
+            from mvboost.eval.job import EvalOutput
+            from mvboost.eval.report import eval_report
+
+            ev = EvalOutput(a.eval)
+            meta = json.loads(ev.fs.open(ev.path("eval.json"), "rb").read())
+            summary = json.loads(ev.fs.open(ev.path("summary.json"), "rb").read())
+            records = [r for r in (ev.record(n) for n in meta["objects"]) if r is not None]
+            page = eval_report(ev, records, summary)
+            out = a.out or a.eval.rstrip("/") + "/report.html"
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with fsspec.open(out, "w") as f:
+        f.write(page)
+    print(f"report written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
