@@ -230,3 +230,21 @@ def test_evaluation_errors_are_one_line(tmp_path):
         r = run_eval("--in-process", "--output", str(tmp_path / "o"), *args)
         assert r.returncode == 2 and r.stderr.startswith("error:") and needle in r.stderr, (args, r.stderr[-500:])
         assert "Traceback" not in r.stderr
+
+
+def test_shards_gallery_of_a_generation_run(tmp_path):
+    root = Path(__file__).parents[1]
+    out = tmp_path / "gen"
+    r = subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
+                        "--in-process", "--output", str(out), "--set", "job.n=3", "--set", "job.shard_size=2"],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "ray_jobs.report", "--shards", str(out)], capture_output=True, text=True,
+                       timeout=300, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    page = (out / "gallery.html").read_text()
+    accepted = json.loads((out / "summary.json").read_text())["accepted"]
+    assert page.count("<div class='row'>") == accepted > 0
+    for title in ("input (RGBA)", "Era3D views", "LGM renders", "refined views"):
+        assert page.count(title) == accepted
+    assert "Summary" in page and 'src="http' not in page
