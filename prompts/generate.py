@@ -6,7 +6,10 @@
 With an endpoint (``--base-url``, ``llm.base_url`` or ``$OPENAI_BASE_URL``) the prompts come from that
 OpenAI-compatible chat API (key from ``$OPENAI_API_KEY`` or the variable named by ``llm.api_key_env``);
 otherwise from the deterministic offline taxonomy composer. The source is printed and recorded in
-every row and in ``<out>.summary.json``. Rerunning with the same output resumes; responses are cached.
+every row and in ``<out>.summary.json``. Rerunning with the same output resumes; usable responses are
+cached (bounded). Spend is bounded (``llm.max_requests``, ``max_total_tokens``, ``max_usd``,
+``max_consecutive_failures``, a per-request deadline): a run that reaches a bound writes its summary and
+exits 3; exit 2 is a usage/config error.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.format())
-    return 0
+    return 3 if getattr(summary, "stopped", "") else 0
 
 
 if __name__ == "__main__":

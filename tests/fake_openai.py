@@ -58,8 +58,17 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 drops bursts of new connections (SYN retries)
 
 
+HOSTILE_MODES = ("garbage", "not_completion", "wrong_schema", "huge", "error_cycle", "trickle")
+
+
 class FakeOpenAI:
-    def __init__(self, hang_s: float = 3.0):
+    """``mode``: None (the faults above), or a hostile mode applied to every request:
+    garbage (200, content not JSON), not_completion (200, a JSON body that is no completion),
+    wrong_schema (items missing fields), huge (5 MB content), error_cycle (500 and 429 alternating),
+    trickle (a valid answer sent one byte every 0.2 s)."""
+
+    def __init__(self, hang_s: float = 3.0, mode: str | None = None):
+        self.mode = mode
         self.hang_s = hang_s
         self.attempts: dict[int, int] = {}
         self.requests = 0
@@ -110,6 +119,38 @@ class FakeOpenAI:
                 with fake.lock:
                     fake.requests += 1
                     attempt = fake.attempts[rid] = fake.attempts.get(rid, 0) + 1
+                mode = fake.mode
+                if mode == "error_cycle":
+                    return (self._send(500, json.dumps({"error": {"message": "boom"}})) if fake.requests % 2 else
+                            self._send(429, json.dumps({"error": {"message": "slow"}}), {"Retry-After": "0"}))
+                if mode == "not_completion":
+                    return self._send(200, json.dumps({"hello": "world"}))
+                if mode in ("garbage", "wrong_schema", "huge"):
+                    content = {"garbage": "I am not JSON at all, sorry.",
+                               "wrong_schema": json.dumps({"objects": [{"title": "x"}] * k}),
+                               "huge": "x" * 5_000_000}[mode]
+                    resp = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                         "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 100, "completion_tokens": len(content) // 4,
+                                      "total_tokens": 100 + len(content) // 4}}
+                    return self._send(200, json.dumps(resp))
+                if mode == "trickle":
+                    data = json.dumps({"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                                       "choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(
+                                           {"objects": valid_items(rid, k)})}, "finish_reason": "stop"}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    try:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return None
                 if attempt == 1 and rid == 1:
                     return self._send(429, json.dumps({"error": {"message": "slow down"}}), {"Retry-After": "0.2"})
                 if attempt == 1 and rid == 2:

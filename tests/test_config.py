@@ -54,9 +54,14 @@ def test_every_repo_config_loads_and_has_a_smoke_variant():
     from mvboost.prompts.llm import PromptGenConfig
     from mvboost.train.loop import TrainConfig
 
-    loaders = {"ray_jobs": load_job_config, "prompts": lambda p: load_config(PromptGenConfig, p),
+    from mvboost.eval.job import EvalConfig
+
+    def job_or_eval(p):  # ray_jobs/configs holds the generation job's configs and the evaluation job's
+        return load_config(EvalConfig, p) if p.stem.startswith("evaluate") else load_job_config(p)
+
+    loaders = {"ray_jobs": job_or_eval, "prompts": lambda p: load_config(PromptGenConfig, p),
                "train": lambda p: load_config(TrainConfig, p)}
-    # the smoke variants run in tests/test_ray_job.py, tests/test_prompts.py and tests/test_train.py
+    # the smoke variants run in tests/test_ray_job.py, test_eval.py, test_prompts.py and test_train.py
     for folder, load in loaders.items():
         configs = sorted((REPO / folder / "configs").glob("*.yaml"))
         assert configs, f"no configs in {folder}/configs"

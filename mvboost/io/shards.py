@@ -114,7 +114,12 @@ class OutputStore:
         import fsspec
 
         self.url = str(url)
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        except ValueError as e:  # "Protocol not known: foo"
+            raise OutputError(f"output {self.url}: {e}") from None
+        except ImportError as e:  # e.g. gs:// without gcsfs
+            raise OutputError(f"output {self.url}: {e} (the filesystem's fsspec package is not installed)") from None
         self.root = self.root.rstrip("/")
 
     # ---- paths ------------------------------------------------------------------------------

@@ -5,25 +5,78 @@ import hashlib
 import json
 
 from ..config import ConfigError
-from .stage import OK, STATUS
+from .stage import OK, REJECTED, STATUS
 
 
 def item_seed(job_seed: int, prompt_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{job_seed}:{prompt_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
+def _read_bank(url: str) -> list[bytes]:
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise ConfigError(f"prompts.bank {url} is a directory, not a JSONL file") from None
+    except FileNotFoundError:
+        raise ConfigError(f"prompts.bank not found: {url}") from None
+    except (OSError, ValueError, ImportError) as e:
+        raise ConfigError(f"prompts.bank {url}: {type(e).__name__}: {e}") from None
+    return [line for line in data.split(b"\n") if line.strip()]
+
+
+def parse_bank_row(line: bytes) -> tuple[dict | None, str | None]:
+    """One JSONL line -> (row, None) or (None, the reason it is rejected)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "bank row: not UTF-8"
+    try:
+        row = json.loads(text)
+    except ValueError as e:
+        return None, f"bank row: invalid JSON ({str(e)[:80]})"
+    if not isinstance(row, dict):
+        return None, f"bank row: a JSON {type(row).__name__}, not an object"
+    missing = [k for k in ("prompt_id", "prompt") if k not in row]
+    if missing:
+        return None, f"bank row: missing {', '.join(missing)}"
+    return row, None
+
+
 def load_prompts(cfg) -> list[dict]:
+    """The first ``job.n`` prompts. File banks go through the same checks as LLM banks: a bad row does
+    not stop the job, it becomes a rejected item with the reason (stage ``prompts``)."""
     if cfg.prompts.source == "offline":
         from ..prompts.offline import offline_prompts
 
         return offline_prompts(cfg.job.n, cfg.prompts.seed)
-    import fsspec
+    from ..prompts.filters import check_prompt, check_prompt_id, normalise
 
-    with fsspec.open(cfg.prompts.bank, "rt") as f:
-        bank = [json.loads(line) for line in f if line.strip()]
-    if len(bank) < cfg.job.n:
-        raise ConfigError(f"prompt bank {cfg.prompts.bank} has {len(bank)} prompts, job.n is {cfg.job.n}")
-    return bank[: cfg.job.n]
+    lines = _read_bank(cfg.prompts.bank)
+    if len(lines) < cfg.job.n:
+        raise ConfigError(f"prompt bank {cfg.prompts.bank} has {len(lines)} rows, job.n is {cfg.job.n}")
+    out, ids, texts = [], {}, {}
+    for i, line in enumerate(lines[: cfg.job.n]):
+        row, reason = parse_bank_row(line)
+        if row is not None:
+            reason = check_prompt_id(row["prompt_id"]) or check_prompt(row["prompt"])
+        if reason is None:
+            pid, norm = str(row["prompt_id"]), normalise(row["prompt"])
+            if pid in ids:
+                reason = f"duplicate prompt_id {pid!r} (row {ids[pid] + 1})"
+            elif norm in texts:
+                reason = f"duplicate prompt: same text as prompt_id {texts[norm]!r}"
+            else:
+                ids[pid], texts[norm] = i, pid
+        if reason is not None:
+            # a key that cannot collide with a valid one (valid keys start with "p")
+            out.append({"prompt_id": "", "prompt": "", "reject": reason,
+                        "key": "x" + hashlib.sha256(b"%d:" % i + line).hexdigest()[:16]})
+        else:
+            out.append(row)
+    return out
 
 
 def plan_items(cfg) -> list[dict]:
@@ -31,15 +84,17 @@ def plan_items(cfg) -> list[dict]:
     prompts = load_prompts(cfg)
     items, seen = [], set()
     for i, p in enumerate(prompts):
-        key = "p" + str(p["prompt_id"]).replace(".", "_")
-        if key in seen:
+        key = p.get("key") or "p" + str(p["prompt_id"])
+        if key in seen:  # offline/LLM ids are unique hex; file banks were checked above
             raise ConfigError(f"prompt bank has a duplicate prompt id {p['prompt_id']!r}")
         seen.add(key)
-        items.append({"item_id": key, "prompt_id": p["prompt_id"], "index": i, "shard": i // cfg.job.shard_size,
-                      "prompt": p["prompt"], "category": p.get("category", ""),
+        rejected = "reject" in p
+        items.append({"item_id": key, "prompt_id": str(p["prompt_id"]), "index": i, "shard": i // cfg.job.shard_size,
+                      "prompt": p["prompt"], "category": str(p.get("category", ""))[:80],
                       "prompt_source": p.get("source", cfg.prompts.source),
-                      "seed": item_seed(cfg.job.seed, p["prompt_id"]), STATUS: OK, "reject_stage": "",
-                      "reject_reason": ""})
+                      "seed": item_seed(cfg.job.seed, key if rejected else str(p["prompt_id"])),
+                      STATUS: REJECTED if rejected else OK, "reject_stage": "prompts" if rejected else "",
+                      "reject_reason": p.get("reject", "")})
     return items
 
 

@@ -77,6 +77,14 @@ class LLMSection:
     tokens_per_min: float = 2_000_000.0
     price_in_per_1m: float = 0.0  # USD per 1M prompt tokens (0: unknown)
     price_out_per_1m: float = 0.0
+    # spend bounds: the run stops with its summary written (and resumes) when one is reached
+    max_requests: int = 0  # per run, cache hits included; 0 = auto: max(2 parts, 4 x the requests n needs)
+    max_total_tokens: int = 0  # prompt + completion tokens paid this run; 0 = off
+    max_usd: float = 0.0  # at the price_* settings; 0 = off
+    max_consecutive_failures: int = 32  # requests in a row that yield no accepted item
+    request_deadline_s: float = 0.0  # whole request incl. a trickling stream; 0 = 2 x timeout_s
+    max_response_chars: int = 200_000  # a longer answer is rejected (never parsed, never cached)
+    cache_max_mb: float = 256.0  # the response cache stops growing at this size
 
 
 @dataclass
@@ -168,6 +176,8 @@ class LLMClient:
         self.sem = asyncio.Semaphore(max(1, cfg.llm.concurrency))
         self.cache_dir = os.path.expanduser(cfg.cache_dir)
         os.makedirs(self.cache_dir, exist_ok=True)
+        self.cache_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(self.cache_dir) for f in fs)
+        self.cache_full_logged = False
 
     def _cache_path(self, key: str) -> str:
         return os.path.join(self.cache_dir, key[:2], key + ".json")
@@ -181,7 +191,19 @@ class LLMClient:
             return Reply(d["content"], prompt_tokens=d["prompt_tokens"], completion_tokens=d["completion_tokens"],
                          cached=True)
         reply = await self._request(body)
-        if reply.content is not None:  # cache every answer the server gave, parseable or not
+        # cache only usable answers (parseable, the items we asked for) and only up to cache_max_mb
+        usable = False
+        if reply.content is not None:
+            items, err = parse_items(reply.content, self.cfg.items_per_request)
+            usable = err is None and any(isinstance(i, dict) and validate_item(i) is None for i in items)
+        if usable and self.cache_bytes + len(reply.content) > self.cfg.llm.cache_max_mb * 2 ** 20:
+            if not self.cache_full_logged:
+                log.warning("LLM response cache at %s reached %.0f MB: new answers are not cached", self.cache_dir,
+                            self.cfg.llm.cache_max_mb)
+                self.cache_full_logged = True
+            usable = False
+        if usable:
+            self.cache_bytes += len(reply.content) + 100
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}"
             with open(tmp, "w") as f:
@@ -198,9 +220,16 @@ class LLMClient:
             delay = None
             async with self.sem:
                 await self.limiter.acquire(est)
+                deadline = self.cfg.llm.request_deadline_s or 2 * self.cfg.llm.timeout_s
                 try:
-                    content, pt, ct = await (self._stream(body) if self.cfg.llm.stream else self._plain(body))
+                    content, pt, ct = await asyncio.wait_for(
+                        self._stream(body) if self.cfg.llm.stream else self._plain(body), deadline)
+                    if len(content) > self.cfg.llm.max_response_chars:
+                        return Reply(None, error=f"response too large: {len(content)} characters", attempts=attempt + 1,
+                                     prompt_tokens=pt, completion_tokens=ct)
                     return Reply(content, prompt_tokens=pt, completion_tokens=ct, attempts=attempt + 1)
+                except asyncio.TimeoutError:
+                    last = f"request deadline of {deadline:g} s exceeded"
                 except (oa.AuthenticationError, oa.PermissionDeniedError, oa.NotFoundError) as e:
                     raise FatalLLMError(f"the endpoint refused the request ({type(e).__name__}, HTTP "
                                         f"{getattr(e, 'status_code', '?')}): check the model name and the key in "
@@ -328,6 +357,7 @@ class BankSummary:
     duplicates: dict = field(default_factory=dict)
     bank_size: int = 0
     wall_seconds: float = 0.0
+    stopped: str = ""  # why the run stopped before n prompts (a spend bound); "" = finished
 
     def format(self) -> str:
         cost = "unknown (set llm.price_*_per_1m)" if self.estimated_usd is None else f"${self.estimated_usd:.4f}"
@@ -339,6 +369,9 @@ class BankSummary:
             lines.append(f"requests {self.requests} ({self.requests_from_cache} from cache), tokens in "
                          f"{self.prompt_tokens} / out {self.completion_tokens}, estimated cost {cost}")
         lines.append(f"duplicates removed: {self.duplicates}; wall time {self.wall_seconds:.1f} s")
+        if self.stopped:
+            lines.append(f"STOPPED before {self.out} was complete: {self.stopped}. The parts so far are kept: rerun "
+                         "(with a higher bound, or once the endpoint is fixed) to resume.")
         return "\n".join(lines)
 
 
@@ -401,8 +434,14 @@ async def _llm_bank(cfg: PromptGenConfig, embed) -> BankSummary:
         next_part += 1
     dedupe.add_accepted([r["prompt"] for r in accepted])
     k, per_part = cfg.items_per_request, cfg.requests_per_part
+    max_requests = cfg.llm.max_requests or max(2 * per_part, 4 * -(-cfg.n // k))
+    run_requests, run_tokens, failures_in_a_row = 0, 0, 0
     with tqdm(total=cfg.n, initial=min(len(accepted), cfg.n), desc="prompts", disable=not cfg.progress) as bar:
         while len(accepted) < cfg.n:
+            if run_requests + per_part > max_requests:
+                s.stopped = (f"request cap: {run_requests} requests this run, llm.max_requests={max_requests} "
+                             f"(accepted {len(accepted)} of {cfg.n})")
+                break
             first = next_part * per_part
             ids = list(range(first, first + per_part))
             replies = await asyncio.gather(*(client.complete(request_body(cfg, i)) for i in ids))
@@ -410,6 +449,7 @@ async def _llm_bank(cfg: PromptGenConfig, embed) -> BankSummary:
             stats = {"requests": 0, "requests_from_cache": 0, "prompt_tokens": 0, "completion_tokens": 0}
             for rid, reply in zip(ids, replies):  # in request order: deterministic de-duplication
                 stats["requests"] += 1
+                accepted_before = len(part_acc)
                 stats["requests_from_cache"] += int(reply.cached)
                 if not reply.cached:
                     stats["prompt_tokens"] += reply.prompt_tokens
@@ -443,13 +483,29 @@ async def _llm_bank(cfg: PromptGenConfig, embed) -> BankSummary:
                                          "category": slots[j]["category"], "source": source, "request": rid})
                     else:
                         part_rej.append({"request": rid, "slot": j, "reason": slot_reasons[j]})
+                failures_in_a_row = 0 if len(part_acc) > accepted_before else failures_in_a_row + 1
             writer.commit(next_part, part_acc, part_rej, stats)
+            run_requests += stats["requests"]
+            run_tokens += stats["prompt_tokens"] + stats["completion_tokens"]
             for key, v in stats.items():
                 setattr(s, key, getattr(s, key) + v)
             accepted += part_acc
             rejects += part_rej
             bar.update(min(cfg.n, len(accepted)) - bar.n)
             next_part += 1
+            usd = (s.prompt_tokens * cfg.llm.price_in_per_1m + s.completion_tokens * cfg.llm.price_out_per_1m) / 1e6
+            if len(accepted) >= cfg.n:
+                break
+            if failures_in_a_row >= cfg.llm.max_consecutive_failures:
+                s.stopped = (f"{failures_in_a_row} requests in a row yielded no usable prompt "
+                             f"(llm.max_consecutive_failures={cfg.llm.max_consecutive_failures}); last reasons: "
+                             + "; ".join(sorted({_reason_class(r['reason']) for r in part_rej[-8:]})))
+            elif cfg.llm.max_total_tokens and run_tokens >= cfg.llm.max_total_tokens:
+                s.stopped = f"token cap: {run_tokens} tokens this run, llm.max_total_tokens={cfg.llm.max_total_tokens}"
+            elif cfg.llm.max_usd and usd >= cfg.llm.max_usd:
+                s.stopped = f"spend cap: ${usd:.4f}, llm.max_usd={cfg.llm.max_usd}"
+            if s.stopped:
+                break
     s.requested = next_part * per_part * k
     s.accepted, s.rejected = len(accepted), len(rejects)
     by = {}
