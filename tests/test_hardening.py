@@ -151,3 +151,22 @@ def test_config_misuse_is_one_error_line_before_ray_starts(tmp_path, args, needl
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and needle in err[0], r.stderr[-800:]
     assert "Started a local Ray" not in r.stderr + r.stdout and took < 60
+
+
+def test_training_data_errors_are_reported_once_before_ray(tmp_path):
+    """Before: a shard without a manifest vanished silently, an invalid manifest made the listing raise,
+    and the launcher retried the deterministic error three times and ended in a traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "shard-000000.tar").write_bytes(b"x" * 1024)  # no manifest: not committed
+    (data / "shard-000001.tar").write_bytes(b"y" * 1024)
+    (data / "shard-000001.json").write_text("{not json")  # invalid manifest
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "train.launch", "--config", "train/configs/lora_smoke.yaml", "--data",
+                        str(data), "--output", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300,
+                       cwd=REPO)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "no usable shards" in err[0]
+    assert "shard-000000.tar: no manifest" in err[0] and "shard-000001.tar: invalid manifest" in err[0]
+    assert time.perf_counter() - t < 60 and "Started a local Ray" not in r.stderr

@@ -77,3 +77,33 @@ def test_s3_through_fsspec_with_moto(moto_s3):
     assert store.verify_shard(0).sha256 == m.sha256
     assert read_tar(store.read(store.path("shard-000000.tar"))) == {"ka.txt": b"hello"}
     assert store.finished([0]) == ({0}, set())
+
+
+def test_no_tar_under_its_final_name_before_the_manifest_and_a_kill_in_between_recovers(tmp_path, monkeypatch):
+    """Before: a complete tar sat under its final name while its manifest was not written (2 of 12 kills):
+    a brace-pattern reader would read an uncommitted shard. Now the tar is published by a rename after the
+    manifest, and a rerun after a kill between the two finishes the rename."""
+    store = OutputStore(str(tmp_path))
+    store.stage_sample(0, "ka", {"txt": b"a"})
+    seen = []
+    real_write = OutputStore.write_atomic
+
+    def spy(self, path, data):  # every write before the manifest: is a final tar visible?
+        seen.append((path.rsplit("/", 1)[-1], (tmp_path / "shard-000000.tar").exists()))
+        return real_write(self, path, data)
+
+    monkeypatch.setattr(OutputStore, "write_atomic", spy)
+
+    def killed(self, shard, manifest):  # the process dies right after the manifest
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutputStore, "_publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.commit_shard(0, ["ka"])
+    assert ("shard-000000.json", False) in seen and not any(visible for _, visible in seen)
+    assert not (tmp_path / "shard-000000.tar").exists() and (tmp_path / "shard-000000.json").exists()
+    monkeypatch.undo()
+    fresh = OutputStore(str(tmp_path))
+    assert fresh.finished([0]) == ({0}, set())  # the rerun's resume check finishes the publication
+    assert fresh.verify_shard(0).keys == ["ka"]
+    assert not (tmp_path / "_staging" / "shard-000000").exists()

@@ -74,11 +74,17 @@ def main(argv=None) -> int:
         overrides.append(f"data.source={a.data}")
     if a.output:
         overrides.append(f"run.storage_path={a.output}")
+    from mvboost.train.data import ShardDataError, list_shards
+
     try:
         cfg = load_config(TrainConfig, a.config, overrides)
-    except ConfigError as e:
+        # data problems are deterministic: found here, once, before Ray starts (not retried by workers)
+        listing = list_shards(cfg.data.source, cfg.data.storage_options)
+    except (ConfigError, ShardDataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for url, why in listing.skipped:
+        print(f"skipping shard {url}: {why}", file=sys.stderr)
     import ray
 
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -91,9 +97,14 @@ def main(argv=None) -> int:
         else:
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                      runtime_env={"env_vars": env})
-    result = build_trainer(cfg).fit()
+    try:
+        result = build_trainer(cfg).fit()
+    except Exception as e:  # noqa: BLE001 - Ray Train raises TrainingFailedError after the retries
+        print(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e) else ''}",
+              file=sys.stderr)
+        return 1
     if result.error:
-        print(f"error: training failed: {result.error}", file=sys.stderr)
+        print(f"error: training failed: {str(result.error).strip().splitlines()[0][:500]}", file=sys.stderr)
         return 1
     print(f"done: step {result.metrics.get('step')}, loss {result.metrics.get('loss', float('nan')):.4f}; "
           f"checkpoint {result.checkpoint.path if result.checkpoint else None}")

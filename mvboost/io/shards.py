@@ -196,6 +196,8 @@ class OutputStore:
         for s in shards:
             if shard_name(s) + ".json" in manifests:
                 committed.add(s)
+                if shard_name(s) + ".tar" not in manifests:  # killed between the manifest and the rename
+                    self._publish(s, self.read_manifest(s))
                 continue
             for p in self._ls(self.staging_dir(s)):
                 name = p.rsplit("/", 1)[-1]
@@ -214,9 +216,27 @@ class OutputStore:
             return []
 
     # ---- shards -----------------------------------------------------------------------------
+    def _committing_path(self, shard: int) -> str:
+        return f"{self.staging_dir(shard)}/{shard_name(shard)}.tar.committing"
+
+    def _publish(self, shard: int, manifest: ShardManifest) -> None:
+        """After the manifest: move the complete tar to its final name, drop the staging folder. Idempotent:
+        a rerun after a kill between the manifest and the rename finishes the move."""
+        final, part = self.path(manifest.shard), self._committing_path(shard)
+        if self.exists(part):
+            self.fs.mv(part, final)
+        if not self.exists(final):
+            raise OutputError(f"{manifest.shard} is committed (manifest) but its tar is missing")
+        try:
+            self.fs.rm(self.staging_dir(shard), recursive=True)
+        except FileNotFoundError:
+            pass
+
     def commit_shard(self, shard: int, keys: list[str], stage_seconds: dict[str, float] | None = None) -> ShardManifest:
         """Merge the staged items of ``shard`` (all of ``keys`` must be staged) into its tar, then
-        write the rejects file, then the manifest, then remove the staging folder.
+        write the rejects file, then the manifest (the commit point), then move the tar to its final
+        name and remove the staging folder. A tar is therefore never visible under its final name
+        before its manifest exists: a brace-pattern reader cannot pick up an uncommitted shard.
 
         The shard is the staged item tars concatenated without their end-of-archive blocks, streamed to a
         temporary name with a running sha256 (one item in memory at a time, nothing re-encoded): the
@@ -224,6 +244,8 @@ class OutputStore:
         fixed header settings."""
         existing = self.read_manifest(shard)
         if existing is not None:
+            if not self.exists(self.path(existing.shard)):
+                self._publish(shard, existing)
             return existing
         sdir = self.staging_dir(shard)
         names = {p.rsplit("/", 1)[-1] for p in self._ls(sdir)}
@@ -235,8 +257,8 @@ class OutputStore:
                 rejects.append(json.loads(self.read(f"{sdir}/{key}.reject.json")))
             else:
                 raise OutputError(f"{shard_name(shard)}: item {key} is neither staged nor rejected")
-        final = self.path(shard_name(shard) + ".tar")
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        part = self._committing_path(shard)
+        tmp = f"{part}.tmp-{uuid.uuid4().hex[:8]}"
         digest, size = hashlib.sha256(), 0
         # sha256 runs in a helper thread, item i overlapping the write of item i (hashlib releases the GIL;
         # prefetching reads in a second thread measured slower on 2 cores)
@@ -255,17 +277,14 @@ class OutputStore:
             out.write(tail)
             digest.update(tail)
             size += len(tail)
-        self.fs.mv(tmp, final)
+        self.fs.mv(tmp, part)  # complete, still under _staging/
         self.write_atomic(self.path("rejects", shard_name(shard) + ".jsonl"), jsonl_bytes(rejects))
         manifest = ShardManifest(shard=shard_name(shard) + ".tar", samples=len(accepted), keys=accepted,
                                  rejected=[r["key"] for r in rejects], bytes=size, sha256=digest.hexdigest(),
                                  stage_seconds={k: round(v, 4) for k, v in (stage_seconds or {}).items()},
                                  created=time.time())
         self.write_atomic(self.manifest_path(shard), manifest.to_json().encode())
-        try:
-            self.fs.rm(sdir, recursive=True)
-        except FileNotFoundError:
-            pass
+        self._publish(shard, manifest)
         return manifest
 
     def remove_empty_staging(self) -> None:
