@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import to_dict
+from ..infer.run import InferEra3DConfig, InferLGMConfig, InferMattingConfig
 from ..pipeline.config import RaySection
 from ..pipeline.stage import Reject, Resources
 from .protocol import Protocol
@@ -47,22 +48,13 @@ class EvalJobSection:
     progress: bool = True
 
 
-def _infer_sections():
-    from ..infer.run import InferEra3DConfig, InferLGMConfig, InferMattingConfig
-
-    return InferMattingConfig, InferEra3DConfig, InferLGMConfig
-
-
-_M, _E, _L = _infer_sections()
-
-
 @dataclass
 class EvalConfig:
     job: EvalJobSection = field(default_factory=EvalJobSection)
     protocol: Protocol = field(default_factory=Protocol)
-    matting: _M = field(default_factory=_M)
-    era3d: _E = field(default_factory=_E)
-    lgm: _L = field(default_factory=_L)  # dtype, device, preset; the ids come from job.models
+    matting: InferMattingConfig = field(default_factory=InferMattingConfig)
+    era3d: InferEra3DConfig = field(default_factory=InferEra3DConfig)
+    lgm: InferLGMConfig = field(default_factory=InferLGMConfig)  # dtype, device, preset; ids come from job.models
     worker: Resources = field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=1))
     ray: RaySection = field(default_factory=RaySection)
 
@@ -215,6 +207,7 @@ class EvalWorker:
         """{model: Gaussians | reason str}, extras (Era3D views for the report)."""
         from ..gaussians import Gaussians
         from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, lgm_input_cameras
+        from ..infer.run import gaussians_from_views
 
         mode, preds, extras = self.cfg.job.mode, {}, {}
         if mode == "ply":
@@ -236,7 +229,7 @@ class EvalWorker:
             extras["gt4_inputs"] = rgb
         for s in self.specs:
             lgm = self.lgms[s.name]
-            g = (self.runner.gaussians(views, lgm) if self.runner is not None else _lgm_gaussians(lgm, views, self.device))
+            g = gaussians_from_views(lgm, views, self.device)
             preds[s.name] = g.to("cpu") if bool(g.isfinite().all()) else "NaN in the prediction"
         return preds, extras
 
@@ -301,17 +294,6 @@ class EvalWorker:
                                                                    "reason": reason}).encode())
                 rows.append({"object": name, "status": "failed", "reason": reason, "seconds": time.perf_counter() - t})
         return rows
-
-
-def _lgm_gaussians(lgm, views: np.ndarray, device):
-    import torch
-
-    from ..gaussians import Gaussians
-
-    dtype = next(lgm.parameters()).dtype
-    with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(views)).to(device).permute(0, 1, 4, 2, 3).float()
-        return Gaussians.from_lgm(lgm(lgm.prepare_inputs(x).to(dtype)).float())
 
 
 # ---- planning and the in-process executor -----------------------------------------------------------------

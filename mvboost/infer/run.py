@@ -141,6 +141,15 @@ def model_record(model: str, revision: str, what: str) -> dict:
     return {"id": model, "revision": revision, "resolved": resolved_commit(path) or str(path)}
 
 
+@torch.no_grad()
+def gaussians_from_views(lgm, views: np.ndarray, device) -> Gaussians:
+    """(B, 4, H, W, 3) views in [0, 1] on white (LGM's input views: front, right, back, left) with LGM's
+    default rays -> Gaussians (B, N) float32 on ``device``."""
+    dtype = next(lgm.parameters()).dtype
+    x = torch.from_numpy(np.ascontiguousarray(views)).to(device).permute(0, 1, 4, 2, 3).float()
+    return Gaussians.from_lgm(lgm(lgm.prepare_inputs(x).to(dtype)).float())
+
+
 @dataclass
 class Result:
     name: str
@@ -189,14 +198,9 @@ class ImageTo3D:
         return self.era3d.generate(rgba, seeds=seeds, steps=c.steps, guidance=c.guidance, eta=c.eta,
                                    crop_size=c.crop_size or None)
 
-    @torch.no_grad()
     def gaussians(self, views: np.ndarray, lgm=None) -> Gaussians:
-        """(B, 4, H, W, 3) views in [0, 1] on white (LGM's input views: front, right, back, left) ->
-        Gaussians (B, N) float32 on the device. ``lgm``: another loaded LGM (default: this one's)."""
-        lgm = lgm or self.lgm
-        dtype = next(lgm.parameters()).dtype
-        x = torch.from_numpy(np.ascontiguousarray(views)).to(self.device).permute(0, 1, 4, 2, 3).float()
-        return Gaussians.from_lgm(lgm(lgm.prepare_inputs(x).to(dtype)).float())
+        """:func:`gaussians_from_views` with this runner's LGM (or ``lgm``) on its device."""
+        return gaussians_from_views(lgm or self.lgm, views, self.device)
 
     def reconstruct(self, rgba: list[np.ndarray], seeds: list[int], lgm=None):
         """RGBA inputs -> (Era3D output, Gaussians (B,N) float32 on the device)."""
