@@ -219,6 +219,9 @@ def init_ray(cfg) -> bool:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
     else:
+        from ray_jobs.reaper import start_reaper
+
+        start_reaper()  # nothing of the local Ray outlives a killed driver
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", runtime_env={"env_vars": env_vars})
     return not address

@@ -170,3 +170,44 @@ def test_training_data_errors_are_reported_once_before_ray(tmp_path):
     assert len(err) == 1 and "no usable shards" in err[0]
     assert "shard-000000.tar: no manifest" in err[0] and "shard-000001.tar: invalid manifest" in err[0]
     assert time.perf_counter() - t < 60 and "Started a local Ray" not in r.stderr
+
+
+@pytest.mark.ray
+def test_nothing_outlives_a_killed_driver(tmp_path):
+    """Before: the dashboard and runtime-env agents and idle workers of the local Ray outlived a driver
+    killed with SIGKILL. Now the reaper (ray_jobs/reaper.py) stops them."""
+    import os
+    import signal
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
+                             "--output", str(tmp_path / "out")], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    started, deadline = [], time.time() + 180
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+            if sum("DashboardAgent" in " ".join(k.cmdline()) or "default_worker" in " ".join(k.cmdline())
+                   for k in kids if k.is_running()) >= 2:
+                time.sleep(3)
+                started = [k for k in psutil.Process(proc.pid).children(recursive=True)
+                           if "reaper" not in " ".join(k.cmdline())]
+                break
+            time.sleep(0.3)
+        assert started and proc.poll() is None, "the job ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
+        proc.wait(30)
+        left = started
+        for _ in range(60):
+            left = [k for k in started if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, [" ".join(k.cmdline())[:80] for k in left]
+    finally:
+        for k in started:
+            try:
+                k.kill()
+            except psutil.Error:
+                pass

@@ -95,6 +95,9 @@ def main(argv=None) -> int:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(runtime_env={"env_vars": env})
         else:
+            from ray_jobs.reaper import start_reaper
+
+            start_reaper()  # nothing of the local Ray outlives a killed launcher
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                      runtime_env={"env_vars": env})
     try:
