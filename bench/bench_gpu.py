@@ -145,9 +145,11 @@ def bench_stages(cfg, device, objects: int, repeat: int, peak: float) -> tuple[d
     flops = count_stage_flops(cfg, stages, rows_for_flops(stages, cfg, objects), device)
     for name, f in flops.items():
         rec = out[name]
-        rec["gflop_per_object"] = round(f / 1e9, 1)
-        rec["tflops"] = round(f / rec["s_per_object"] / 1e12, 2)
-        rec["pct_peak"] = round(100 * rec["tflops"] / peak, 1)
+        tflops = f / rec["s_per_object"] / 1e12
+        # significant digits, not decimals: tiny models on a CPU run at 1e-4 TFLOP/s and must not round to 0
+        rec["gflop_per_object"] = float(f"{f / 1e9:.4g}")
+        rec["tflops"] = float(f"{tflops:.4g}")
+        rec["pct_peak"] = float(f"{100 * tflops / peak:.4g}")
         print(f"{name:>14}: {rec['gflop_per_object']:.1f} GFLOP/object, {rec['tflops']:.1f} TFLOP/s = "
               f"{rec['pct_peak']:.1f} % of {peak:.1f}", flush=True)
     return out, stages
@@ -231,8 +233,8 @@ def bench_unet(stage, device, objects_per_call: int, peak: float, compiled: bool
             s = timed(lambda: unet(x, t, ehs, cl), device, repeat)
     tflops = f / s / 1e12
     rec = {"objects_per_call": objects_per_call, "images_per_call": b, "compiled": compiled,
-           "s_per_call": round(s, 4), "gflop_per_call": round(f / 1e9, 1), "tflops": round(tflops, 1),
-           "pct_peak": round(100 * tflops / peak, 1), "first_call_s": round(compile_s, 1)}
+           "s_per_call": round(s, 4), "gflop_per_call": float(f"{f / 1e9:.4g}"), "tflops": float(f"{tflops:.4g}"),
+           "pct_peak": float(f"{100 * tflops / peak:.4g}"), "first_call_s": round(compile_s, 1)}
     print(f"  Era3D UNet {'compiled' if compiled else 'eager   '} x{objects_per_call} objects: {s:.4f} s/step, "
           f"{tflops:.1f} TFLOP/s = {rec['pct_peak']:.1f} % of peak (first call {compile_s:.1f} s)", flush=True)
     return rec
