@@ -211,3 +211,13 @@ def test_nothing_outlives_a_killed_driver(tmp_path):
                 k.kill()
             except psutil.Error:
                 pass
+
+
+def test_a_finished_output_is_recognised_without_starting_ray(tmp_path):
+    out = tmp_path / "out"
+    r = run_job("--in-process", "--output", str(out), "--n", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = time.perf_counter()
+    r = run_job("--output", str(out), "--n", "4")  # the Ray executor, on a finished output
+    assert r.returncode == 0 and "accepted 4" in r.stdout, r.stderr[-2000:]
+    assert "Started a local Ray" not in r.stderr + r.stdout and time.perf_counter() - t < 60
