@@ -5,6 +5,7 @@ box, written exactly like GSO: Z-up metres with the origin on the base plane, ``
 ``materials/textures/texture.png``. Used by the evaluation smoke config and the tests."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,6 @@ def build_fixtures(root: Path, names=None) -> Path:
             continue
         v, f, uv, tex = _source(name)
         tmp = root / f".{name}.tmp"
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         write_gso_object(tmp, v, f, uv, tex, SOURCES[name][1])
         tmp.rename(dest)

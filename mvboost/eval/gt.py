@@ -24,6 +24,11 @@ def eval_cameras(protocol: Protocol, size: int | None = None, views: list[tuple[
     return Cameras(c2w, pinhole_intrinsics(size, size, protocol.fov_deg), size, size, "pinhole")
 
 
+def fovy_deg(cams: Cameras) -> float:
+    """The vertical field of view of pinhole cameras, from their intrinsics."""
+    return float(np.degrees(2 * np.arctan(0.5 * cams.height / float(cams.K[0, 1, 1]))))
+
+
 def downsample(img: np.ndarray, factor: int) -> np.ndarray:
     """(..., H, W, C) area downsampling by an integer factor."""
     if factor == 1:
@@ -65,8 +70,7 @@ class MeshRenderer:
         pb = self.pb
         self._load(obj)
         size = cams.width * supersample
-        fovy = float(np.degrees(2 * np.arctan(0.5 * cams.height / float(cams.K[0, 1, 1]))))
-        proj = pb.computeProjectionMatrixFOV(fovy, 1.0, 0.01, 100.0, physicsClientId=self.client)
+        proj = pb.computeProjectionMatrixFOV(fovy_deg(cams), 1.0, 0.01, 100.0, physicsClientId=self.client)
         rgbs, alphas = [], []
         for c2w in cams.c2w.double().numpy():
             view = np.linalg.inv(c2w).T.reshape(-1).tolist()  # OpenGL world-to-camera, column-major
@@ -120,8 +124,7 @@ def predicted_views(gaussians, cams: Cameras, supersample: int = 1) -> tuple[np.
     """The same views of Gaussians with ``mvboost.render`` (white background, same supersampling)."""
     from ..render import render
 
-    big = Cameras(cams.c2w, pinhole_intrinsics(cams.width * supersample, cams.height * supersample,
-                                               float(np.degrees(2 * np.arctan(0.5 * cams.height / float(cams.K[0, 1, 1]))))),
+    big = Cameras(cams.c2w, pinhole_intrinsics(cams.width * supersample, cams.height * supersample, fovy_deg(cams)),
                   cams.width * supersample, cams.height * supersample, cams.model)
     out = render(gaussians, big.to(gaussians.means.device), background=(1.0, 1.0, 1.0))
     rgb = out.rgb[0].permute(0, 2, 3, 1).float().cpu().numpy()

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import to_dict
+from ..io.shards import write_atomic
+from ..pipeline.codec import encode_png, tile_views
 from ..infer.run import InferEra3DConfig, InferLGMConfig, InferMattingConfig
 from ..pipeline.config import RaySection
 from ..pipeline.stage import Reject, Resources
@@ -131,12 +133,7 @@ class EvalOutput:
         return "/".join([self.root, *parts])
 
     def write(self, rel: str, data: bytes) -> None:
-        final = self.path(rel)
-        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        tmp = final + ".tmp"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, final)
+        write_atomic(self.fs, self.path(rel), data)
 
     def record(self, name: str) -> dict | None:
         p = self.path("objects", f"{name}.json")
@@ -153,20 +150,9 @@ class EvalOutput:
         return rec is not None and rec.get("status") == "done"
 
 
-def _png(img: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    arr = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _strip(img: np.ndarray, every: int = 1, max_views: int = 7) -> np.ndarray:
     """(V,H,W,3) -> one row of up to ``max_views`` views, for the report."""
-    return np.concatenate(list(img[::every][:max_views]), axis=1)
+    return tile_views(img[::every][:max_views])
 
 
 # ---- the worker -------------------------------------------------------------------------------------------
@@ -199,9 +185,7 @@ class EvalWorker:
                 if s.name not in self.lgms:
                     c = replace(icfg, lgm=replace(cfg.lgm, model=s.source, revision=s.revision), lora=s.lora)
                     self.lgms[s.name] = load_reconstructor(c, self.device, pick_dtype(cfg.lgm.dtype, self.device))
-        self.matting = None
-        if cfg.job.mode == "single" and self.runner is not None:
-            self.matting = self.runner.matting
+        self.matting = self.runner.matting if self.runner is not None else None
 
     def predict(self, name: str, gt) -> tuple[dict, dict]:
         """{model: Gaussians | reason str}, extras (Era3D views for the report)."""
@@ -243,13 +227,13 @@ class EvalWorker:
         gt = prepare_gt(obj, self.cfg.protocol, self.renderer)
         rec = {"object": name, "status": "done", "mode": self.cfg.job.mode, "noise_floor_cd": gt.noise_floor_cd,
                "gt_seconds": round(gt.seconds, 3), "models": {}}
-        self.out.write(f"objects/{name}/gt_input.png", _png(gt.input_rgba))
-        self.out.write(f"objects/{name}/gt_views.png", _png(_strip(gt.rgb, 3)))
+        self.out.write(f"objects/{name}/gt_input.png", encode_png(gt.input_rgba))
+        self.out.write(f"objects/{name}/gt_views.png", encode_png(_strip(gt.rgb, 3)))
         t = time.perf_counter()
         preds, extras = self.predict(name, gt)
         rec["predict_seconds"] = round(time.perf_counter() - t, 3)
         if "era3d" in extras:
-            self.out.write(f"objects/{name}/era3d_views.png", _png(_strip(extras["era3d"], 1, 6)))
+            self.out.write(f"objects/{name}/era3d_views.png", encode_png(_strip(extras["era3d"], 1, 6)))
         for model, g in preds.items():
             if isinstance(g, str):
                 rec["models"][model] = {"status": "failed", "reason": g}
@@ -257,7 +241,7 @@ class EvalWorker:
             r, views = evaluate_object(g, obj, self.cfg.protocol, gt=gt, lpips=self.lpips, return_views=True)
             r["status"] = "done"
             rec["models"][model] = r
-            self.out.write(f"objects/{name}/{model}_views.png", _png(_strip(views["aligned"], 3)))
+            self.out.write(f"objects/{name}/{model}_views.png", encode_png(_strip(views["aligned"], 3)))
             if self.cfg.job.exports:
                 from .align import transform_gaussians
 

@@ -94,22 +94,20 @@ margin:2px 6px;vertical-align:top}figcaption{font-size:11px;color:#555}.row{bord
 
 
 def _summary_table(summary: dict) -> str:
+    from .summary import format_value
+
     models = summary["models"]
     diffs = [k for k in summary["tables"]["aligned"][0] if " − " in k]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["metric", *models, *diffs, "paper (reference)"])
     rows = []
     for row in summary["tables"]["aligned"]:
         cells = [f"<td style='text-align:left'>{html.escape(row['metric'])} {'↑' if row['higher_is_better'] else '↓'}</td>"]
-        cells += [f"<td>{'–' if row[m] is None else f'{row[m]:.4f}'}</td>" for m in models]
+        cells += [f"<td>{format_value(row[m])}</td>" for m in models]
         for d in diffs:
             v = row[d]
-            if v["mean"] is None:
-                cells.append("<td>–</td>")
-                continue
-            better = (v["mean"] > 0) == row["higher_is_better"]
-            lo, hi = v["ci95"]
-            ci = "" if np.isnan(lo) else f" [{lo:+.4f}, {hi:+.4f}]"
-            cells.append(f"<td class='{'good' if better else 'bad'}'>{v['mean']:+.4f}{ci}</td>")
+            better = v["mean"] is not None and (v["mean"] > 0) == row["higher_is_better"]
+            cls = "" if v["mean"] is None else f" class='{'good' if better else 'bad'}'"
+            cells.append(f"<td{cls}>{format_value(v)}</td>")
         cells.append(f"<td>{html.escape(row['paper (reference)'])}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"

@@ -17,6 +17,7 @@ import torch
 
 from ..gaussians import Gaussians
 from ..metrics.geometry import chamfer_fscore, gaussians_to_mesh, psnr, sample_surface, ssim
+from ..pipeline.codec import to_uint8
 from . import align as al
 from .gso import METRIC_SCALE, GSOObject, load_object
 from .gt import RENDERER, MeshRenderer, eval_cameras, predicted_views
@@ -39,8 +40,7 @@ def prepare_gt(obj: GSOObject, protocol: Protocol, renderer: MeshRenderer | None
     renderer = renderer or MeshRenderer()
     rgb, alpha = renderer.render(obj, eval_cameras(protocol), protocol.supersample)
     i = protocol.input_index()
-    input_rgba = np.concatenate([rgb[i], alpha[i]], -1)
-    input_rgba = (np.clip(input_rgba, 0, 1) * 255 + 0.5).astype(np.uint8)
+    input_rgba = to_uint8(np.concatenate([rgb[i], alpha[i]], -1))
     pts = obj.surface_points(protocol.points, protocol.seed)
     floor = chamfer_fscore(obj.surface_points(protocol.points, protocol.seed + 1), pts)["cd"]
     return GroundTruth(obj, rgb, alpha, input_rgba, pts, floor, time.perf_counter() - t)

@@ -74,7 +74,8 @@ def summarise(records: list[dict], models: list[str], n_boot: int = 2000, seed: 
     return out
 
 
-def _fmt(v, digits=4) -> str:
+def format_value(v, digits=4) -> str:
+    """A table cell: a mean, or a paired difference with its 95 % interval ("+0.0123 [-0.01, +0.03]")."""
     if v is None:
         return "–"
     if isinstance(v, dict):
@@ -89,12 +90,12 @@ def _fmt(v, digits=4) -> str:
 def markdown(summary: dict) -> str:
     models = summary["models"]
     diffs = [f"{m} − {models[0]}" for m in models[1:]]
-    lines = [f"# Evaluation summary", "",
+    lines = ["# Evaluation summary", "",
              f"Objects: {summary['objects']['done']} scored of {summary['objects']['total']}"
              + (f"; failed: {len(summary['objects']['failed'])}" if summary['objects']['failed'] else ""),
              f"Split: {summary.get('split', {})}",
-             f"Chamfer noise floor (GT resampled): {_fmt(summary['noise_floor_cd']['mean'])} ± "
-             f"{_fmt(summary['noise_floor_cd']['std'])}", ""]
+             f"Chamfer noise floor (GT resampled): {format_value(summary['noise_floor_cd']['mean'])} ± "
+             f"{format_value(summary['noise_floor_cd']['std'])}", ""]
     for variant in ("aligned", "canonical"):
         lines += [f"## {variant} ({'yaw/axis search + ICP' if variant == 'aligned' else 'no search, no ICP'})", ""]
         head = ["metric", *models, *[f"{d} (95 % CI)" for d in diffs], "objects"]
@@ -103,7 +104,7 @@ def markdown(summary: dict) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in summary["tables"][variant]:
             arrow = "↑" if row["higher_is_better"] else "↓"
-            cells = [f"{row['metric']} {arrow}", *[_fmt(row[m]) for m in models], *[_fmt(row[d]) for d in diffs],
+            cells = [f"{row['metric']} {arrow}", *[format_value(row[m]) for m in models], *[format_value(row[d]) for d in diffs],
                      "/".join(str(row[f"{m} n"]) for m in models)]
             if variant == "aligned":
                 cells.append(row["paper (reference)"])

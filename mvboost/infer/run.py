@@ -20,6 +20,7 @@ import torch
 from ..config import to_dict
 from ..gaussians import Gaussians
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, ERA3D_VIEW_NAMES
+from ..pipeline.codec import tile_views, to_uint8
 from ..pipeline.stage import Reject
 from ..stages.common import pick_device, pick_dtype
 from ..stages.era3d import Era3DConfig
@@ -254,10 +255,10 @@ class ImageTo3D:
         folder = output / r.name
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rgba, "RGBA").save(folder / "input_rgba.png")
-        views = (np.clip(mv.colors[j], 0, 1) * 255 + 0.5).astype(np.uint8)
+        views = to_uint8(mv.colors[j])
         for name, v in zip(ERA3D_VIEW_NAMES, views):
             Image.fromarray(v).save(folder / f"view_{name}.png")
-        Image.fromarray(np.concatenate(list(views), axis=1)).save(folder / "views.png")
+        Image.fromarray(tile_views(views)).save(folder / "views.png")
         t = time.perf_counter()
         if self.cfg.optimize_input_view:
             target = torch.from_numpy(np.ascontiguousarray(mv.cond_images[j])).permute(2, 0, 1).float()

@@ -117,9 +117,10 @@ class _Scorer:
         return torch.cat(out).cpu()
 
 
-def search_pose(g: Gaussians, target: torch.Tensor, lpips, cfg: ViewOptConfig) -> tuple[Pose, float, int]:
+def search_pose(g: Gaussians, target: torch.Tensor, lpips, cfg: ViewOptConfig,
+                score: _Scorer | None = None) -> tuple[Pose, float, int]:
     """Coarse grid, then pattern search. Returns (best pose, its LPIPS, poses evaluated)."""
-    score = _Scorer(g, target, lpips, cfg)
+    score = score or _Scorer(g, target, lpips, cfg)
     grid = [Pose(a, e, s) for a in cfg.azimuths for e in cfg.elevations for s in cfg.scales]
     values = score(grid)
     best_i = int(values.argmin())
@@ -229,7 +230,7 @@ def optimize_input_view(g: Gaussians, target: torch.Tensor, cfg: ViewOptConfig |
     target = target.to(g.means)
     score = _Scorer(g, target, lpips, cfg)
     canonical = float(score([Pose()])[0])
-    pose, lp_pose, evaluated = search_pose(g, target, lpips, cfg)
+    pose, lp_pose, evaluated = search_pose(g, target, lpips, cfg, score)
     up, _ = fit_residual(g, target, pose, lpips, cfg)
     after = float(_Scorer(up, target, lpips, cfg)([pose])[0])
     held = pose_cameras([Pose(pose.azimuth + a, cfg.held_out_elevation, pose.scale) for a in cfg.held_out_azimuths],

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..gaussians import Gaussians
+from ..pipeline.codec import to_uint8
 
 
 def write_ply(g: Gaussians, path: str | Path, index: int = 0) -> Path:
@@ -36,7 +37,7 @@ def vertex_colors(g: Gaussians, vertices: np.ndarray, k: int = 8) -> np.ndarray:
     w[fallback] = 0
     w[fallback, 0] = 1
     rgb = (w[..., None] * colors[idx]).sum(1) / w.sum(1, keepdims=True)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return to_uint8(rgb)
 
 
 def gaussians_mesh(g: Gaussians, resolution: int = 96, level: float = 0.5):
@@ -72,7 +73,7 @@ def turntable_frames(g: Gaussians, frames: int = 36, size: int = 256, elevation:
         cams = Cameras(orbit_camera([elevation] * frames, az), pinhole_intrinsics(size, size), size, size)
     with torch.no_grad():
         rgb = render(g[0], cams.to(g.means.device)).rgb[0]
-    return (rgb.permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return to_uint8(rgb.permute(0, 2, 3, 1).cpu().numpy())
 
 
 def write_turntable(frames: np.ndarray, path: str | Path, fps: int = 12) -> Path:
