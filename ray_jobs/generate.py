@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("ray_jobs.generate")
 
 
@@ -206,25 +203,10 @@ def check_cluster_layout(cfg, local: bool) -> None:
 
 
 def init_ray(cfg) -> bool:
-    """Connect to the configured cluster, or start a local Ray on 127.0.0.1. True when local."""
-    import ray
+    """Join the configured cluster, or start the embedded loopback-only Ray. True when local."""
+    from ray_jobs.local_ray import connect
 
-    env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    for var in ("MVBOOST_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME"):
-        if var in os.environ:
-            env_vars[var] = os.environ[var]
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return not address
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
-    else:
-        from ray_jobs.reaper import start_reaper
-
-        start_reaper()  # nothing of the local Ray outlives a killed driver
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", runtime_env={"env_vars": env_vars})
-    return not address
+    return connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
 
 
 def run_on_ray(cfg):

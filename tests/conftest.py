@@ -82,3 +82,39 @@ def moto_s3():
         yield {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
     finally:
         server.stop()
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(host.split("%")[0])
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def listeners(pids) -> set[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket of these processes."""
+    import psutil
+
+    names = {}
+    for pid in pids:
+        try:
+            names[pid] = psutil.Process(pid).name()
+        except psutil.Error:
+            pass
+    return {(c.laddr.ip, c.laddr.port, names[c.pid]) for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in names}
+
+
+def watch_listeners(proc, seen: set, interval: float = 0.3):
+    """Poll the listeners of ``proc`` and its descendants into ``seen`` until it exits; returns its code."""
+    import time
+
+    import psutil
+
+    while proc.poll() is None:
+        try:
+            seen |= listeners([proc.pid] + [k.pid for k in psutil.Process(proc.pid).children(recursive=True)])
+        except psutil.Error:
+            pass
+        time.sleep(interval)
+    return proc.returncode

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import is_loopback, listeners
 from fake_openai import HOSTILE_MODES, FakeOpenAI
 from mvboost.config import load_config
 from mvboost.prompts.filters import check_prompt, check_prompt_id
@@ -172,10 +173,37 @@ def test_training_data_errors_are_reported_once_before_ray(tmp_path):
     assert time.perf_counter() - t < 60 and "Started a local Ray" not in r.stderr
 
 
+def test_is_loopback():
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:10.0.0.1", "fe80::1%eth0"]))
+
+
+def cmdline(proc) -> str:
+    """The command line of a process, "" once it has exited (processes come and go while Ray runs)."""
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 @pytest.mark.ray
-def test_nothing_outlives_a_killed_driver(tmp_path):
-    """Before: the dashboard and runtime-env agents and idle workers of the local Ray outlived a driver
-    killed with SIGKILL. Now the reaper (ray_jobs/reaper.py) stops them."""
+def test_local_ray_is_loopback_only_and_nothing_outlives_a_killed_driver(tmp_path):
+    """Before: the embedded "127.0.0.1" Ray listened on every interface (GCS, raylets, core workers on
+    `::`/`0.0.0.0`, agents on the machine's address), and its dashboard and runtime-env agents and idle
+    workers outlived a driver killed with SIGKILL. Now every listener of the job's processes, taken while
+    the stages run, is on loopback (ray_jobs/local_ray.py), and the reaper (ray_jobs/reaper.py) stops
+    what the killed driver started."""
     import os
     import signal
 
@@ -188,23 +216,27 @@ def test_nothing_outlives_a_killed_driver(tmp_path):
     try:
         while time.time() < deadline and proc.poll() is None:
             kids = psutil.Process(proc.pid).children(recursive=True)
-            if sum("DashboardAgent" in " ".join(k.cmdline()) or "default_worker" in " ".join(k.cmdline())
-                   for k in kids if k.is_running()) >= 2:
+            if sum("DashboardAgent" in cmdline(k) or "default_worker" in cmdline(k) for k in kids) >= 2:
                 time.sleep(3)
                 started = [k for k in psutil.Process(proc.pid).children(recursive=True)
-                           if "reaper" not in " ".join(k.cmdline())]
+                           if "reaper" not in cmdline(k)]
+                bound = listeners([proc.pid] + [k.pid for k in started])
                 break
             time.sleep(0.3)
         assert started and proc.poll() is None, "the job ended before it could be killed"
+        names = {name for _, _, name in bound}
+        assert {"gcs_server", "raylet"} <= names and len(bound) >= 6, bound  # the whole local Ray was seen
+        exposed = sorted(b for b in bound if not is_loopback(b[0]))
+        assert not exposed, exposed
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
         proc.wait(30)
         left = started
         for _ in range(60):
-            left = [k for k in started if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+            left = [k for k in started if alive(k)]
             if not left:
                 break
             time.sleep(0.5)
-        assert not left, [" ".join(k.cmdline())[:80] for k in left]
+        assert not left, [cmdline(k)[:80] for k in left]
     finally:
         for k in started:
             try:

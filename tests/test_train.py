@@ -3,12 +3,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, is_loopback, watch_listeners
 
 TRAIN_SMOKE = REPO / "train" / "configs" / "lora_smoke.yaml"
 
@@ -148,12 +149,23 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
         torch.testing.assert_close(load_lgm(path)(x), y_lora, rtol=1e-4, atol=1e-4)
 
 
-def run_launch(shards, tmp_path, *extra, timeout=900):
+def run_launch(shards, tmp_path, *extra, timeout=900, listening: set | None = None):
+    """Run train.launch on the embedded Ray; ``listening`` collects its processes' TCP listeners."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "train.launch", "--config", str(TRAIN_SMOKE), "--data", str(shards),
            "--output", str(tmp_path / "runs"), *extra]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if listening is None:
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+        try:
+            code = watch_listeners(proc, listening)
+        finally:
+            proc.kill()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
 
 
 def adapters(run_dir):
@@ -169,8 +181,13 @@ def adapters(run_dir):
 
 @pytest.mark.ray
 def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_path, ds_env):
-    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=2")
+    bound = set()
+    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=2", listening=bound)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    # the local run is reachable from nowhere: no listener (Ray's, torch's process group, gloo's) off loopback;
+    # before, torch's rendezvous TCPStore on rank 0 listened on `::`
+    assert any("RayTrainWorker" in name for _, _, name in bound), bound
+    assert not [b for b in bound if not is_loopback(b[0])], bound
     assert "trainable parameters" in r.stdout and "done: step 2" in r.stdout
     run_dir = tmp_path / "runs" / "lora-smoke"
     first = adapters(run_dir)

@@ -13,9 +13,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _worker(config: dict):
@@ -44,14 +42,17 @@ def _worker(config: dict):
     train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage))
 
 
-def build_trainer(cfg):
+def build_trainer(cfg, local: bool = False):
+    """The TorchTrainer; ``local``: the embedded single-node Ray, whose process group needs no listener."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from train.local_group import LocalTorchConfig
 
     return TorchTrainer(
         _worker, train_loop_config=dataclasses.asdict(cfg),
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu),
-        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        torch_config=(LocalTorchConfig if local else TorchConfig)(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(name=cfg.run.name, storage_path=os.path.abspath(os.path.expanduser(cfg.run.storage_path))
                              if "://" not in cfg.run.storage_path else cfg.run.storage_path,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
@@ -85,23 +86,11 @@ def main(argv=None) -> int:
         return 2
     for url, why in listing.skipped:
         print(f"skipping shard {url}: {why}", file=sys.stderr)
-    import ray
+    from ray_jobs.local_ray import connect
 
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    for var in ("MVBOOST_CACHE", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR", "TORCH_HOME"):
-        if var in os.environ:
-            env[var] = os.environ[var]
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(runtime_env={"env_vars": env})
-        else:
-            from ray_jobs.reaper import start_reaper
-
-            start_reaper()  # nothing of the local Ray outlives a killed launcher
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                     runtime_env={"env_vars": env})
+    local = connect()  # RAY_ADDRESS (ray job submit) or the embedded loopback-only Ray
     try:
-        result = build_trainer(cfg).fit()
+        result = build_trainer(cfg, local).fit()
     except Exception as e:  # noqa: BLE001 - Ray Train raises TrainingFailedError after the retries
         print(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e) else ''}",
               file=sys.stderr)

@@ -1,0 +1,78 @@
+"""Connecting the jobs to Ray: a cluster when one is named, else an embedded single-node Ray on loopback.
+
+One owner for what every job (generation, evaluation, training) does before its Ray work:
+
+- ``RAY_ADDRESS`` / a configured address: join that cluster (``ray job submit`` sets it); workers get
+  :func:`worker_env` through the runtime environment.
+- Nothing named: start a local Ray whose every listener (GCS, raylet, object manager, core workers,
+  dashboard and runtime-env agents) is bound to the loopback interface, so nothing of it is reachable
+  from the network. Ray resolves ``_node_ip_address="127.0.0.1"`` to the machine's outside address
+  (``services.resolve_ip_for_localhost``); its single-node mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+  the mode it uses on macOS/Windows) keeps the node address on loopback instead, and Ray ≥ 2.60 binds
+  each server to the node address. That mode is set only while the local Ray starts (its processes
+  inherit it) and is put back afterwards, so a later ``ray start --address …`` from the same process is
+  unaffected. A watchdog (:mod:`ray_jobs.reaper`) stops the local Ray's processes if the driver is
+  killed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+FORWARDED_ENV = ("MVBOOST_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME", "TORCH_EXTENSIONS_DIR")
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for Ray workers: the repository on PYTHONPATH plus the caches and offline switches."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    for var in FORWARDED_ENV:
+        if var in os.environ:
+            env[var] = os.environ[var]
+    return env
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``), or start the embedded loopback-only Ray. True when local.
+
+    A Ray already initialised in this process is used as it is.
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return not address
+    runtime_env = {"env_vars": worker_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return False
+    from ray_jobs.reaper import start_reaper
+
+    start_reaper()  # nothing of the local Ray outlives a killed driver
+    with _single_node():
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+    return True
+
+
+class _single_node:
+    """Ray's single-node mode for the duration of a local start: node address = loopback."""
+
+    def __enter__(self):
+        from ray._private import ray_constants
+
+        self._constants = ray_constants
+        self._old_env = os.environ.get(SINGLE_NODE_ENV)
+        self._old_flag = ray_constants.ENABLE_RAY_CLUSTER
+        os.environ[SINGLE_NODE_ENV] = "0"  # the processes Ray starts now read it at import
+        ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
+        return self
+
+    def __exit__(self, *exc):
+        self._constants.ENABLE_RAY_CLUSTER = self._old_flag
+        if self._old_env is None:
+            os.environ.pop(SINGLE_NODE_ENV, None)
+        else:
+            os.environ[SINGLE_NODE_ENV] = self._old_env
+        return False
