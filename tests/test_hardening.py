@@ -103,6 +103,8 @@ HOSTILE_BANK = [
     (json.dumps({"prompt_id": "huge", "prompt": "a mug " * 200000}).encode(), "too long"),
     (json.dumps({"prompt_id": "ansi", "prompt": "a red \x1b[31mcoffee mug with a handle"}).encode(), "garbage: control"),
     (json.dumps({"prompt_id": 7, "prompt": "a round wooden cutting board with a handle"}).encode(), None),
+    (json.dumps({"prompt_id": "near", "prompt": "a small red ceramic coffee mug with a chipped handle"}).encode(),
+     "duplicate: near-duplicate (cosine"),
     (b'{"prompt_id": "trunc", "prompt": "a lea', "bank row: invalid JSON"),
 ]
 
@@ -127,7 +129,11 @@ def test_hostile_file_bank_rows_are_rejected_with_reasons_and_the_job_goes_on(tm
     got = sorted(r["reason"] for r in rejects)
     for why in expected:
         assert any(g.startswith(why) for g in got), (why, got)
-    assert all(r["stage"] == "prompts" and r["key"].startswith("x") for r in rejects)
+    assert all(r["stage"] == "prompts" for r in rejects)
+    near = [r for r in rejects if "near-duplicate" in r["reason"]]
+    # a near-duplicate is a valid row: it keeps its key and names the prompt it repeats
+    assert len(near) == 1 and near[0]["key"] == "pnear" and near[0]["reason"].endswith("of prompt_id 'good1'")
+    assert all(r["key"].startswith("x") for r in rejects if r not in near)  # keys that cannot collide
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accepted"] == 2
     assert not list(out.rglob("*/*/*/*"))  # no nested staging folders from ids with '/'

@@ -61,8 +61,47 @@ def test_deduper_exact_and_near(embed):
                "a crimson porcelain cup for coffee", "a steam locomotive"])
     assert r[0] is None and r[1].startswith("duplicate: exact") and r[2].startswith("duplicate: near-duplicate")
     assert r[3] is None and r[4] is None
+    assert d.matched == [None, None, 0, None, None]  # the near-duplicate names the indexed row it repeats
     assert d.add(["a tiny red ceramic coffee mug"])[0].startswith("duplicate: near")
-    assert d.size == 3 and d.counts == {"exact": 1, "near": 2}
+    assert d.matched == [0] and d.size == 3 and d.counts == {"exact": 1, "near": 2}
+
+
+def test_file_bank_near_duplicates_match_a_brute_force_greedy_scan(tmp_path, monkeypatch):
+    """plan.near_duplicates (batched Deduper, chunked matmuls, cached verdicts) against the O(n^2) definition:
+    walking in order, a text is dropped when its cosine with any earlier *kept* text reaches the threshold;
+    it names the most similar kept one."""
+    import numpy as np
+
+    from mvboost.pipeline.plan import near_duplicates
+
+    monkeypatch.setenv("MVBOOST_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(40, 384))
+    # 200 texts: mostly copies of 40 directions with noise, so near-duplicates cross batch boundaries
+    vecs = base[rng.integers(0, 40, 200)] + rng.normal(scale=0.35, size=(200, 384))
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    texts = [f"text {i}" for i in range(200)]
+    table = dict(zip(texts, vecs))
+
+    def embed(batch):
+        return np.stack([table[t] for t in batch])
+
+    expect, kept = {}, []
+    for i in range(200):
+        sims = [float(vecs[i] @ vecs[j]) for j in kept]
+        if sims and max(sims) >= 0.9:
+            expect[i] = kept[int(np.argmax(sims))]
+        else:
+            kept.append(i)
+    assert 20 < len(expect) < 180  # both outcomes are exercised
+    got = near_duplicates(texts, 0.9, "oracle", embed, batch=7)
+    assert {i: j for i, (j, _) in got.items()} == expect
+    assert all(why.startswith("duplicate: near-duplicate (cosine") for _, why in got.values())
+
+    def no_embed(batch):
+        raise AssertionError("a cached verdict must not embed again")
+
+    assert near_duplicates(texts, 0.9, "oracle", no_embed, batch=7) == got
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..config import ConfigError
+from ..prompts.dedupe import DEFAULT_THRESHOLD
 from .units import _stage_registry, flat_stages, stage_units
 
 
@@ -30,6 +31,10 @@ class PromptsSection:
     source: str = "offline"  # "offline" (taxonomy composer) or "file" (a JSONL prompt bank)
     bank: str | None = None  # fsspec URL of a JSONL bank with prompt_id + prompt (for source: file)
     seed: int = 0
+    # file banks: also reject near-duplicates (MiniLM cosine >= threshold, as LLM banks do); the verdicts
+    # are cached by bank content under $MVBOOST_CACHE/prompt-banks, so only the first run embeds
+    near_duplicates: bool = True
+    near_duplicate_threshold: float = DEFAULT_THRESHOLD
 
 
 @dataclass

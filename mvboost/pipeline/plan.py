@@ -45,7 +45,46 @@ def parse_bank_row(line: bytes) -> tuple[dict | None, str | None]:
     return row, None
 
 
-def load_prompts(cfg) -> list[dict]:
+def near_duplicates(texts: list[str], threshold: float, cache_key: str | None = None, embed=None,
+                    batch: int = 1024) -> dict[int, tuple[int, str]]:
+    """Index -> (index of the earlier text it repeats, reason) for each text that is a near-duplicate of an
+    earlier one (MiniLM cosine >= threshold: the LLM banks' check, :class:`mvboost.prompts.dedupe.Deduper`;
+    exact repeats are assumed removed before). With ``cache_key`` the verdicts are
+    kept under ``$MVBOOST_CACHE/prompt-banks``: a rerun on the same bank neither embeds again nor can
+    reach a different verdict."""
+    import os
+    import uuid
+
+    from ..models.hub import cache_root
+    from ..prompts.dedupe import Deduper, load_embedder
+
+    path = cache_root() / "prompt-banks" / f"{cache_key}.json" if cache_key else None
+    if path is not None and path.is_file():
+        try:
+            return {int(k): (int(j), str(why)) for k, (j, why) in json.loads(path.read_text()).items()}
+        except (OSError, ValueError):
+            pass  # unreadable cache: compute again
+    if embed is None:
+        try:
+            embed = load_embedder()
+        except ImportError as e:
+            raise ConfigError(f"{e} (or set prompts.near_duplicates=false)") from None
+    dedupe, out, indexed = Deduper(threshold, embed), {}, []  # indexed: text index of each Deduper row
+    for s in range(0, len(texts), batch):
+        for i, reason in enumerate(dedupe.add(texts[s:s + batch]), s):
+            if reason is None:
+                indexed.append(i)
+            elif dedupe.matched[i - s] is not None:  # its match is indexed already (earlier in order)
+                out[i] = (indexed[dedupe.matched[i - s]], reason)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(out))
+        os.replace(tmp, path)
+    return out
+
+
+def load_prompts(cfg, embed=None) -> list[dict]:
     """The first ``job.n`` prompts. File banks go through the same checks as LLM banks: a bad row does
     not stop the job, it becomes a rejected item with the reason (stage ``prompts``)."""
     if cfg.prompts.source == "offline":
@@ -71,12 +110,23 @@ def load_prompts(cfg) -> list[dict]:
             else:
                 ids[pid], texts[norm] = i, pid
         if reason is not None:
-            # a key that cannot collide with a valid one (valid keys start with "p")
-            out.append({"prompt_id": "", "prompt": "", "reject": reason,
-                        "key": "x" + hashlib.sha256(b"%d:" % i + line).hexdigest()[:16]})
+            out.append(_rejected_row(i, line, reason))
         else:
             out.append(row)
+    if cfg.prompts.near_duplicates:
+        valid = [i for i, row in enumerate(out) if "reject" not in row]
+        digest = hashlib.sha256(b"\n".join(lines[: cfg.job.n]))
+        digest.update(f"|{cfg.prompts.near_duplicate_threshold}|all-MiniLM-L6-v2".encode())
+        near = near_duplicates([str(out[i]["prompt"]) for i in valid], cfg.prompts.near_duplicate_threshold,
+                               digest.hexdigest(), embed)
+        for k, (j, reason) in near.items():  # a valid row: it keeps its id (key p<id>) and text
+            out[valid[k]] = dict(out[valid[k]], reject=f"{reason} of prompt_id {out[valid[j]]['prompt_id']!r}")
     return out
+
+
+def _rejected_row(i: int, line: bytes, reason: str) -> dict:
+    # a key that cannot collide with a valid one (valid keys start with "p")
+    return {"prompt_id": "", "prompt": "", "reject": reason, "key": "x" + hashlib.sha256(b"%d:" % i + line).hexdigest()[:16]}
 
 
 def plan_items(cfg) -> list[dict]:

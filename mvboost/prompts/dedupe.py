@@ -65,8 +65,11 @@ class Deduper:
         return best, arg
 
     def add(self, texts: list[str]) -> list[str | None]:
-        """For each text: None (accepted and indexed) or the rejection reason."""
+        """For each text: None (accepted and indexed) or the rejection reason. ``self.matched`` then holds,
+        for each near-duplicate, the row of the indexed prompt it matched (rows count accepted prompts in
+        the order they were indexed), else None."""
         reasons: list[str | None] = [None] * len(texts)
+        self.matched: list[int | None] = [None] * len(texts)
         fresh = []
         for i, t in enumerate(texts):
             key = normalise(t)
@@ -79,13 +82,17 @@ class Deduper:
         if self.embed is None or not fresh:
             return reasons
         vecs = self.embed([texts[i] for i in fresh])
-        best, _ = self._max_sim(vecs)  # against everything accepted before (chunked matmul)
+        best, arg = self._max_sim(vecs)  # against everything accepted before (chunked matmul)
         intra = vecs @ vecs.T  # and against earlier items of this batch, in order
         kept: list[int] = []
         for k, i in enumerate(fresh):
-            sim = max([best[k]] + [intra[k, j] for j in kept])
+            sim, row = float(best[k]), int(arg[k])
+            for n, j in enumerate(kept):
+                if intra[k, j] > sim:
+                    sim, row = float(intra[k, j]), self.size + n
             if sim >= self.threshold:
                 reasons[i] = f"duplicate: near-duplicate (cosine {sim:.3f} >= {self.threshold})"
+                self.matched[i] = row
                 self.counts["near"] += 1
                 self.exact.discard(normalise(texts[i]))
             else:
