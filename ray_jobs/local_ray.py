@@ -36,7 +36,8 @@ def worker_env() -> dict[str, str]:
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
     """Join ``address`` (or ``RAY_ADDRESS``), or start the embedded loopback-only Ray. True when local.
 
-    A Ray already initialised in this process is used as it is.
+    A Ray already initialised in this process is used as it is. A cluster that cannot be reached is a
+    :class:`mvboost.config.ConfigError` (one ``error:`` line in the CLIs), not a traceback.
     """
     import ray
 
@@ -45,7 +46,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         return not address
     runtime_env = {"env_vars": worker_env()}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        from mvboost.config import ConfigError
+
+        why = unreachable(address)
+        if why:  # Ray itself would retry for minutes
+            raise ConfigError(f"cannot connect to the Ray cluster at {address}: {why}")
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:  # unreachable, refused, bad address
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(f"cannot connect to the Ray cluster at {address}: {type(e).__name__}: {first}") from None
         return False
     from ray_jobs.reaper import start_reaper
 
@@ -54,6 +64,24 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env)
     return True
+
+
+def unreachable(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why a ``host:port`` GCS address cannot be reached (TCP connect), or None; other forms ("auto",
+    ``ray://``, ``http://``) are left to Ray, which fails fast on them."""
+    import socket
+
+    if "://" in address or address == "auto" or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except ValueError:
+        return f"not host:port (port {port!r})"
+    except OSError as e:
+        return f"nothing answers there ({type(e).__name__}: {e.strerror or e})"
 
 
 class _single_node:

@@ -147,6 +147,9 @@ def test_hostile_file_bank_rows_are_rejected_with_reasons_and_the_job_goes_on(tm
     (["--set", "era3d.resources.batch_size=0"], "batch_size"),
     (["--set", "prompts.source=file", "--set", "prompts.bank=BANKDIR"], "is a directory"),
     (["--set", "prompts.source=file", "--set", "prompts.bank=MISSING"], "not found"),
+    (["--set", "prompts.near_duplicate_threshold=1.5"], "near_duplicate_threshold"),
+    (["--set", "ray.num_cpus=-1"], "ray.num_cpus must be >= 0"),  # was a ValueError traceback from ray.init
+    (["--set", "ray.address=127.0.0.1:1"], "cannot connect to the Ray cluster"),  # was minutes of retries
 ])
 def test_config_misuse_is_one_error_line_before_ray_starts(tmp_path, args, needle):
     args = [a.replace("BANKDIR", str(tmp_path)).replace("MISSING", str(tmp_path / "none.jsonl")) for a in args]

@@ -88,7 +88,11 @@ def main(argv=None) -> int:
         print(f"skipping shard {url}: {why}", file=sys.stderr)
     from ray_jobs.local_ray import connect
 
-    local = connect()  # RAY_ADDRESS (ray job submit) or the embedded loopback-only Ray
+    try:
+        local = connect()  # RAY_ADDRESS (ray job submit) or the embedded loopback-only Ray
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         result = build_trainer(cfg, local).fit()
     except Exception as e:  # noqa: BLE001 - Ray Train raises TrainingFailedError after the retries

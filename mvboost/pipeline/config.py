@@ -122,6 +122,10 @@ def validate(cfg) -> None:
         if res.min_actors < 1 or res.max_actors < 0 or (res.max_actors and res.max_actors < res.min_actors):
             raise ConfigError(f"{unit[0]}.resources: need 1 <= min_actors <= max_actors (max_actors 0 = no bound), "
                               f"got {res.min_actors} and {res.max_actors}")
+    for key in ("num_cpus", "num_gpus"):
+        value = getattr(cfg.ray, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"ray.{key} must be >= 0 (or unset: what the machine has), got {value}")
     if cfg.ray.check_layout not in ("auto", "strict", "warn", "off"):
         raise ConfigError(f"ray.check_layout must be auto, strict, warn or off, got {cfg.ray.check_layout!r}")
     for i, name in enumerate(flat):  # every input must be produced upstream
@@ -134,6 +138,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"prompts.source must be 'offline' or 'file', got {cfg.prompts.source!r}")
     if cfg.prompts.source == "file" and not cfg.prompts.bank:
         raise ConfigError("prompts.source is 'file' but prompts.bank is not set")
+    if not 0.0 < cfg.prompts.near_duplicate_threshold <= 1.0:
+        raise ConfigError(f"prompts.near_duplicate_threshold must be in (0, 1] (a cosine similarity), "
+                          f"got {cfg.prompts.near_duplicate_threshold}")
 
 
 def job_meta(cfg) -> dict:
