@@ -63,6 +63,20 @@ def test_cli_exit_code_when_a_bound_stops_the_run(tmp_path):
     assert r.returncode == 3 and "STOPPED" in r.stdout and "Traceback" not in r.stderr, r.stderr[-1000:]
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--source", "llm", "--base-url", "notaurl", "--model", "m", "--n", "10"], "llm.base_url must be an http(s) URL"),
+    (["--source", "offline", "--n", "-5"], "n must be >= 1"),  # was "requested -5 = accepted -5", exit 0
+])
+def test_prompt_cli_misuse_is_one_error_line(tmp_path, args, needle):
+    """Before: a malformed base URL cost 42 s of failing requests before the failure bound stopped it."""
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "prompts.generate", *args, "--out", str(tmp_path / "b.jsonl")],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(err) == 1 and needle in err[0], r.stderr[-800:]
+    assert "Traceback" not in r.stderr and time.perf_counter() - t < 30 and not (tmp_path / "b.jsonl").exists()
+
+
 @pytest.mark.parametrize("text,reason", [
     ("a plastic toy \u202ecar with red wheels", "garbage: invisible format characters"),
     ("a wooden\u200b chair with a blue cushion", "garbage: invisible format characters"),

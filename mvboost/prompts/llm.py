@@ -27,6 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from ..config import ConfigError
 from ..io.shards import jsonl_bytes, write_atomic
 from .dedupe import DEFAULT_THRESHOLD, Deduper
 from .filters import check_prompt, normalise, validate_item
@@ -383,11 +384,26 @@ def endpoint_configured(cfg: PromptGenConfig) -> bool:
     return bool(cfg.llm.base_url or os.environ.get("OPENAI_BASE_URL"))
 
 
+def check_config(cfg: PromptGenConfig, source: str) -> None:
+    """Mistakes that would otherwise surface as a nonsense summary or minutes of failed requests."""
+    from urllib.parse import urlparse
+
+    if cfg.n < 1:
+        raise ConfigError(f"n must be >= 1, got {cfg.n}")
+    base_url = cfg.llm.base_url or os.environ.get("OPENAI_BASE_URL")
+    if source == "llm" and base_url:
+        u = urlparse(base_url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise ConfigError(f"llm.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
+                              f"got {base_url!r}")
+
+
 def generate_bank(cfg: PromptGenConfig, embed=None) -> BankSummary:
     """Write a bank of ``cfg.n`` distinct prompts to ``cfg.out`` (resumable). Returns the summary."""
     source = cfg.source
     if source == "auto":
         source = "llm" if endpoint_configured(cfg) else "offline"
+    check_config(cfg, source)
     if source == "offline":
         return _offline_bank(cfg)
     if source != "llm":
