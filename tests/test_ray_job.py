@@ -103,8 +103,17 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     assert not list(out.rglob("*.tmp-*")) and not list((out / "_staging").glob("*"))
 
 
-def test_ray_job_submit_to_a_started_cluster(tmp_path, tiny_cache):
-    env = job_env(tiny_cache)
+def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
+    """The cluster configs' security as a user meets it: a head started with RAY_AUTH_MODE=token refuses the
+    job-submission API without the token (plain HTTP and `ray job submit` with a wrong token) and runs the
+    job submitted with it."""
+    import secrets
+    import urllib.error
+    import urllib.request
+
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    env = dict(job_env(tiny_cache), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     port = 8265 + (os.getpid() % 500)
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
@@ -112,11 +121,19 @@ def test_ray_job_submit_to_a_started_cluster(tmp_path, tiny_cache):
                             "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-3000:]
     out = tmp_path / "out"
+    submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", str(REPO), "--",
+              sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
+              "--output", str(out)]
     try:
-        sub = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir",
-                              str(REPO), "--", sys.executable, "-m", "ray_jobs.generate", "--config",
-                              "ray_jobs/configs/generate_smoke.yaml", "--output", str(out)],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no token: the jobs API answers 401/403
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs/", timeout=30)
+        assert refused.value.code in (401, 403)
+        wrong = dict(env, RAY_AUTH_TOKEN="not-the-token")
+        wrong.pop("RAY_AUTH_TOKEN_PATH")
+        bad = subprocess.run(submit, cwd=REPO, env=wrong, capture_output=True, text=True, timeout=120)
+        assert bad.returncode != 0 and "accepted" not in bad.stdout, (bad.stdout + bad.stderr)[-2000:]
+        assert not out.exists()
+        sub = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
         assert "accepted 8, rejected 0" in sub.stdout
     finally:
