@@ -65,7 +65,8 @@ class FakeOpenAI:
     """``mode``: None (the faults above), or a hostile mode applied to every request:
     garbage (200, content not JSON), not_completion (200, a JSON body that is no completion),
     wrong_schema (items missing fields), huge (5 MB content), error_cycle (500 and 429 alternating),
-    trickle (a valid answer sent one byte every 0.2 s)."""
+    trickle (a valid answer sent one byte every 0.2 s), repeat (valid items, but the same ones every time).
+    """
 
     def __init__(self, hang_s: float = 3.0, mode: str | None = None):
         self.mode = mode
@@ -151,6 +152,8 @@ class FakeOpenAI:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     return None
+                if mode == "repeat":
+                    attempt = 2  # no injected faults: only the repetition
                 if attempt == 1 and rid == 1:
                     return self._send(429, json.dumps({"error": {"message": "slow down"}}), {"Retry-After": "0.2"})
                 if attempt == 1 and rid == 2:
@@ -158,7 +161,7 @@ class FakeOpenAI:
                 if attempt == 1 and rid == 3:
                     time.sleep(fake.hang_s)
                     return self._send(200, "{}")
-                items = items_for(rid, k)
+                items = valid_items(0, k) if mode == "repeat" else items_for(rid, k)
                 content = items if isinstance(items, str) else json.dumps({"objects": items})
                 usage = {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
                          "total_tokens": len(user) // 4 + len(content) // 4}

@@ -42,6 +42,19 @@ def test_llm_spend_is_bounded_against_a_hostile_endpoint(tmp_path, mode):
         assert any("deadline" in r for r in s.rejected_by_reason) or "deadline" in str(s.rejected_by_reason)
 
 
+def test_an_endpoint_that_only_repeats_itself_is_stopped(tmp_path):
+    """Valid, schema-correct answers that are always the same items: after the first, every request is paid
+    for and yields only duplicates; the consecutive-failure bound stops that too."""
+    with FakeOpenAI(mode="repeat") as server:
+        cfg = load_config(PromptGenConfig, None, [
+            "source=llm", f"out={tmp_path}/bank.jsonl", f"llm.base_url={server.base_url}", "llm.model=m", "n=20",
+            "items_per_request=5", "requests_per_part=4", "near_duplicates=false", f"cache_dir={tmp_path}/cache",
+            "progress=false", "llm.timeout_s=1", "llm.max_consecutive_failures=4", "llm.concurrency=4"])
+        s = generate_bank(cfg)
+    assert s.stopped and "in a row yielded no usable prompt" in s.stopped and "duplicate" in s.stopped, s.stopped
+    assert server.requests <= 8 and s.accepted == 5 and s.requested == s.accepted + s.rejected
+
+
 def test_request_cap_stops_and_a_rerun_resumes(tmp_path):
     with FakeOpenAI() as server:
         base = ["source=llm", f"out={tmp_path}/bank.jsonl", f"llm.base_url={server.base_url}", "llm.model=m",
