@@ -54,11 +54,11 @@ def run_on_ray(cfg):
 
     from mvboost.eval.job import EvalWorker, finish, plan
     from mvboost.pipeline.units import ray_resource_args
-    from ray_jobs.generate import init_ray
+    from ray_jobs.local_ray import connect
 
     p = plan(cfg)  # validates models, objects and split before Ray starts
     if p.pending:
-        init_ray(cfg)
+        connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
         DataContext.get_current().enable_progress_bars = bool(cfg.job.progress)
         res = cfg.worker
         ds = ray.data.from_items([{"object": n} for n in p.pending], override_num_blocks=len(p.pending))

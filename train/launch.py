@@ -15,7 +15,6 @@ import os
 import sys
 
 
-
 def _worker(config: dict):
     """Ray Train worker entry point: rebuild the config, adapt Ray's context, run the shared loop."""
     import ray.train

@@ -52,9 +52,9 @@ def near_duplicates(texts: list[str], threshold: float, cache_key: str | None = 
     exact repeats are assumed removed before). With ``cache_key`` the verdicts are
     kept under ``$MVBOOST_CACHE/prompt-banks``: a rerun on the same bank neither embeds again nor can
     reach a different verdict."""
-    import os
-    import uuid
+    import fsspec
 
+    from ..io.shards import write_atomic
     from ..models.hub import cache_root
     from ..prompts.dedupe import Deduper, load_embedder
 
@@ -77,14 +77,11 @@ def near_duplicates(texts: list[str], threshold: float, cache_key: str | None = 
             elif dedupe.matched[i - s] is not None:  # its match is indexed already (earlier in order)
                 out[i] = (indexed[dedupe.matched[i - s]], reason)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(out))
-        os.replace(tmp, path)
+        write_atomic(fsspec.filesystem("file"), str(path), json.dumps(out).encode())
     return out
 
 
-def load_prompts(cfg, embed=None) -> list[dict]:
+def load_prompts(cfg) -> list[dict]:
     """The first ``job.n`` prompts. File banks go through the same checks as LLM banks: a bad row does
     not stop the job, it becomes a rejected item with the reason (stage ``prompts``)."""
     if cfg.prompts.source == "offline":
@@ -118,7 +115,7 @@ def load_prompts(cfg, embed=None) -> list[dict]:
         digest = hashlib.sha256(b"\n".join(lines[: cfg.job.n]))
         digest.update(f"|{cfg.prompts.near_duplicate_threshold}|all-MiniLM-L6-v2".encode())
         near = near_duplicates([str(out[i]["prompt"]) for i in valid], cfg.prompts.near_duplicate_threshold,
-                               digest.hexdigest(), embed)
+                               digest.hexdigest())
         for k, (j, reason) in near.items():  # a valid row: it keeps its id (key p<id>) and text
             out[valid[k]] = dict(out[valid[k]], reject=f"{reason} of prompt_id {out[valid[j]]['prompt_id']!r}")
     return out

@@ -42,6 +42,7 @@ class Deduper:
         self._emb = np.zeros((1024, 384), np.float16)
         self.size = 0
         self.counts = {"exact": 0, "near": 0}
+        self.matched: list[int | None] = []  # set by add(): the indexed row each near-duplicate repeats
 
     def _append(self, vecs: np.ndarray) -> None:
         need = self.size + len(vecs)
@@ -69,7 +70,7 @@ class Deduper:
         for each near-duplicate, the row of the indexed prompt it matched (rows count accepted prompts in
         the order they were indexed), else None."""
         reasons: list[str | None] = [None] * len(texts)
-        self.matched: list[int | None] = [None] * len(texts)
+        self.matched = [None] * len(texts)
         fresh = []
         for i, t in enumerate(texts):
             key = normalise(t)

@@ -169,7 +169,7 @@ class LLMClient:
             raise ImportError("the LLM prompt source needs openai: pip install 'mvboost[prompts]'") from e
         self.openai = openai
         self.cfg = cfg
-        base_url = cfg.llm.base_url or os.environ.get("OPENAI_BASE_URL")
+        base_url = endpoint(cfg)
         key = os.environ.get(cfg.llm.api_key_env) or "not-needed"
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.llm.timeout_s)
         self.base_url = base_url
@@ -380,8 +380,13 @@ def _reason_class(reason: str) -> str:
     return reason.split(":")[0] + (": " + reason.split(":")[1].split("(")[0].strip() if ":" in reason else "")
 
 
+def endpoint(cfg: PromptGenConfig) -> str | None:
+    """The endpoint's base URL: ``llm.base_url``, else ``$OPENAI_BASE_URL``, else None."""
+    return cfg.llm.base_url or os.environ.get("OPENAI_BASE_URL")
+
+
 def endpoint_configured(cfg: PromptGenConfig) -> bool:
-    return bool(cfg.llm.base_url or os.environ.get("OPENAI_BASE_URL"))
+    return bool(endpoint(cfg))
 
 
 def check_config(cfg: PromptGenConfig, source: str) -> None:
@@ -390,7 +395,7 @@ def check_config(cfg: PromptGenConfig, source: str) -> None:
 
     if cfg.n < 1:
         raise ConfigError(f"n must be >= 1, got {cfg.n}")
-    base_url = cfg.llm.base_url or os.environ.get("OPENAI_BASE_URL")
+    base_url = endpoint(cfg)
     if source == "llm" and base_url:
         u = urlparse(base_url)
         if u.scheme not in ("http", "https") or not u.netloc:

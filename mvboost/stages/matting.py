@@ -8,8 +8,8 @@ bounding box and pasted centred so that its long side is ``(1 - border_ratio)`` 
 (optional extra). An input with a non-opaque alpha channel always uses that alpha. ``method: auto``
 (the inference CLI's default, for photographs) uses the alpha channel, else white matting when the
 image border is mostly white, else rembg when installed, else ``none``: the whole frame is the object
-(centred, no background removed); the method used is recorded (``last_method``). Items with an empty mask, a tiny object or an object cut by the border are rejected
-with a recorded reason.
+(centred, no background removed); the method used is recorded (``last_method``). Items with an empty
+mask, a tiny object or an object cut by the border are rejected with a recorded reason.
 """
 from __future__ import annotations
 
