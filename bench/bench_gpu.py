@@ -108,15 +108,15 @@ def to_rows(batch):
 
 def bench_stages(cfg, device, objects: int, repeat: int, peak: float) -> tuple[dict, dict]:
     """Each stage of the chain on ``objects`` objects (its own batch size), in chain order."""
-    from mvboost.pipeline.job import build_unit, gpu_share, stage_units
-    from mvboost.pipeline.stage import OK, STATUS
+    from mvboost.pipeline.units import build_units, gpu_shares
+    from mvboost.stages.base import OK, STATUS
 
-    share = gpu_share(cfg)
-    names = [n for u in stage_units(cfg) for n in u if n != "write"]
+    units = build_units(cfg)
+    share = gpu_shares(units)
     rows = stage_rows(cfg, objects)
     out, stages = {}, {}
-    for name in names:
-        st = build_unit((name,), cfg, None)
+    for st in (s for u in units for s in u.members if s.name != "write"):
+        name = st.name
         st.preflight()
         t0 = time.perf_counter()
         st.ensure_setup()
@@ -157,7 +157,7 @@ def bench_stages(cfg, device, objects: int, repeat: int, peak: float) -> tuple[d
 
 def rows_for_flops(stages, cfg, objects):
     """One object's row carried through the chain (inputs for the FLOP counts)."""
-    from mvboost.pipeline.stage import OK, STATUS
+    from mvboost.stages.base import OK, STATUS
 
     batch = to_batch(stage_rows(cfg, 1))
     rows = {}
@@ -174,7 +174,7 @@ def count_stage_flops(cfg, stages, rows, device) -> dict[str, float]:
     import numpy as np
 
     from mvboost.models.era3d_pipeline import Era3DPipeline
-    from mvboost.pipeline.codec import decode_array
+    from mvboost.io.codec import decode_array
 
     flops = {}
     if "text_to_image" in stages and "text_to_image" in rows:

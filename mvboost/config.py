@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import types
 import typing
 from pathlib import Path
@@ -124,5 +125,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data)
 
 
-def dump_config(obj) -> str:
-    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+@dataclass
+class RaySection:
+    """How a job reaches Ray (the generation, evaluation and training jobs share it)."""
+
+    address: str | None = None  # None: start a local Ray on 127.0.0.1; "auto" or ray://…: connect
+    num_cpus: int | None = None  # for the local Ray only
+    num_gpus: float | None = None  # for the local Ray only (fake GPUs schedule, torch still uses the CPU)
+    max_tasks_in_flight_per_actor: int = 2
+    no_progress_timeout_s: float = 0.0  # 0: off; else fail a stalled run (Ray Data's execution timeout)
+    # refuse at start a layout whose actor pools cannot all start on the cluster's nodes:
+    # auto = on for the embedded local Ray (fixed size), a warning on a cluster (an autoscaler may add nodes)
+    check_layout: str = "auto"  # auto | strict | warn | off

@@ -81,7 +81,7 @@ def run_unit(stage, batch: dict) -> dict:
     from ray_jobs.metrics import StageMetrics
 
     metrics = StageMetrics.get()
-    for member in getattr(stage, "stages", [stage]):
+    for member in stage.members:
         n_ok = sum(1 for s in batch.get("status", ["ok"] * len(batch["item_id"])) if s == "ok")
         if metrics is not None:
             metrics.entered(member.name, n_ok)
@@ -94,15 +94,14 @@ def run_unit(stage, batch: dict) -> dict:
 class StageActor:
     """Holds one stage (or fused group): ``setup()`` (weights) runs once per actor."""
 
-    def __init__(self, unit, cfg, info):
-        from mvboost.pipeline.job import build_unit
+    def __init__(self, unit):
         from ray_jobs.metrics import StageMetrics
 
         logging.basicConfig(level=logging.WARNING)
-        self.stage = build_unit(unit, cfg, info)
+        self.stage = unit  # built on the driver (names, resources, job): only setup() runs here
         _limit_threads(self.stage.resources.num_cpus)
         if StageMetrics.get() is not None:
-            StageMetrics.get().register(unit)
+            StageMetrics.get().register(unit.names)
         self.stage.ensure_setup()
 
     def __call__(self, batch):
@@ -116,12 +115,9 @@ def _limit_threads(num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
 
 
-def run_stage_task(batch, unit, cfg, info):
-    from mvboost.pipeline.job import build_unit
-
-    stage = build_unit(unit, cfg, info)
-    _limit_threads(stage.resources.num_cpus)
-    return _to_numpy_batch(run_unit(stage, _to_rows_batch(batch)))
+def run_stage_task(batch, unit):
+    _limit_threads(unit.resources.num_cpus)
+    return _to_numpy_batch(run_unit(unit, _to_rows_batch(batch)))
 
 
 def commit_shard_task(output: str, storage_options: dict, shard: int, keys: list[str], seconds: dict) -> int:
@@ -173,29 +169,28 @@ def named_actor(name: str) -> type:
 
 
 def named_task(name: str):
-    def task(batch, unit, cfg, info):
-        return run_stage_task(batch, unit, cfg, info)
+    def task(batch, unit):
+        return run_stage_task(batch, unit)
 
     task.__name__ = task.__qualname__ = name
     return task
 
 
-def check_cluster_layout(cfg, local: bool) -> None:
+def check_cluster_layout(cfg, units, local: bool) -> None:
     """Refuse (or warn about) a layout whose actor pools cannot all start on the cluster's nodes."""
     import ray
 
-    from mvboost.pipeline.job import layout_units
-    from mvboost.pipeline.layout import LayoutError, check_layout
+    from mvboost.pipeline.layout import LayoutError, Unit, check_layout
+    from mvboost.pipeline.units import layout_units
 
     mode = cfg.ray.check_layout
     if mode == "off":
         return
-    from mvboost.pipeline.layout import Unit
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     commits = Unit("shard commits", 0.0, cfg.job.commit_cpus, 1, False)
     try:
-        check_layout(layout_units(cfg) + [commits], nodes)
+        check_layout(layout_units(units) + [commits], nodes)
     except LayoutError as e:
         if mode == "strict" or (mode == "auto" and local):
             raise
@@ -214,22 +209,22 @@ def run_on_ray(cfg):
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm.auto import tqdm
 
-    from mvboost.pipeline.job import JobState, build_units, flat_stages, gpu_share, stage_units
+    from mvboost.pipeline.job import JobState, gpu_shares, stage_names
     from mvboost.pipeline.units import ray_resource_args
 
     state = JobState(cfg)  # validates output, plan and resume state before any Ray work
     if not state.pending and not state.tracker.ready():
         return state.finish()  # a finished output: nothing to run, no Ray to start
-    units = build_units(cfg, state.info)
+    units = state.units
     for u in units:
         u.preflight()  # e.g. a missing model fails here, once, with a clear message
     local = init_ray(cfg)
-    check_cluster_layout(cfg, local)
+    check_cluster_layout(cfg, units, local)
     from ray_jobs.metrics import GpuHeldSampler, JobMetrics
 
     state.committer = RayCommitter(cfg.job.output, cfg.job.storage_options, cfg.job.commit_cpus)
     state.commit_ready()  # shards an earlier run finished but did not commit: committed by Ray tasks too
-    metrics = JobMetrics(flat_stages(cfg), gpu_share(cfg), cfg.job.gpu_hour_usd)
+    metrics = JobMetrics(stage_names(units), gpu_shares(units), cfg.job.gpu_hour_usd)
     metrics.pending(len(state.pending))
     sampler = GpuHeldSampler(on_sample=metrics.held).start()
     if state.pending:
@@ -238,17 +233,17 @@ def run_on_ray(cfg):
         if cfg.ray.no_progress_timeout_s > 0:
             ctx.execution_options.no_progress_timeout_s = cfg.ray.no_progress_timeout_s  # type: ignore[attr-defined]
         ds = ray.data.from_items(state.pending, override_num_blocks=num_blocks(len(state.pending), units))
-        for names, unit in zip(stage_units(cfg), units):
+        for unit in units:
             res = unit.resources
             if unit.uses_actor:
-                ds = ds.map_batches(named_actor(unit.name), fn_constructor_args=(names, cfg, state.info),
+                ds = ds.map_batches(named_actor(unit.name), fn_constructor_args=(unit,),
                                     compute=ActorPoolStrategy(
                                         min_size=res.min_actors, max_size=res.max_actors or None,
                                         max_tasks_in_flight_per_actor=cfg.ray.max_tasks_in_flight_per_actor),
                                     batch_size=res.batch_size, num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
                                     **ray_resource_args(res))
             else:
-                ds = ds.map_batches(named_task(unit.name), fn_args=(names, cfg, state.info),
+                ds = ds.map_batches(named_task(unit.name), fn_args=(unit,),
                                     batch_size=res.batch_size, num_cpus=res.num_cpus, **ray_resource_args(res))
         with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
                   disable=not cfg.job.progress) as bar:

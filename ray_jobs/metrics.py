@@ -58,10 +58,11 @@ def _register(metric, tags: dict | None = None) -> None:
         pass
 
 
-def reason_class(reason: str) -> str:
-    from mvboost.pipeline.summary import _reason_class
+def reason_label(reason: str) -> str:
+    """The ``reason`` label of the rejection counter: the reason's group, bounded in length."""
+    from mvboost.pipeline.summary import reason_group
 
-    return _reason_class(reason or "")[:60] or "unknown"
+    return reason_group(reason or "")[:60] or "unknown"
 
 
 class JobMetrics:
@@ -88,7 +89,7 @@ class JobMetrics:
         else:
             stage = row.get("reject_stage") or "unknown"
             self.m["mvboost_items_rejected"].inc(tags={"stage": stage})
-            self.m["mvboost_rejections"].inc(tags={"stage": stage, "reason": reason_class(row.get("reject_reason"))})
+            self.m["mvboost_rejections"].inc(tags={"stage": stage, "reason": reason_label(row.get("reject_reason"))})
         for k, v in row.items():
             if k.startswith("t_") and v:
                 stage = k[2:]

@@ -54,13 +54,14 @@ class CostPlan:
 
 
 def cost_plan(cfg, n: int, profile: dict, gpu_hour_usd: float | None = None, gpus: int = 1) -> CostPlan:
-    from mvboost.pipeline.job import flat_stages, gpu_share
+    from mvboost.pipeline.units import build_units, gpu_shares, stage_names
 
-    share = gpu_share(cfg)
+    units = build_units(cfg)
+    share = gpu_shares(units)
     stages = profile.get("stages", {})
     warnings = []
     per_stage = {}
-    for name in flat_stages(cfg):
+    for name in stage_names(units):
         if share.get(name, 0) <= 0:
             continue
         if name not in stages:

@@ -7,7 +7,7 @@ import torch
 from conftest import read_key_list
 from mvboost.models.era3d import (Era3DUNet, apply_guidance, cfg_layout, joint_domain_attention,
                                   rowwise_view_attention, sdpa_attention, split_cfg)
-from mvboost.models.loading import CheckpointError
+from mvboost.models.checkpoint import CheckpointError
 
 EMA_FIELDS = {"decay": 0.9999, "inv_gamma": 1.0, "min_decay": 0.0, "optimization_step": 40000, "power": 0.6667,
               "update_after_step": 0, "use_ema_warmup": False, "_class_name": "UNetMV2DConditionModel",
@@ -253,7 +253,7 @@ def test_batch_composition_does_not_change_an_object(tiny_era3d):
 
 def test_stages_run_in_bf16_and_share_one_pipeline(tiny_era3d):
     """era3d and refine in one process (a fused group's worker) hold one Era3D pipeline; bf16 runs on CPU."""
-    from mvboost.pipeline.codec import decode_array, encode_array
+    from mvboost.io.codec import decode_array, encode_array
     from mvboost.stages.era3d import Era3DStage, RefineStage
 
     kw = dict(model="tiny:era3d", steps=2, device="cpu", dtype="bf16")
@@ -272,8 +272,8 @@ def test_stages_run_in_bf16_and_share_one_pipeline(tiny_era3d):
 def test_compiled_pipelines_pad_short_batches_without_changing_objects(tiny_era3d):
     """With compile on, a short batch is padded to batch_size (one compiled shape); the real rows'
     outputs equal an unpadded run (fp64: no batch-size-dependent rounding)."""
-    from mvboost.pipeline.codec import decode_array, encode_array
-    from mvboost.pipeline.stage import Resources
+    from mvboost.io.codec import decode_array, encode_array
+    from mvboost.stages.base import Resources
     from mvboost.stages.era3d import Era3DStage
 
     st = Era3DStage(Era3DStage.Config(model="tiny:era3d", steps=2, device="cpu", dtype="fp32",

@@ -16,7 +16,7 @@ def hf_cache(tmp_path, monkeypatch):
     """A Hugging Face cache with repo acme/lgm: refs main -> commit a…, v2 -> commit b…, each snapshot
     holding a different tiny LGM checkpoint (huggingface_hub reads it offline, exactly as on a node)."""
     from mvboost.models.lgm import LGM, LGMConfig
-    from mvboost.models.loading import save_lgm
+    from mvboost.models.checkpoint import save_lgm
 
     root = tmp_path / "hf" / "hub"
     repo = root / "models--acme--lgm"
@@ -47,7 +47,7 @@ def test_revision_reaches_the_loaders_trainer_and_stages(hf_cache, tmp_path):
     """The revision selects the weights everywhere: load_lgm, the LGM stage, the trainer, the merge
     tool, and the commit recorded in every sample's meta.json."""
     from mvboost.models.loading import load_lgm
-    from mvboost.pipeline.job import job_meta, load_job_config
+    from mvboost.pipeline.job import build_units, job_meta, load_job_config
     from mvboost.stages.lgm import LGMStage
     from mvboost.train.loop import TrainConfig, build_model
     from train.merge import merge
@@ -76,7 +76,7 @@ def test_revision_reaches_the_loaders_trainer_and_stages(hf_cache, tmp_path):
 
     job = load_job_config(None, ["job.stages=[text_to_image, matting, era3d, lgm, write]", "lgm.model=acme/lgm",
                                  "lgm.revision=v2", "text_to_image.model=tiny:sd", "era3d.model=tiny:era3d"])
-    meta = job_meta(job)["models"]
+    meta = job_meta(job, build_units(job))["models"]
     assert meta["lgm"] == {"id": "acme/lgm", "revision": "v2", "commit": hf_cache["v2"]}
     assert meta["era3d"] == {"id": "tiny:era3d", "revision": None}
 
@@ -164,7 +164,8 @@ def test_tiny_era3d_folder_is_what_the_official_class_would_load(tiny_cache):
 @pytest.mark.slow
 def test_random_lgm_is_saved_in_the_official_layout_and_loads(tmp_path, monkeypatch):
     """random:lgm end to end on CPU (≈ 3 GB peak, a minute): built, saved as the official file, loaded."""
-    from mvboost.models.loading import LGM_FILENAME, load_lgm
+    from mvboost.models.checkpoint import LGM_FILENAME
+    from mvboost.models.loading import load_lgm
 
     monkeypatch.setenv("MVBOOST_CACHE", str(tmp_path))
     folder = hub.resolve("random:lgm")

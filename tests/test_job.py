@@ -5,7 +5,7 @@ import pytest
 from conftest import SMOKE, shard_keys
 from mvboost.io.shards import OutputError
 from mvboost.pipeline.job import load_job_config, plan_items, run_in_process
-from mvboost.pipeline.stage import Reject, Resources, Stage, StageConfig
+from mvboost.stages.base import Reject, Resources, Stage, StageConfig
 from mvboost.stages.text_to_image import TextToImageStage
 
 

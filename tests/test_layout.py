@@ -3,7 +3,7 @@ import pytest
 
 from conftest import REPO
 from mvboost.config import ConfigError
-from mvboost.pipeline.job import gpu_share, layout_units, load_job_config, stage_units
+from mvboost.pipeline.job import build_units, gpu_shares, layout_units, load_job_config
 from mvboost.pipeline.layout import LayoutError, Unit, check_layout
 
 PROD = REPO / "ray_jobs" / "configs" / "generate.yaml"
@@ -36,13 +36,19 @@ def test_the_old_production_fractions_are_refused_on_one_gpu_naming_the_stages()
 @pytest.mark.parametrize("nodes", [[node(16, 1)], [node(96, 8)], [node(16, 1)] * 4])
 def test_the_production_layout_fits_one_gpu_and_eight(nodes):
     cfg = load_job_config(PROD)
-    assert stage_units(cfg) == [("text_to_image",), ("matting",), ("era3d", "lgm", "render", "refine"), ("write",)]
-    check_layout(layout_units(cfg), nodes)
+    built = build_units(cfg)
+    assert [u.names for u in built] == [("text_to_image",), ("matting",), ("era3d", "lgm", "render", "refine"),
+                                        ("write",)]
+    assert [u.gpu_share for u in built] == [0.25, 0.0, 0.75, 0.0]
+    assert [(r.stage, r.id) for u in built for r in u.model_refs] == [
+        ("text_to_image", "stabilityai/sdxl-turbo"), ("era3d", "pengHTYX/MacLab-Era3D-512-6view"),
+        ("lgm", "ashawkey/LGM"), ("refine", "pengHTYX/MacLab-Era3D-512-6view")]
+    check_layout(layout_units(built), nodes)
 
 
 def test_no_gpu_at_all_names_the_fused_group():
     with pytest.raises(LayoutError, match=r"no node can hold one worker of .*era3d\+lgm\+render\+refine \(0.75 GPU"):
-        check_layout(layout_units(load_job_config(PROD)), [node(8, 0)])
+        check_layout(layout_units(build_units(load_job_config(PROD))), [node(8, 0)])
 
 
 def test_fractions_are_packed_per_gpu_not_summed():
@@ -73,7 +79,7 @@ def test_task_stages_need_cpus_left_after_the_actor_pools():
 
 def test_fused_groups_in_the_config():
     cfg = load_job_config(ONE_GPU_SMOKE)
-    share = gpu_share(cfg)
+    share = gpu_shares(build_units(cfg))
     assert share == {"text_to_image": 0.25, "matting": 0.0, "era3d": 0.75, "lgm": 0.75, "render": 0.75,
                      "refine": 0.75, "write": 0.0}
     with pytest.raises(ConfigError, match="listed more than once"):
@@ -95,7 +101,8 @@ def test_gpu_configs_share_one_layout():
     fractions, so the CPU test of the smoke config exercises the production scheduling."""
     def shape(path):
         cfg = load_job_config(path)
-        return stage_units(cfg), [(u.num_gpus, u.min_actors, u.uses_actor) for u in layout_units(cfg)]
+        built = build_units(cfg)
+        return [u.names for u in built], [(u.num_gpus, u.min_actors, u.uses_actor) for u in layout_units(built)]
 
     assert shape(PROD) == shape(ONE_GPU_SMOKE) == shape(GPU_RANDOM)
     random_cfg = load_job_config(GPU_RANDOM)

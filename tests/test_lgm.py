@@ -6,7 +6,8 @@ from safetensors.torch import save_file
 
 from conftest import read_key_list
 from mvboost.models.lgm import LGM, LGMConfig, activate_gaussians
-from mvboost.models.loading import CheckpointError, load_lgm, save_lgm
+from mvboost.models.checkpoint import CheckpointError, save_lgm
+from mvboost.models.loading import load_lgm
 
 
 def test_big_matches_official_key_list(spec_dir):

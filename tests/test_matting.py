@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mvboost.pipeline.codec import decode_array, encode_array
+from mvboost.io.codec import decode_array, encode_array
 from mvboost.stages.matting import MattingConfig, MattingStage
 
 

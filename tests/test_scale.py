@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO, SMOKE
 from mvboost.config import ConfigError
-from mvboost.pipeline.job import layout_units, load_job_config, run_in_process
+from mvboost.pipeline.job import build_units, layout_units, load_job_config, run_in_process
 from mvboost.pipeline.layout import LayoutError, check_layout
 
 GPU_RANDOM = REPO / "ray_jobs" / "configs" / "generate_gpu_random.yaml"
@@ -46,7 +46,7 @@ def test_memory_accelerator_and_custom_resources_reach_ray_and_the_layout_check(
                                        "era3d.resources.custom={gpu_group_a: 1}"])
     res = cfg.era3d.resources
     assert ray_resource_args(res) == {"memory": 32e9, "accelerator_type": "H100", "resources": {"gpu_group_a": 1.0}}
-    units = layout_units(cfg)
+    units = layout_units(build_units(cfg))
     fused = next(u for u in units if u.name.startswith("era3d"))
     assert fused.other == {"gpu_group_a": 1.0, "memory": 32e9, "accelerator_type:H100": 0.001}
     h100 = {"CPU": 16, "GPU": 1, "memory": 64e9, "accelerator_type:H100": 1.0, "gpu_group_a": 1}
@@ -65,9 +65,9 @@ def test_production_config_reserves_memory_and_fits_a_gpu_node():
     cfg = load_job_config(REPO / "ray_jobs" / "configs" / "generate.yaml")
     for stage in ("text_to_image", "matting", "era3d", "write"):
         assert getattr(cfg, stage).resources.memory > 0, stage
-    check_layout(layout_units(cfg), [{"CPU": 16, "GPU": 1, "memory": 64e9 * 0.7}])
+    check_layout(layout_units(build_units(cfg)), [{"CPU": 16, "GPU": 1, "memory": 64e9 * 0.7}])
     with pytest.raises(LayoutError, match=r"28.0 GB memory needed, 16.0 GB memory in the cluster"):
-        check_layout(layout_units(cfg), [{"CPU": 16, "GPU": 1, "memory": 16e9}])
+        check_layout(layout_units(build_units(cfg)), [{"CPU": 16, "GPU": 1, "memory": 16e9}])
 
 
 def test_outputs_are_absolute_and_a_relative_one_in_rays_working_dir_copy_is_refused(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import torch
 
 from mvboost.gaussians import Gaussians
 from mvboost.geometry.cameras import Cameras, era3d_cameras
-from mvboost.pipeline.codec import decode_array, encode_array
+from mvboost.io.codec import decode_array, encode_array
 from mvboost.render import render_normals
 from mvboost.stages.era3d import Era3DConfig, Era3DStage, RefineConfig, RefineStage
 from mvboost.stages.lgm import LGMStage, LGMStageConfig, RenderConfig, RenderStage
@@ -84,7 +84,7 @@ def test_sample_fields_ply_and_views(tiny_cache):
                             "views": encode_array(views), "seed": 3, "t_lgm": 0.5}, {"job": "t"})
     back = Gaussians.from_ply(fields["gaussians.ply"])
     np.testing.assert_allclose(back.means[0].numpy(), g[:, :3], atol=1e-6)
-    from mvboost.pipeline.codec import decode_png, untile_views
+    from mvboost.io.codec import decode_png, untile_views
 
     tiles = untile_views(decode_png(fields["views.png"]), 6)
     assert tiles.shape == (6, 8, 8, 3) and tiles[2].min() == 255 and tiles[1].max() == 0

@@ -116,7 +116,8 @@ def local_cfg(shards, tmp_path, *extra):
 def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tmp_path, ds_env):
     from peft import PeftModel
 
-    from mvboost.models.loading import load_lgm, save_lgm
+    from mvboost.models.checkpoint import save_lgm
+    from mvboost.models.loading import load_lgm
     from mvboost.models.hub import resolve as resolve_model
     from mvboost.train.data import ShardStream, list_shards
     from mvboost.train.loop import LocalContext, latest_adapter, train_loop
@@ -193,7 +194,8 @@ def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_pa
     first = adapters(run_dir)
     assert list(first) == [2] and all(v.numel() > 0 for v in first[2].values())
     # same name + storage: resumes from step 2 and continues to 4; a worker dies once after step 3
-    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=4", "--set", "train.fail_at_step=3")
+    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=4",
+                   "--set", "run.step_hook=tests.faults:worker_exits_once_after_step_3")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "resumed from step 2" in r.stdout and "fault injection: worker 1 exits at step 3" in r.stdout
     assert "done: step 4" in r.stdout

@@ -21,7 +21,7 @@ def _worker(config: dict):
     import torch
 
     from mvboost.config import from_dict
-    from mvboost.train.loop import LoopContext, TrainConfig, train_loop
+    from mvboost.train.loop import LoopContext, TrainConfig, load_step_hook, train_loop
 
     cfg = from_dict(TrainConfig, config)
     tc = ray.train.get_context()
@@ -38,7 +38,8 @@ def _worker(config: dict):
         ray.train.report(metrics, checkpoint=checkpoint)
 
     storage = os.path.join(os.path.expanduser(cfg.run.storage_path), cfg.run.name)
-    train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage))
+    train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage,
+                                load_step_hook(cfg.run.step_hook)))
 
 
 def build_trainer(cfg, local: bool = False):
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     from mvboost.config import ConfigError, load_config
-    from mvboost.train.loop import TrainConfig
+    from mvboost.train.loop import TrainConfig, load_step_hook
 
     overrides = list(a.overrides)
     if a.data:
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
         cfg = load_config(TrainConfig, a.config, overrides)
         # data problems are deterministic: found here, once, before Ray starts (not retried by workers)
         listing = list_shards(cfg.data.source, cfg.data.storage_options)
-    except (ConfigError, ShardDataError, FileNotFoundError, ValueError) as e:
+        load_step_hook(cfg.run.step_hook)  # a hook that cannot be imported fails here, not in every worker
+    except (ConfigError, ShardDataError, FileNotFoundError, ValueError, ImportError, AttributeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for url, why in listing.skipped:

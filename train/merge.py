@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from mvboost.models.loading import save_lgm
+    from mvboost.models.checkpoint import save_lgm
 
     merged = merge(a.base, a.adapter, a.preset, a.revision)
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]

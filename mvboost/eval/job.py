@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import to_dict
-from ..io.shards import write_atomic
-from ..pipeline.codec import encode_png, tile_views
+from ..config import RaySection, to_dict
 from ..infer.run import InferEra3DConfig, InferLGMConfig, InferMattingConfig
-from ..pipeline.config import RaySection
-from ..pipeline.stage import Reject, Resources
+from ..io.codec import encode_png, tile_views
+from ..io.shards import write_atomic
+from ..stages.base import Reject, Resources
 from .protocol import Protocol
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import torch
 
 from ..gaussians import Gaussians
 from ..metrics.geometry import chamfer_fscore, gaussians_to_mesh, psnr, sample_surface, ssim
-from ..pipeline.codec import to_uint8
+from ..io.codec import to_uint8
 from . import align as al
 from .gso import METRIC_SCALE, GSOObject, load_object
 from .gt import RENDERER, MeshRenderer, eval_cameras, predicted_views

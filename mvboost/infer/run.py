@@ -20,8 +20,8 @@ import torch
 from ..config import to_dict
 from ..gaussians import Gaussians
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, ERA3D_VIEW_NAMES
-from ..pipeline.codec import tile_views, to_uint8
-from ..pipeline.stage import Reject
+from ..io.codec import tile_views, to_uint8
+from ..stages.base import Reject
 from ..stages.common import pick_device, pick_dtype
 from ..stages.era3d import Era3DConfig
 from ..stages.lgm import LGMStageConfig

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..gaussians import Gaussians
-from ..pipeline.codec import to_uint8
+from .codec import to_uint8
 
 
 def write_ply(g: Gaussians, path: str | Path, index: int = 0) -> Path:

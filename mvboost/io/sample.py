@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..pipeline.codec import decode_array, decode_png, encode_png, tile_views, untile_views
+from .codec import decode_array, decode_png, encode_png, tile_views, untile_views
 
 NUM_VIEWS = 6
 #: row column -> member name, for the view sets (V, H, W, C) uint8 arrays, tiled side by side

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .era3d import ERA3D_UNET_CLASS, Era3DUNet, apply_guidance, cfg_layout, set_attention_upcast
-from .loading import check_state_dict, read_safetensors
+from .checkpoint import check_state_dict, read_safetensors
 
 ERA3D_REPO_ID = "pengHTYX/MacLab-Era3D-512-6view"
 VIEW_NAMES = ("front", "front_right", "right", "back", "left", "front_left")

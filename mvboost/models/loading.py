@@ -1,5 +1,5 @@
-"""Checkpoint loading shared by the models: safetensors only, strict with readable errors,
-local paths or Hugging Face ids resolved offline by default."""
+"""Loading LGM checkpoints: a model reference (path, Hugging Face id at a revision, ``tiny:``/``random:``)
+resolved through :mod:`mvboost.models.hub`, read and checked in the format of :mod:`.checkpoint`."""
 from __future__ import annotations
 
 import json
@@ -8,14 +8,8 @@ from pathlib import Path
 
 import torch
 
-LGM_REPO_ID = "ashawkey/LGM"
-LGM_FILENAME = "model_fp16_fixrot.safetensors"
-LGM_LEGACY_FILENAME = "model_fp16.safetensors"
-LGM_CONFIG_FILENAME = "lgm_config.json"  # optional, written by us for non-preset models
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model (lists missing, unexpected and mis-shaped keys)."""
+from .checkpoint import (LGM_CONFIG_FILENAME, LGM_FILENAME, LGM_LEGACY_FILENAME, CheckpointError, check_state_dict,
+                         read_safetensors)
 
 
 def resolve_file(source: str | os.PathLike, filename: str, allow_download: bool = False,
@@ -33,31 +27,6 @@ def resolve_file(source: str | os.PathLike, filename: str, allow_download: bool 
         hint = f"; get it with `{download_hint(str(source), revision)} {filename}`" if looks_like_hub_id(str(source)) else ""
         raise FileNotFoundError(f"{path} has no {filename} (safetensors files there: {found or 'none'}){hint}")
     return cand
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path}: only .safetensors checkpoints are read (pickle files can execute code)")
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or misshaped:
-        def block(title, items):
-            if not items:
-                return ""
-            shown = "\n    ".join(items[:20]) + (f"\n    … and {len(items) - 20} more" if len(items) > 20 else "")
-            return f"\n  {title} ({len(items)}):\n    {shown}"
-        raise CheckpointError(f"{what} does not match the model:" + block("missing keys", missing)
-                              + block("unexpected keys", unexpected) + block("mis-shaped keys", misshaped))
 
 
 def load_lgm(source, preset: str | None = None, *, dtype: torch.dtype = torch.float32, device="cpu",
@@ -113,15 +82,3 @@ def load_lgm(source, preset: str | None = None, *, dtype: torch.dtype = torch.fl
         state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(state, strict=strict)
     return model.to(dtype=dtype).eval()
-
-
-def save_lgm(model, folder, filename: str = LGM_FILENAME, dtype: torch.dtype = torch.float16) -> Path:
-    """Write ``model`` in the official layout (one safetensors file with ``unet.…``/``conv.…`` keys)."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    out = folder / filename
-    save_file(state, str(out), metadata={"format": "pt"})
-    return out

@@ -77,7 +77,7 @@ def build_tiny_lgm(folder: Path, seed: int = 0) -> None:
     import torch
 
     from .lgm import LGM, LGMConfig
-    from .loading import save_lgm
+    from .checkpoint import save_lgm
 
     torch.manual_seed(seed)
     save_lgm(LGM(LGMConfig.preset("tiny")), folder)

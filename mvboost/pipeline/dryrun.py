@@ -12,14 +12,14 @@ from .config import validate
 from .layout import fmt_resource, min_demand
 from .plan import job_plan, plan_items
 from .tracker import resume_state
-from .units import build_units, layout_units, stage_units
+from .units import layout_units
 
 
 def dry_run(cfg) -> tuple[str, list[str]]:
     """(the plan as text, the problems a run would hit: an other plan on the output, missing models)."""
     from ..models.hub import ModelNotFound, check
 
-    validate(cfg)
+    units = validate(cfg)
     store = OutputStore(cfg.job.output, cfg.job.storage_options)
     items = plan_items(cfg)
     shards = sorted({it["shard"] for it in items})
@@ -38,22 +38,20 @@ def dry_run(cfg) -> tuple[str, list[str]]:
     else:
         lines.append(f"new output: a run processes all {len(items):,} items")
     lines.append("operators (job.stages):")
-    layout = layout_units(cfg)
-    for names, unit, lu in zip(stage_units(cfg), build_units(cfg, None), layout):
+    layout = layout_units(units)
+    for unit, lu in zip(units, layout):
         r = unit.resources
         pool = f"actor pool {r.min_actors}..{r.max_actors or 'as many as fit'}" if unit.uses_actor else "tasks"
         extra = "".join(f", {fmt_resource(k, v)}" for k, v in lu.other.items())
         lines.append(f"  {unit.name:<28} {pool} x ({r.num_gpus:g} GPU, {r.num_cpus:g} CPU{extra}), "
                      f"batch {r.batch_size}")
-        for name in names:
-            sc = getattr(cfg, name)
-            if getattr(sc, "model", None):
-                try:
-                    where = check(sc.model, sc.revision, what=name)
-                except ModelNotFound as e:
-                    where = "MISSING"
-                    problems.append(str(e))
-                lines.append(f"      {name}: {sc.model}@{sc.revision} -> {where}")
+        for ref in unit.model_refs:
+            try:
+                where = check(ref.id, ref.revision, what=ref.stage)
+            except ModelNotFound as e:
+                where = "MISSING"
+                problems.append(str(e))
+            lines.append(f"      {ref.stage}: {ref.id}@{ref.revision} -> {where}")
     need = min_demand(layout)
     others = "".join(f", {fmt_resource(k, v)}" for k, v in need.items() if k not in ("GPU", "CPU"))
     lines.append(f"the actor pools need at least {need['GPU']:g} GPUs and {need['CPU']:g} CPUs{others} at once "

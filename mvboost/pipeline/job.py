@@ -2,21 +2,21 @@
 
 =====================  ======================================================================
 ``pipeline.config``    sections, the generated JobConfig, load/validate, job_meta
-``pipeline.units``     job.stages as operators (stages, fused groups), their resources
+``pipeline.units``     job.stages built into operators (stages, fused groups) that carry their names,
+                       resources, GPU share and model references
 ``pipeline.plan``      prompts -> the deterministic item plan
 ``pipeline.tracker``   the driver's state: resume, shard tracking and commits, the result consumer
 ``pipeline.summary``   the run summary
 ``pipeline.runner``    the in-process executor
 =====================  ======================================================================
 """
-from .config import JobConfig, JobInfo, JobSection, PromptsSection, RaySection, job_meta, load_job_config, validate
+from .config import JobConfig, JobSection, PromptsSection, job_meta, load_job_config, validate
 from .plan import item_seed, load_prompts, plan_items
 from .runner import iter_batches, run_in_process
 from .summary import RunSummary
-from .tracker import RESULT_COLUMNS, JobState, ShardTracker
-from .units import build_unit, build_units, flat_stages, gpu_share, layout_units, stage_units
+from .tracker import JobState, ShardTracker
+from .units import build_units, gpu_shares, layout_units, model_refs, stage_names
 
-__all__ = ["JobConfig", "JobInfo", "JobSection", "PromptsSection", "RaySection", "job_meta", "load_job_config",
-           "validate", "item_seed", "load_prompts", "plan_items", "iter_batches", "run_in_process", "RunSummary",
-           "RESULT_COLUMNS", "JobState", "ShardTracker", "build_unit", "build_units", "flat_stages", "gpu_share",
-           "layout_units", "stage_units"]
+__all__ = ["JobConfig", "JobSection", "PromptsSection", "job_meta", "load_job_config", "validate", "item_seed",
+           "load_prompts", "plan_items", "iter_batches", "run_in_process", "RunSummary", "JobState", "ShardTracker",
+           "build_units", "gpu_shares", "layout_units", "model_refs", "stage_names"]

@@ -5,7 +5,7 @@ import hashlib
 import json
 
 from ..config import ConfigError
-from .stage import OK, REJECTED, STATUS
+from ..stages.base import OK, REJECTED, STATUS
 
 
 def item_seed(job_seed: int, prompt_id: str) -> int:

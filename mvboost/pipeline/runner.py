@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from .summary import RunSummary
 from .tracker import JobState
-from .units import build_units
 
 
 def iter_batches(rows: list[dict], size: int):
@@ -18,7 +17,7 @@ def run_in_process(cfg, progress: bool | None = None) -> RunSummary:
 
     state = JobState(cfg)
     state.commit_ready()  # shards finished by an earlier run but not committed
-    units = build_units(cfg, state.info)
+    units = state.units
     for u in units:
         u.preflight()
     size = max(1, min(u.resources.batch_size for u in units))

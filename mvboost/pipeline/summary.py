@@ -76,8 +76,9 @@ def steady_rate(arrivals: list[tuple[float, int]], t0: float, t_end: float, min_
     return round(sum(n for _, n in arrivals[1:]) / span, 4)
 
 
-def _reason_class(reason: str) -> str:
-    """Group reasons for the summary: drop numbers after a colon ("object too small: 0.3% …")."""
+def reason_group(reason: str) -> str:
+    """A reject reason's group, for counting rejects by reason in the summary and the metrics: the text
+    before the first colon or parenthesis ("object too small: 0.3% …" -> "object too small")."""
     return reason.split(":")[0].split("(")[0].strip()
 
 

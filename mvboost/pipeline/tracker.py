@@ -7,11 +7,11 @@ import json
 import time
 
 from ..io.shards import OutputStore, jsonl_bytes, shard_name
-from .config import JobInfo, job_meta, validate
+from ..stages.base import OK, STATUS, JobInfo, status_columns, to_python
+from .config import job_meta, validate
 from .plan import job_plan, plan_items
-from .stage import OK, RESULT_COLUMNS, STATUS, to_python
-from .summary import RunSummary, _reason_class, steady_rate
-from .units import gpu_share
+from .summary import RunSummary, reason_group, steady_rate
+from .units import gpu_shares
 
 
 def resume_state(store: OutputStore, items: list[dict]) -> tuple[set[int], set[str], set[str]]:
@@ -64,7 +64,7 @@ class JobState:
     """Everything the driver needs: output store, plan, what is already done, and the tracker."""
 
     def __init__(self, cfg):
-        validate(cfg)
+        units = validate(cfg)
         self.cfg = cfg
         self.store = OutputStore(cfg.job.output, cfg.job.storage_options)
         self.store.check_writable()
@@ -75,7 +75,8 @@ class JobState:
         self.tracker = ShardTracker(self.items, staged, committed)
         self.pending = [it for it in self.items if it["item_id"] not in done]
         self.skipped = len(self.items) - len(self.pending)
-        self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg))
+        self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg, units))
+        self.units = [u.bind(self.info) for u in units]  # the job's operators, built once
         self.committer = LocalCommitter(self.store)  # the Ray job swaps in a committer that runs on workers
         self.gpu_seconds_held = 0.0  # set by an executor that can see the GPUs it holds (the Ray job)
         self.t0 = time.time()
@@ -107,10 +108,10 @@ class JobState:
     def consume(self, batch: dict, on_row=None, on_commit=None) -> int:
         """Take one batch of results (columns -> sequences) from either executor: keep only the status
         columns, count them, commit every shard they complete. Returns the number of rows."""
-        cols = [c for c in batch if c in RESULT_COLUMNS or c.startswith("t_")]
+        status = status_columns(batch)
         n = len(batch["item_id"])
         for i in range(n):
-            row = {c: to_python(batch[c][i]) for c in cols}
+            row = {c: to_python(v[i]) for c, v in status.items()}
             if on_row is not None:
                 on_row(row)
             shard = self.on_result(row)
@@ -134,11 +135,11 @@ class JobState:
                                f"{keys[:3]}); rerun the job to finish them")
         rejects = self.store.all_rejects(self.shards)
         run_seconds = self.run_seconds
-        share = gpu_share(self.cfg)
+        share = gpu_shares(self.units)
         busy = sum(v * share.get(k, 0.0) for k, v in run_seconds.items())
         finished = sum(n for _, n in self.arrivals)
         new_accepted = max(0, finished - self.run_rejected)
-        by_reason = collections.Counter(f"{r['stage']}: {_reason_class(r['reason'])}" for r in rejects)
+        by_reason = collections.Counter(f"{r['stage']}: {reason_group(r['reason'])}" for r in rejects)
         now = time.time()
         summary = RunSummary(output=self.cfg.job.output, requested=len(self.items),
                              accepted=len(self.items) - len(rejects), rejected=len(rejects),

@@ -1,53 +1,61 @@
-"""Stage units: ``job.stages`` entries as operators (a stage, or a fused group run in one worker), built
-from the config, with the GPU share each stage holds and the resources the layout check needs."""
+"""Stage units: ``job.stages`` built into operators (a stage, or a fused group run in one worker).
+
+:func:`build_units` is the one reader of ``job.stages``. A built unit carries what the executors,
+the layout check, the metrics and the run summary need (``names``, ``resources``, ``gpu_share``,
+``model_refs``, ``uses_actor``), so nothing else parses the stage list again.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..config import ConfigError
-from .stage import FusedStage, Stage
+from ..stages import STAGES
+from ..stages.base import FusedStage, JobInfo, ModelRef, Stage
+from .layout import Unit as LayoutUnit
 
-if TYPE_CHECKING:
-    from .config import JobInfo
-
-
-def _stage_registry():
-    from ..stages import STAGES
-
-    return STAGES
+Unit = Stage | FusedStage
 
 
-def stage_units(cfg) -> list[tuple[str, ...]]:
-    """``job.stages`` as operators: each a tuple of stage names (one name, or a fused group)."""
-    units = []
-    for i, entry in enumerate(cfg.job.stages):
-        if isinstance(entry, str):
-            units.append((entry,))
-        elif isinstance(entry, (list, tuple)) and entry and all(isinstance(x, str) for x in entry):
-            units.append(tuple(entry))
-        else:
-            raise ConfigError(f"job.stages[{i}]: expected a stage name or a non-empty list of stage names "
-                              f"(a fused group), got {entry!r}")
+def _entry_names(i: int, entry) -> tuple[str, ...]:
+    if isinstance(entry, str):
+        names: tuple[str, ...] = (entry,)
+    elif isinstance(entry, (list, tuple)) and entry and all(isinstance(x, str) for x in entry):
+        names = tuple(entry)
+    else:
+        raise ConfigError(f"job.stages[{i}]: expected a stage name or a non-empty list of stage names "
+                          f"(a fused group), got {entry!r}")
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"job.stages: unknown stage(s) {unknown}; available: {sorted(STAGES)}")
+    return names
+
+
+def build_units(cfg, info: JobInfo | None = None) -> list[Unit]:
+    """Each ``job.stages`` entry built into its operator (setup() not yet run, so cheap and picklable).
+    A malformed entry, an unknown stage or a stage listed twice is a :class:`ConfigError`."""
+    entries = [_entry_names(i, e) for i, e in enumerate(cfg.job.stages)]
+    flat = [n for names in entries for n in names]
+    dup = sorted({s for s in flat if flat.count(s) > 1})
+    if dup:
+        raise ConfigError(f"job.stages: stage(s) {dup} listed more than once")
+    units: list[Unit] = []
+    for names in entries:
+        built = [STAGES[n](getattr(cfg, n), info) for n in names]
+        units.append(built[0] if len(built) == 1 else FusedStage(built))
     return units
 
 
-def flat_stages(cfg) -> list[str]:
-    return [name for unit in stage_units(cfg) for name in unit]
+def stage_names(units: list[Unit]) -> list[str]:
+    """Every stage of the job, in order (fused groups flattened)."""
+    return [n for u in units for n in u.names]
 
 
-def gpu_share(cfg) -> dict[str, float]:
+def gpu_shares(units: list[Unit]) -> dict[str, float]:
     """Stage name -> the GPUs its worker holds (a fused group's members share their group's)."""
-    return {name: float(getattr(cfg, unit[0]).resources.num_gpus) for unit in stage_units(cfg) for name in unit}
+    return {name: u.gpu_share for u in units for name in u.names}
 
 
-def build_unit(unit: tuple[str, ...], cfg, info: JobInfo) -> Stage | FusedStage:
-    stages = _stage_registry()
-    built = [stages[name](getattr(cfg, name), info) for name in unit]
-    return built[0] if len(built) == 1 else FusedStage(built)
-
-
-def build_units(cfg, info: JobInfo) -> list[Stage | FusedStage]:
-    return [build_unit(u, cfg, info) for u in stage_units(cfg)]
+def model_refs(units: list[Unit]) -> list[ModelRef]:
+    """The models the job loads, one per stage that has one, in stage order."""
+    return [ref for u in units for ref in u.model_refs]
 
 
 def other_resources(res) -> dict[str, float]:
@@ -73,16 +81,7 @@ def ray_resource_args(res) -> dict:
     return args
 
 
-def layout_units(cfg) -> list:
+def layout_units(units: list[Unit]) -> list[LayoutUnit]:
     """The job's operators with their resources, for :func:`mvboost.pipeline.layout.check_layout`."""
-    from .layout import Unit
-
-    stages = _stage_registry()
-    out = []
-    for unit in stage_units(cfg):
-        res = getattr(cfg, unit[0]).resources
-        out.append(Unit("+".join(unit), res.num_gpus, res.num_cpus, res.min_actors,
-                        any(stages[n].uses_actor for n in unit), other_resources(res)))
-    return out
-
-
+    return [LayoutUnit(u.name, u.resources.num_gpus, u.resources.num_cpus, u.resources.min_actors, u.uses_actor,
+                       other_resources(u.resources)) for u in units]

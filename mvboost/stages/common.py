@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..pipeline.stage import Resources
+from .base import Resources
 
 EXTRAS = {"diffusers": "diffusion", "transformers": "diffusion", "skimage": "diffusion", "scipy": "diffusion",
           "gsplat": "gpu", "webdataset": "ray", "fsspec": "ray", "rembg": "matting"}
@@ -100,9 +100,11 @@ class ModelStage:
         check_dtype(self.config.dtype, f"{self.name}.dtype")
         if hasattr(self.config, "compile"):
             pick_compile(self.config.compile, torch.device("cpu"))  # raises on a bad value
-        check(self.config.model, self.config.revision, what=self.name)
+        ref, = self.model_refs
+        check(ref.id, ref.revision, what=ref.stage)
 
     def model_path(self):
         from ..models.hub import resolve
 
-        return resolve(self.config.model, self.config.revision, what=self.name)
+        ref, = self.model_refs
+        return resolve(ref.id, ref.revision, what=ref.stage)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pipeline.codec import decode_array, encode_array, to_uint8
-from ..pipeline.stage import Reject, Resources, Stage
+from ..io.codec import decode_array, encode_array, to_uint8
+from .base import Reject, Resources, Stage
 from .common import ModelStage, ModelStageConfig, pick_compile, pick_device, pick_dtype, shared_model
 
 

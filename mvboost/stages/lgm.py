@@ -10,8 +10,8 @@ import torch
 
 from ..gaussians import Gaussians
 from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH, ERA3D_TO_LGM_VIEWS, ERA3D_VIEW_NAMES, era3d_cameras
-from ..pipeline.codec import decode_array, encode_array, to_uint8
-from ..pipeline.stage import Reject, Resources, Stage
+from ..io.codec import decode_array, encode_array, to_uint8
+from .base import Reject, Resources, Stage
 from .common import ModelStage, ModelStageConfig, pick_device, pick_dtype, shared_model
 
 

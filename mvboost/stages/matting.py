@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pipeline.codec import decode_array, encode_array
-from ..pipeline.stage import Reject, Resources, Stage
+from ..io.codec import decode_array, encode_array
+from .base import Reject, Resources, Stage
 from .common import require
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pipeline.stage import Reject, Resources, Stage
+from .base import Reject, Resources, Stage
 
 
 @dataclass

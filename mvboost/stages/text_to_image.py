@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pipeline.codec import encode_array
-from ..pipeline.stage import Reject, Resources, Stage
+from ..io.codec import encode_array
+from .base import Reject, Resources, Stage
 from .common import ModelStage, ModelStageConfig, pick_compile, pick_device, pick_dtype, require
 
 #: Versioned prompt templates: a single centred object on a white background.

@@ -2,7 +2,7 @@
 
 See :mod:`mvboost.io.sample` for the members and their encodings. Rejected items are staged as
 tombstones (key, stage, reason) so reruns skip them too. This stage is where payloads stop: it
-returns only the status columns (:data:`~mvboost.pipeline.stage.RESULT_COLUMNS` and the ``t_*``
+returns only the status columns (:data:`~mvboost.stages.base.RESULT_COLUMNS` and the ``t_*``
 timings), so the blocks that reach the driver carry a few hundred bytes per item whatever the
 samples weigh.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..io.sample import encode_sample
 from ..io.shards import OutputStore
-from ..pipeline.stage import REJECTED, STATUS, Resources, Stage, status_columns
+from .base import REJECTED, STATUS, Resources, Stage, status_columns
 
 
 @dataclass

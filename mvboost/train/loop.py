@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,6 @@ class TrainSection:
     lambda_lpips: float = 1.0
     lpips_net: str = "vgg"
     lpips_size: int = 256
-    fail_at_step: int = 0  # fault injection for tests: worker 1 dies once after this step (0: off)
 
 
 @dataclass
@@ -89,6 +89,9 @@ class RunSection:
     use_gpu: bool = False
     max_failures: int = 2
     num_to_keep: int = 2
+    # "module:function" called as function(step, ctx) on every worker after each optimizer step, before the
+    # step's checkpoint (profilers, progress hooks; the tests inject worker failures with it). "": none
+    step_hook: str = ""
 
 
 @dataclass
@@ -109,7 +112,20 @@ class LoopContext:
     device: torch.device
     checkpoint_dir: str | None  # resume from here (None: fresh)
     report: object  # callable(metrics: dict, checkpoint_dir: str | None)
-    storage_dir: str  # run folder (fault-injection markers)
+    storage_dir: str  # the run's folder
+    on_step: Callable[[int, LoopContext], None] | None = None  # see RunSection.step_hook
+
+
+def load_step_hook(spec: str) -> Callable[[int, LoopContext], None] | None:
+    """``run.step_hook`` ("module:function") -> the callable, imported where the loop runs (None for "")."""
+    if not spec:
+        return None
+    import importlib
+
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"run.step_hook must be 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 def ds_config(cfg: TrainConfig, device: torch.device) -> dict:
@@ -215,7 +231,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         metrics = {"step": step, **{k: float(v) for k, v in parts.items()},
                    **{f"time_{k}": v for k, v in timing.items()}, "step_time": time.perf_counter() - t0,
                    "skipped_shards": len(shards.skipped)}
-        _maybe_fail(cfg, ctx, step)
+        if ctx.on_step is not None:
+            ctx.on_step(step, ctx)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             with tempfile.TemporaryDirectory(prefix="mvboost-ckpt-") as d:
                 engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step})
@@ -226,16 +243,6 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         elif step % cfg.train.log_every == 0:
             ctx.report(metrics, None)
     return metrics
-
-
-def _maybe_fail(cfg: TrainConfig, ctx: LoopContext, step: int) -> None:
-    if cfg.train.fail_at_step and step == cfg.train.fail_at_step and ctx.rank == min(1, ctx.world - 1):
-        marker = Path(ctx.storage_dir) / f".injected-failure-{step}"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text("worker killed on purpose (train.fail_at_step)\n")
-            print(f"fault injection: worker {ctx.rank} exits at step {step}", flush=True)
-            os._exit(1)
 
 
 class LocalContext:

@@ -12,7 +12,7 @@ A stage is one small class:
 count, runs ``process`` on the ok rows with bounded retries, and records per-item failures as
 ``status = "rejected"`` with ``reject_stage`` and ``reject_reason`` (img2dataset's worker style):
 nothing is dropped silently. Rows carry only scalars and ``bytes`` (arrays travel as ``.npy``
-bytes, see :mod:`mvboost.pipeline.codec`) so the same batches move through Arrow/Ray unchanged.
+bytes, see :mod:`mvboost.io.codec`) so the same batches move through Arrow/Ray unchanged.
 """
 from __future__ import annotations
 
@@ -68,6 +68,24 @@ class StageConfig:
 Row = dict[str, Any]
 
 
+@dataclass
+class JobInfo:
+    """What stages may read about the job (plain data, picklable)."""
+
+    output: str
+    storage_options: dict
+    meta: dict
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A stage's model reference, as its config names it (resolved by :mod:`mvboost.models.hub`)."""
+
+    stage: str
+    id: str
+    revision: str | None
+
+
 class Stage:
     name: ClassVar[str] = "stage"
     Config: ClassVar[type] = StageConfig
@@ -83,6 +101,32 @@ class Stage:
     @property
     def resources(self) -> Resources:
         return self.config.resources
+
+    # ---- what a built unit says about itself (a stage is a unit of one) --------------------------
+    def bind(self, job: JobInfo) -> Stage:
+        """Give the built unit the job it runs in (the driver knows it only after the units are checked)."""
+        for s in self.members:
+            s.job = job
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    @property
+    def members(self) -> list[Stage]:
+        return [self]
+
+    @property
+    def gpu_share(self) -> float:
+        """The GPUs this unit's worker holds (a fused group's members share their group's)."""
+        return float(self.resources.num_gpus)
+
+    @property
+    def model_refs(self) -> list[ModelRef]:
+        """The models the unit's stages load: every stage whose config has a ``model``."""
+        return [ModelRef(s.name, s.config.model, getattr(s.config, "revision", None))
+                for s in self.members if hasattr(s.config, "model")]
 
     # ---- to override ------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -211,6 +255,18 @@ class FusedStage:
     @property
     def resources(self) -> Resources:
         return self.stages[0].resources
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    @property
+    def members(self) -> list[Stage]:
+        return self.stages
+
+    gpu_share = Stage.gpu_share
+    model_refs = Stage.model_refs
+    bind = Stage.bind
 
     def preflight(self) -> None:
         for s in self.stages:
