@@ -118,3 +118,25 @@ def watch_listeners(proc, seen: set, interval: float = 0.3):
             pass
         time.sleep(interval)
     return proc.returncode
+
+
+def verified(store, shard: int):
+    """The manifest of a committed shard of ``store`` after checking the tar against it (size, sha256,
+    keys) with the library's one verifier; an AssertionError names the reason."""
+    from mvboost.io.shards import verify_shard
+
+    m = store.read_manifest(shard)
+    assert m is not None, f"shard {shard} has no manifest (not committed)"
+    with store.fs.open(store.path(m.shard), "rb") as f:
+        reason = verify_shard(f, m)
+    assert reason is None, f"{m.shard}: {reason}"
+    return m
+
+
+def read_tar(data: bytes) -> dict[str, bytes]:
+    """Every member of a tar in memory, by name."""
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import SMOKE, shard_keys
+from conftest import SMOKE, shard_keys, verified
 from mvboost.io.shards import OutputError
 from mvboost.pipeline.job import load_job_config, plan_items, run_in_process
 from mvboost.stages.base import Reject, Resources, Stage, StageConfig
@@ -130,7 +130,7 @@ def test_smoke_job_to_s3_through_fsspec(tiny_cache, moto_s3):
                     "job.stages=[text_to_image, matting, write]")
     s = run_in_process(cfg)
     assert (s.accepted, s.rejected) == (4, 0)
-    assert OutputStore("s3://bkt/smoke", moto_s3).verify_shard(0).samples == 4
+    assert verified(OutputStore("s3://bkt/smoke", moto_s3), 0).samples == 4
     assert run_in_process(cfg).skipped_already_done == 4
 
 

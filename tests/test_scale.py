@@ -86,7 +86,8 @@ def test_streamed_commit_equals_one_tar_of_all_members(tmp_path):
     import numpy as np
 
     from mvboost.io.sample import tar_members
-    from mvboost.io.shards import OutputStore, read_tar, tar_bytes
+    from conftest import read_tar, verified
+    from mvboost.io.shards import OutputStore, tar_bytes
 
     rng = np.random.default_rng(0)
     items = {f"k{i}": {"payload.bin": rng.bytes(int(rng.integers(1, 3000))), "meta.json": b"{}"} for i in range(9)}
@@ -100,7 +101,7 @@ def test_streamed_commit_equals_one_tar_of_all_members(tmp_path):
     for k in sorted(items):
         whole.update(tar_members(k, items[k]))
     assert data == tar_bytes(whole) and len(data) == m.bytes and m.rejected == ["kz"]
-    assert read_tar(data) == whole and store.verify_shard(0).samples == 9
+    assert read_tar(data) == whole and verified(store, 0).samples == 9
 
 
 def test_a_finished_output_is_recognised_without_starting_ray(tmp_path, tiny_cache):

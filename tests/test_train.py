@@ -72,7 +72,7 @@ def test_data_verifies_manifests(smoke_shards, tmp_path):
 
     good = list_shards(str(smoke_shards))
     assert len(good.urls) == 1 and good.skipped == []
-    batch = next(ShardStream(good.urls, expected=good.expected).batches(2))
+    batch = next(ShardStream(good.urls, manifests=good.manifests).batches(2))
     assert batch["inputs"].shape == (2, 4, 3, 64, 64) and batch["target"].shape == (2, 6, 3, 64, 64)
     assert batch["mask"].shape == (2, 6, 1, 64, 64) and len(batch["cameras"]) == 2
     # two shards, one corrupt, plus an uncommitted tar and an invalid manifest: listed with reasons
@@ -89,13 +89,13 @@ def test_data_verifies_manifests(smoke_shards, tmp_path):
     assert [u.rsplit("/", 1)[-1] for u in listed.urls] == ["shard-000000.tar", "shard-000001.tar"]
     reasons = {u.rsplit("/", 1)[-1]: w for u, w in listed.skipped}
     assert reasons["shard-000002.tar"] == "no manifest: the shard is not committed"
-    assert reasons["shard-000003.tar"].startswith("invalid manifest shard-000003.json: JSONDecodeError")
+    assert reasons["shard-000003.tar"].startswith("invalid manifest shard-000003.json: not JSON (")
     # each worker verifies only the shards it reads: worker 1 of 2 reads (and rejects) shard 1 only
-    w1 = ShardStream(listed.urls, rank=1, world=2, expected=listed.expected)
+    w1 = ShardStream(listed.urls, rank=1, world=2, manifests=listed.manifests)
     with pytest.raises(ShardDataError, match="shard-000001.tar: does not match its manifest"):
         next(w1.batches(1))
     assert list(w1.verified) == [listed.urls[1]]
-    w0 = ShardStream(listed.urls, rank=0, world=2, expected=listed.expected)
+    w0 = ShardStream(listed.urls, rank=0, world=2, manifests=listed.manifests)
     next(w0.batches(1))
     assert w0.verified == {listed.urls[0]: None}
     lone = tmp_path / "lone"

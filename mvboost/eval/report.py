@@ -165,8 +165,8 @@ def shards_report(source: str, max_samples: int = 200, storage_options: dict | N
     """A generation run's gallery: per sample the prompt, input, views, renders and refined views."""
     import fsspec
 
-    from ..io.sample import iter_tar
-    from ..train.data import list_shards
+    from ..io.sample import INPUT, VIEW_MEMBERS, decode_prompt, iter_tar
+    from ..io.shards import list_shards
 
     listing = list_shards(source, storage_options)
     fs, base = fsspec.core.url_to_fs(source, **(storage_options or {}))
@@ -184,12 +184,12 @@ def shards_report(source: str, max_samples: int = 200, storage_options: dict | N
     for url in listing.urls:
         with fsspec.open(url, "rb", **(storage_options or {})) as f:
             for key, fields in iter_tar(f):
-                prompt = fields.get("prompt.txt", b"").decode(errors="replace")
+                prompt = decode_prompt(fields)
                 parts.append(f"<div class='row'><b>{html.escape(key)}</b>: {html.escape(prompt)}<br>")
-                parts.append(_img(fields.get("input.png"), "input (RGBA)"))
-                for member, title in (("views.png", "Era3D views"), ("renders.png", "LGM renders"),
-                                      ("refined.png", "refined views")):
-                    parts.append(_img(fields.get(member), title))
+                parts.append(_img(fields.get(INPUT), "input (RGBA)"))
+                for column, title in (("views", "Era3D views"), ("renders", "LGM renders"),
+                                      ("refined", "refined views")):
+                    parts.append(_img(fields.get(VIEW_MEMBERS[column]), title))
                 parts.append("</div>")
                 n += 1
                 if n >= max_samples:

@@ -24,8 +24,6 @@ import torch
 
 LGM_FOVY_DEG = 49.1
 LGM_CAM_RADIUS = 1.5
-LGM_ZNEAR = 0.5
-LGM_ZFAR = 2.5
 LGM_INPUT_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 
 #: Era3D's six target views: azimuths relative to the input view, elevation 0.

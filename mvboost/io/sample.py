@@ -16,16 +16,17 @@ view 0 on the left, in Era3D's order front, front_right, right, back, left, fron
 ``cameras.json``     the Era3D cameras (c2w OpenGL, K, ortho) used for renders and refinement
 ``gaussians.ply``    theta: LGM's Gaussians in the standard 3DGS PLY layout
 ``meta.json``        ids, seeds, model ids and revisions, strength, per-stage seconds
+``payload.bin``      only from the synthetic load-test stage: its random bytes
 ===================  ===========================================================================
 
 Members appear only for the stages that ran (the pipeline is configurable).
 A sample's key is dot- and slash-free (WebDataset splits keys at the first dot); its members are
 adjacent in the tar. The writer is :func:`encode_sample`; readers use :func:`iter_tar`,
-:func:`decode_views`, :func:`decode_cameras` and :func:`decode_meta`.
+:func:`decode_views`, :func:`decode_cameras`, :func:`decode_meta` and :func:`decode_prompt`; the
+shards' manifests are read by :mod:`mvboost.io.shards` (``ShardManifest``, ``list_shards``).
 """
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections.abc import Iterator
@@ -35,12 +36,14 @@ import numpy as np
 from .codec import decode_array, decode_png, encode_png, tile_views, untile_views
 
 NUM_VIEWS = 6
+PROMPT, INPUT, CAMERAS, GAUSSIANS, META = "prompt.txt", "input.png", "cameras.json", "gaussians.ply", "meta.json"
+PAYLOAD = "payload.bin"  # the synthetic load-test stage's bytes (no model output)
 #: row column -> member name, for the view sets (V, H, W, C) uint8 arrays, tiled side by side
 VIEW_MEMBERS = {"views": "views.png", "normals": "normals.png", "renders": "renders.png",
                 "render_alpha": "render_alpha.png", "render_normals": "render_normals.png",
                 "refined": "refined.png", "refined_normals": "refined_normals.png"}
 #: every member a sample can have (the pipeline is configurable: only the stages that ran add theirs)
-MEMBERS = ("prompt.txt", "input.png", *VIEW_MEMBERS.values(), "cameras.json", "gaussians.ply", "meta.json")
+MEMBERS = (PROMPT, INPUT, *VIEW_MEMBERS.values(), CAMERAS, GAUSSIANS, META, PAYLOAD)
 
 
 def _json_default(o):
@@ -51,11 +54,11 @@ def _json_default(o):
 
 def encode_sample(row: dict, job_meta: dict) -> dict[str, bytes]:
     """A finished item's row -> its members (name -> bytes)."""
-    fields: dict[str, bytes] = {"prompt.txt": str(row["prompt"]).encode()}
+    fields: dict[str, bytes] = {PROMPT: str(row["prompt"]).encode()}
     if row.get("rgba") is not None:
-        fields["input.png"] = encode_png(decode_array(row["rgba"]))
+        fields[INPUT] = encode_png(decode_array(row["rgba"]))
     elif row.get("image") is not None:
-        fields["input.png"] = encode_png(decode_array(row["image"]))
+        fields[INPUT] = encode_png(decode_array(row["image"]))
     for col, member in VIEW_MEMBERS.items():
         if row.get(col) is not None:
             arr = decode_array(row[col])  # (V, H, W, C) uint8
@@ -63,16 +66,16 @@ def encode_sample(row: dict, job_meta: dict) -> dict[str, bytes]:
                 arr = arr[..., 0]
             fields[member] = encode_png(tile_views(arr) if arr.ndim >= 3 else arr)
     if row.get("cameras") is not None:
-        fields["cameras.json"] = row["cameras"].encode() if isinstance(row["cameras"], str) else bytes(row["cameras"])
+        fields[CAMERAS] = row["cameras"].encode() if isinstance(row["cameras"], str) else bytes(row["cameras"])
     if row.get("gaussians") is not None:
         import torch
 
         from ..gaussians import Gaussians
 
         g = Gaussians.from_lgm(torch.from_numpy(decode_array(row["gaussians"]))[None])
-        fields["gaussians.ply"] = g.to_ply_bytes()
+        fields[GAUSSIANS] = g.to_ply_bytes()
     if row.get("payload") is not None:  # the synthetic load-test stage's bytes
-        fields["payload.bin"] = bytes(row["payload"])
+        fields[PAYLOAD] = bytes(row["payload"])
     meta = {
         "key": row["item_id"], "prompt_id": row.get("prompt_id"), "index": row.get("index"),
         "prompt": row["prompt"], "prompt_source": row.get("prompt_source"), "category": row.get("category"),
@@ -82,7 +85,7 @@ def encode_sample(row: dict, job_meta: dict) -> dict[str, bytes]:
     }
     if row.get("pose_pred") is not None:
         meta["era3d_pose_pred"] = json.loads(row["pose_pred"])
-    fields["meta.json"] = json.dumps(meta, indent=1, sort_keys=True, default=_json_default).encode()
+    fields[META] = json.dumps(meta, indent=1, sort_keys=True, default=_json_default).encode()
     return fields
 
 
@@ -111,10 +114,6 @@ def iter_tar(fileobj) -> Iterator[tuple[str, dict[str, bytes]]]:
             yield key, cur
 
 
-def iter_tar_bytes(data: bytes) -> Iterator[tuple[str, dict[str, bytes]]]:
-    return iter_tar(io.BytesIO(data))
-
-
 def decode_views(fields: dict[str, bytes], member: str = "views.png", num_views: int = NUM_VIEWS) -> np.ndarray:
     """A tiled view set -> (V, H, W, 3) float32 in [0, 1]."""
     return untile_views(decode_png(fields[member])[..., :3], num_views).astype(np.float32) / 255.0
@@ -123,8 +122,12 @@ def decode_views(fields: dict[str, bytes], member: str = "views.png", num_views:
 def decode_cameras(fields: dict[str, bytes]):
     from ..geometry.cameras import Cameras
 
-    return Cameras.from_json(json.loads(fields["cameras.json"]))
+    return Cameras.from_json(json.loads(fields[CAMERAS]))
 
 
 def decode_meta(fields: dict[str, bytes]) -> dict:
-    return json.loads(fields["meta.json"])
+    return json.loads(fields[META])
+
+
+def decode_prompt(fields: dict[str, bytes]) -> str:
+    return fields.get(PROMPT, b"").decode(errors="replace")

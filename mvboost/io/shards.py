@@ -25,7 +25,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .sample import tar_members
+from .sample import iter_tar, tar_members
 
 SHARD_PATTERN = "shard-{:06d}"
 MTIME = 0  # fixed member mtime: the same samples always give the same shard bytes
@@ -33,6 +33,10 @@ MTIME = 0  # fixed member mtime: the same samples always give the same shard byt
 
 class OutputError(RuntimeError):
     """The output location cannot be used (unreachable, read-only, or holds a different job)."""
+
+
+class ShardDataError(FileNotFoundError):
+    """No usable shard to read (every reason listed): deterministic, so not worth retrying."""
 
 
 def write_atomic(fs, path: str, data: bytes) -> None:
@@ -82,16 +86,6 @@ def tar_end(body_size: int) -> bytes:
     return b"\0" * (2 * tarfile.BLOCKSIZE + (-size) % tarfile.RECORDSIZE)
 
 
-def read_tar(data: bytes) -> dict[str, bytes]:
-    out = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-        for m in tf.getmembers():
-            f = tf.extractfile(m)
-            if f is not None:
-                out[m.name] = f.read()
-    return out
-
-
 @dataclass
 class ShardManifest:
     shard: str
@@ -105,6 +99,53 @@ class ShardManifest:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ShardManifest:
+        """Parse a manifest; a ValueError names what is wrong (not JSON, a field missing or mistyped)."""
+        try:
+            raw = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"not JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        try:
+            m = cls(**raw)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        if not isinstance(m.bytes, int) or not isinstance(m.sha256, str) or not isinstance(m.samples, int):
+            raise ValueError("bytes and samples must be integers and sha256 a string")
+        return m
+
+
+class _HashingReader:
+    """A file wrapper that counts and hashes every byte read through it."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.f.read(size)
+        self.sha.update(block)
+        self.size += len(block)
+        return block
+
+
+def verify_shard(f, manifest: ShardManifest, chunk: int = 8 << 20) -> str | None:
+    """None if the tar read from the binary file ``f`` is the one ``manifest`` describes (size, sha256 and
+    sample keys, checked in one streaming pass), else the reason it is not."""
+    reader = _HashingReader(f)
+    try:
+        keys = sorted(key for key, _ in iter_tar(reader))
+    except (tarfile.TarError, ValueError, EOFError) as e:
+        return f"not a readable tar ({type(e).__name__}: {e})"[:300]
+    while reader.read(chunk):  # the end-of-archive blocks after the last member
+        pass
+    if (reader.size, reader.sha.hexdigest()) != (manifest.bytes, manifest.sha256):
+        return "does not match its manifest (size or sha256)"
+    if keys != sorted(manifest.keys):
+        return "its sample keys differ from the manifest's"
+    return None
 
 
 class OutputStore:
@@ -186,7 +227,7 @@ class OutputStore:
         p = self.manifest_path(shard)
         if not self.exists(p):
             return None
-        return ShardManifest(**json.loads(self.read(p)))
+        return ShardManifest.from_json(self.read(p))
 
     def finished(self, shards: list[int]) -> tuple[set[int], set[str]]:
         """(committed shard indices, keys finished in shards that are not committed yet)."""
@@ -296,19 +337,6 @@ class OutputStore:
         except FileNotFoundError:
             pass
 
-    def verify_shard(self, shard: int) -> ShardManifest:
-        """Check a committed shard against its manifest (size, sha256, keys)."""
-        m = self.read_manifest(shard)
-        if m is None:
-            raise OutputError(f"{shard_name(shard)} has no manifest (not committed)")
-        data = self.read(self.path(m.shard))
-        if len(data) != m.bytes or hashlib.sha256(data).hexdigest() != m.sha256:
-            raise OutputError(f"{m.shard} does not match its manifest (size or sha256)")
-        keys = sorted({name.split(".", 1)[0] for name in read_tar(data)})
-        if keys != sorted(m.keys):
-            raise OutputError(f"{m.shard}: keys in the tar differ from the manifest")
-        return m
-
     def all_rejects(self, shards: list[int]) -> list[dict]:
         out = []
         for s in shards:
@@ -316,3 +344,68 @@ class OutputStore:
             if self.exists(p):
                 out.extend(json.loads(line) for line in self.read(p).decode().splitlines() if line.strip())
         return out
+
+
+# ---- reading an output: the committed shards, from their manifests ----------------------------------
+@dataclass
+class ShardList:
+    urls: list[str]
+    skipped: list[tuple[str, str]]  # (url, reason)
+    manifests: dict[str, ShardManifest] = field(default_factory=dict)  # url -> its manifest (folder sources)
+
+
+def list_shards(source: str, storage_options: dict | None = None) -> ShardList:
+    """The committed shards of a generation output (listed from their manifests alone), or the tars of
+    a brace pattern / a single ``.tar`` URL (no manifests: nothing to verify against). A tar without a
+    manifest (not committed), an unreadable or invalid manifest and a shard with no accepted sample are
+    skipped with the reason, never silently; no usable shard at all is a :class:`ShardDataError`."""
+    import logging
+
+    import fsspec
+    from braceexpand import braceexpand
+
+    if "{" in source:
+        return ShardList(sorted(braceexpand(source)), [])
+    fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    if root.endswith(".tar"):
+        return ShardList([source], [])
+    proto = source.split("://", 1)[0] + "://" if "://" in source else ""
+    base = root.rstrip("/")
+    manifests = sorted(fs.glob(base + "/shard-*.json"))
+    tars = sorted(fs.glob(base + "/shard-*.tar"))
+    urls, skipped, found = [], [], {}
+    with_manifest = {m[: -len(".json")] for m in manifests}
+    for t in tars:
+        if t[: -len(".tar")] not in with_manifest:
+            skipped.append((proto + t if proto else t, "no manifest: the shard is not committed"))
+    for m in manifests:
+        tar = m[: -len(".json")] + ".tar"
+        url = proto + tar if proto else tar
+        try:
+            man = ShardManifest.from_json(fs.cat(m))
+        except Exception as e:  # noqa: BLE001 - reported with the reason, the other shards go on
+            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            skipped.append((url, f"invalid manifest {m.rsplit('/', 1)[-1]}: {why}"[:300]))
+            continue
+        if man.samples == 0:
+            skipped.append((url, "no accepted samples"))
+            continue
+        urls.append(url)
+        found[url] = man
+    for url, why in skipped:
+        logging.getLogger(__name__).warning("skipping shard %s: %s", url, why)
+    if not urls:
+        reasons = "; ".join(f"{u.rsplit('/', 1)[-1]}: {w}" for u, w in skipped[:5]) or "no shard-*.json manifests"
+        raise ShardDataError(f"no usable shards under {source} ({len(skipped)} skipped: {reasons})")
+    return ShardList(urls, skipped, found)
+
+
+def verify_shard_url(url: str, manifest: ShardManifest, storage_options: dict | None = None) -> str | None:
+    """:func:`verify_shard` of the tar at an fsspec URL (``"tar missing"`` when there is none)."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            return verify_shard(f, manifest)
+    except FileNotFoundError:
+        return "tar missing"

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .era3d import ERA3D_UNET_CLASS, Era3DUNet, apply_guidance, cfg_layout, set_attention_upcast
 from .checkpoint import check_state_dict, read_safetensors
+from .era3d import ERA3D_UNET_CLASS, Era3DUNet, apply_guidance, cfg_layout, set_attention_upcast
 
-ERA3D_REPO_ID = "pengHTYX/MacLab-Era3D-512-6view"
 VIEW_NAMES = ("front", "front_right", "right", "back", "left", "front_left")
 PROMPT_TEMPLATE = "a rendering image of 3D models, {view} view, {domain} map."
 DOMAINS = ("normal", "color")

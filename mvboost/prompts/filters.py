@@ -15,11 +15,6 @@ ITEM_SCHEMA = {
     "required": ["name", "description", "category"],
     "additionalProperties": False,
 }
-RESPONSE_SCHEMA = {
-    "type": "object",
-    "properties": {"objects": {"type": "array", "items": ITEM_SCHEMA}},
-    "required": ["objects"],
-}
 
 MIN_WORDS, MAX_WORDS = 3, 40
 MIN_CHARS, MAX_CHARS = 12, 300

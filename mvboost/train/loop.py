@@ -200,7 +200,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
             print(f"resumed from step {step}", flush=True)
     shards = list_shards(cfg.data.source, cfg.data.storage_options)
     batches = ShardStream(shards.urls, ctx.rank, ctx.world, cfg.data.storage_options,
-                          expected=shards.expected if cfg.data.verify else None).batches(
+                          manifests=shards.manifests if cfg.data.verify else None).batches(
         cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
     lgm = engine.module.base_model.model
     dtype = next(p for p in engine.module.parameters()).dtype
