@@ -12,7 +12,7 @@ fixed + steps x per-step, from runs at 1 and 2 steps), achieved TFLOP/s and % of
 UNet alone (the target: >= 50 % of bf16 peak) eager and compiled. End to end: the real Ray job
 (``python -m ray_jobs.generate``) on ``--e2e-n`` objects on this machine's GPUs; objects per GPU-hour
 over the whole run and after the first committed shard (start-up, model loading and compilation
-excluded). Writes the profile JSON that ``python -m ray_jobs.plan`` reads.
+excluded). Writes the profile JSON that ``python -m ray_jobs.cost_plan`` reads.
 
 Peak: measured here as the rate of a large matmul in the run's dtype (the way the figures in
 shared/spec/gpu_notes.md were made: 790 TFLOP/s bf16 on an H100), unless ``--peak-tflops`` is given.

@@ -26,5 +26,5 @@ timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider -s tests/test_render
 args=(--out "$OUT/profile.json" --objects 8 --unet-objects 2)
 if [ "$E2E_N" -gt 0 ]; then args+=(--e2e-n "$E2E_N"); else args+=(--skip-e2e); fi
 timeout 480 python3 bench/bench_gpu.py "${args[@]}" 2>&1 | grep -v "Loading\|Writing model" | tee "$OUT/bench_gpu.log"
-python3 -m ray_jobs.plan --config ray_jobs/configs/generate.yaml --n 100000 --profile "$OUT/profile.json" \
+python3 -m ray_jobs.cost_plan --config ray_jobs/configs/generate.yaml --n 100000 --profile "$OUT/profile.json" \
     --gpu-hour-usd 2.5 2>&1 | tee "$OUT/plan.txt"

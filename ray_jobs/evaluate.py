@@ -52,11 +52,11 @@ def run_on_ray(cfg):
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm.auto import tqdm
 
-    from mvboost.eval.job import EvalWorker, finish, plan
+    from mvboost.eval.job import EvalWorker, finish, select_objects
     from mvboost.pipeline.units import ray_resource_args
     from ray_jobs.local_ray import connect
 
-    p = plan(cfg)  # validates models, objects and split before Ray starts
+    p = select_objects(cfg)  # validates models, objects and split before Ray starts
     if p.pending:
         connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
         DataContext.get_current().enable_progress_bars = bool(cfg.job.progress)

@@ -104,3 +104,18 @@ def test_the_layer_checks_can_fail():
     assert "mvboost.models.hub" in graph["mvboost.models.loading"]  # a lazy import inside a function
     assert "mvboost.stages.base" in graph["mvboost.pipeline.units"]  # from ..stages.base import …
     assert _layer("mvboost.pipeline.units") > _layer("mvboost.stages.base") > _layer("mvboost.io.sample")
+
+
+def test_install_hints_name_extras_that_exist():
+    """``require`` tells users ``pip install 'mvboost[<extra>]'``: every extra it names is in pyproject."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from mvboost.stages.common import EXTRAS
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(EXTRAS.values()) <= set(extras), set(EXTRAS.values()) - set(extras)
+    for module, extra in EXTRAS.items():  # and the extra does provide the module's distribution
+        dist = {"skimage": "scikit-image", "pybullet": "pybullet"}.get(module, module)
+        assert any(req.lower().startswith(dist) or req.startswith("ray[") and module == "ray"
+                   for req in extras[extra]), (module, extra)

@@ -72,7 +72,7 @@ def test_file_bank_near_duplicates_match_a_brute_force_greedy_scan(tmp_path, mon
     it names the most similar kept one."""
     import numpy as np
 
-    from mvboost.pipeline.plan import near_duplicates
+    from mvboost.pipeline.items import near_duplicates
 
     monkeypatch.setenv("MVBOOST_CACHE", str(tmp_path))
     rng = np.random.default_rng(0)

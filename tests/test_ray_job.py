@@ -250,9 +250,9 @@ def test_an_unschedulable_layout_fails_at_start_with_the_stages_named(tmp_path, 
 SPY = r"""
 import json, sys
 from mvboost.io import shards
-from mvboost.pipeline import tracker
+from mvboost.pipeline import state
 seen = {"cols": set(), "max_row_bytes": 0, "rows": 0, "driver_read_bytes": 0}
-consume, read = tracker.JobState.consume, shards.OutputStore.read
+consume, read = state.JobState.consume, shards.OutputStore.read
 
 def spy_consume(self, batch, **kw):
     seen["cols"].update(batch)
@@ -267,7 +267,7 @@ def spy_read(self, path):
     seen["driver_read_bytes"] += len(data)
     return data
 
-tracker.JobState.consume, shards.OutputStore.read = spy_consume, spy_read
+state.JobState.consume, shards.OutputStore.read = spy_consume, spy_read
 from ray_jobs.generate import main
 rc = main(sys.argv[1:])
 print("SPY " + json.dumps({**seen, "cols": sorted(seen["cols"])}))

@@ -144,3 +144,38 @@ def test_working_dir_upload_leaves_out_venvs_outputs_and_caches(tmp_path):
     names = set(zipfile.ZipFile(tmp_path / "pkg.zip").namelist())
     assert "mvboost/a.py" in names
     assert not [n for n in names if n.startswith((".venv", "outputs", ".cache")) or n.endswith(".tar")], names
+
+
+def test_dry_run_with_a_file_bank_and_an_interrupted_publication_writes_nothing(tmp_path):
+    """--dry-run loads no MiniLM and writes no verdict cache for a file bank, and reports (but does not
+    finish) a publication a killed run left between manifest and rename."""
+    import json
+    import os
+    from pathlib import Path
+
+    from mvboost.io.shards import OutputStore
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text("".join(json.dumps({"prompt_id": f"b{i}", "prompt": f"a small {c} ceramic teapot with a lid"}) + "\n"
+                            for i, c in enumerate(("red", "blue", "green", "white"))))
+    sets = ["--set", "job.stages=[synthetic, write]", "--set", "prompts.source=file", "--set", f"prompts.bank={bank}",
+            "--set", "prompts.near_duplicates=false"]
+    run_in_process(load_job_config(SMOKE, [f"job.output={out}", "job.n=4", "job.progress=false", "synthetic.bytes=10",
+                                           "job.stages=[synthetic, write]", "prompts.source=file",
+                                           f"prompts.bank={bank}", "prompts.near_duplicates=false"]))
+    store = OutputStore(str(out))
+    committing = Path(store._committing_path(0))  # noqa: SLF001 - the state a kill leaves behind
+    committing.parent.mkdir(parents=True)
+    os.replace(out / "shard-000000.tar", committing)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    env = dict(os.environ, MVBOOST_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), "--n", "4",
+           "--dry-run", *sets[:-2], "--set", "prompts.near_duplicates=true"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "near-duplicates: not checked for 4 bank rows" in r.stdout
+    assert "1 committed shard(s) still under their temporary name" in r.stdout
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no cache, no publication
+    assert not cache.exists()
+    assert store.finished([0]) == ({0}, set()) and (out / "shard-000000.tar").exists()  # a run repairs it

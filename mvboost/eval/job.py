@@ -279,16 +279,18 @@ class EvalWorker:
         return rows
 
 
-# ---- planning and the in-process executor -----------------------------------------------------------------
+# ---- the objects to score, and the in-process executor -----------------------------------------------------------------
 @dataclass
-class EvalPlan:
+class EvalObjects:
+    """The objects of an evaluation run: the split's objects under ``root`` and those not yet scored."""
+
     root: str
     names: list[str]
     split: dict
     pending: list[str]
 
 
-def plan(cfg: EvalConfig) -> EvalPlan:
+def select_objects(cfg: EvalConfig) -> EvalObjects:
     from .gso import list_objects, resolve_split
 
     check_config(cfg)
@@ -298,10 +300,10 @@ def plan(cfg: EvalConfig) -> EvalPlan:
     pending = [n for n in names if not out.done(n)]
     meta = {"config": to_dict(cfg), "split": split, "objects": names}
     out.write("eval.json", json.dumps(meta, indent=1).encode())
-    return EvalPlan(root, names, split, pending)
+    return EvalObjects(root, names, split, pending)
 
 
-def finish(cfg: EvalConfig, p: EvalPlan) -> dict:
+def finish(cfg: EvalConfig, p: EvalObjects) -> dict:
     """Summary tables and the report from the per-object records."""
     from .summary import summarise, write_summary
 
@@ -319,7 +321,7 @@ def finish(cfg: EvalConfig, p: EvalPlan) -> dict:
 
 
 def run_in_process(cfg: EvalConfig, progress=None) -> dict:
-    p = plan(cfg)
+    p = select_objects(cfg)
     if p.pending:
         worker = EvalWorker(cfg, p.root)
         for name in p.pending:

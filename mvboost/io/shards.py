@@ -229,15 +229,17 @@ class OutputStore:
             return None
         return ShardManifest.from_json(self.read(p))
 
-    def finished(self, shards: list[int]) -> tuple[set[int], set[str]]:
-        """(committed shard indices, keys finished in shards that are not committed yet)."""
+    def finished(self, shards: list[int], repair: bool = True) -> tuple[set[int], set[str]]:
+        """(committed shard indices, keys finished in shards that are not committed yet). ``repair``:
+        finish a publication interrupted between the manifest and the rename (a run does; a dry run,
+        which writes nothing, passes False and sees :meth:`unpublished`)."""
         committed = set()
         staged: set[str] = set()
         manifests = {p.rsplit("/", 1)[-1] for p in self._ls(self.root)}
         for s in shards:
             if shard_name(s) + ".json" in manifests:
                 committed.add(s)
-                if shard_name(s) + ".tar" not in manifests:  # killed between the manifest and the rename
+                if repair and shard_name(s) + ".tar" not in manifests:  # killed between manifest and rename
                     self._publish(s, self.read_manifest(s))
                 continue
             for p in self._ls(self.staging_dir(s)):
@@ -249,6 +251,11 @@ class OutputStore:
                 elif name.endswith(".tar"):
                     staged.add(name[: -len(".tar")])
         return committed, staged
+
+    def unpublished(self, shards: list[int]) -> list[int]:
+        """Committed shards (manifest written) whose tar has not been renamed to its final name yet."""
+        names = {p.rsplit("/", 1)[-1] for p in self._ls(self.root)}
+        return [s for s in shards if shard_name(s) + ".json" in names and shard_name(s) + ".tar" not in names]
 
     def _ls(self, path: str) -> list[str]:
         try:

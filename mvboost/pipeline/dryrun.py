@@ -1,17 +1,20 @@
 """``--dry-run``: what a run would do, without running a model, starting Ray or writing anything.
 
 Reads the config, builds the item plan, lists what the output already holds (committed shards,
-staged items and tombstones: what a rerun skips), checks the plan against the output's job.json,
-checks every model reference (``hub.check``: builds nothing) and prints each operator with its
-resources and the least the cluster must have for the actor pools to start.
+staged items and tombstones: what a rerun skips; shards a killed run left between manifest and
+rename are reported, not published), checks the plan against the output's job.json, checks every
+model reference (``hub.check``: builds nothing) and prints each operator with its resources and the
+least the cluster must have for the actor pools to start. A file bank's near-duplicate verdicts are
+read from their cache when an earlier run wrote them; otherwise they are reported as not checked
+(the dry run loads no MiniLM). Nothing is written: not the output, not a cache.
 """
 from __future__ import annotations
 
 from ..io.shards import OutputStore
 from .config import validate
 from .layout import fmt_resource, min_demand
-from .plan import job_plan, plan_items
-from .tracker import resume_state
+from .items import job_plan, plan_items
+from .state import resume_state
 from .units import layout_units
 
 
@@ -21,7 +24,7 @@ def dry_run(cfg) -> tuple[str, list[str]]:
 
     units = validate(cfg)
     store = OutputStore(cfg.job.output, cfg.job.storage_options)
-    items = plan_items(cfg)
+    items = plan_items(cfg, dry_run=True)
     shards = sorted({it["shard"] for it in items})
     lines = [f"plan: {len(items):,} items in {len(shards):,} shards of up to {cfg.job.shard_size} "
              f"(prompts: {cfg.prompts.source}{' ' + str(cfg.prompts.bank) if cfg.prompts.source == 'file' else ''})",
@@ -31,12 +34,20 @@ def dry_run(cfg) -> tuple[str, list[str]]:
         mismatch = store.plan_mismatch(job_plan(cfg, items))
         if mismatch:
             problems.append(f"the output holds a job with a different plan ({mismatch}): a run would be refused")
-        committed, staged, done = resume_state(store, items)
+        committed, staged, done = resume_state(store, items, repair=False)
         lines.append(f"already done: {len(committed):,} shards committed, {len(staged):,} items staged or rejected "
                      f"in uncommitted shards; a run skips {len(done):,} items and processes "
                      f"{len(items) - len(done):,}")
+        unpublished = store.unpublished(sorted(committed))
+        if unpublished:
+            lines.append(f"{len(unpublished)} committed shard(s) still under their temporary name (a run was killed "
+                         f"between manifest and rename, e.g. shard {unpublished[0]}): a run publishes them first")
     else:
         lines.append(f"new output: a run processes all {len(items):,} items")
+    unchecked = sum(1 for it in items if it.get("near_duplicates_unchecked"))
+    if unchecked:
+        lines.append(f"near-duplicates: not checked for {unchecked:,} bank rows (no cached verdicts for this bank; "
+                     "a run embeds them with MiniLM once and caches the verdicts; the dry run loads no model)")
     lines.append("operators (job.stages):")
     layout = layout_units(units)
     for unit, lu in zip(units, layout):

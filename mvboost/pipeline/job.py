@@ -4,17 +4,17 @@
 ``pipeline.config``    sections, the generated JobConfig, load/validate, job_meta
 ``pipeline.units``     job.stages built into operators (stages, fused groups) that carry their names,
                        resources, GPU share and model references
-``pipeline.plan``      prompts -> the deterministic item plan
-``pipeline.tracker``   the driver's state: resume, shard tracking and commits, the result consumer
+``pipeline.items``      prompts -> the deterministic item plan
+``pipeline.state``   the driver's state: resume, shard tracking and commits, the result consumer
 ``pipeline.summary``   the run summary
 ``pipeline.runner``    the in-process executor
 =====================  ======================================================================
 """
 from .config import JobConfig, JobSection, PromptsSection, job_meta, load_job_config, validate
-from .plan import item_seed, load_prompts, plan_items
+from .items import item_seed, load_prompts, plan_items
 from .runner import iter_batches, run_in_process
 from .summary import RunSummary
-from .tracker import JobState, ShardTracker
+from .state import JobState, ShardTracker
 from .units import build_units, gpu_shares, layout_units, model_refs, stage_names
 
 __all__ = ["JobConfig", "JobSection", "PromptsSection", "job_meta", "load_job_config", "validate", "item_seed",

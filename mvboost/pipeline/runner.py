@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .summary import RunSummary
-from .tracker import JobState
+from .state import JobState
 
 
 def iter_batches(rows: list[dict], size: int):

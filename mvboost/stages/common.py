@@ -9,8 +9,9 @@ import torch
 
 from .base import Resources
 
-EXTRAS = {"diffusers": "diffusion", "transformers": "diffusion", "skimage": "diffusion", "scipy": "diffusion",
-          "gsplat": "gpu", "webdataset": "ray", "fsspec": "ray", "rembg": "matting"}
+EXTRAS = {"diffusers": "diffusion", "transformers": "diffusion", "skimage": "diffusion", "scipy": "eval",
+          "gsplat": "gpu", "webdataset": "ray", "fsspec": "ray", "lpips": "train", "peft": "train",
+          "deepspeed": "train", "trimesh": "eval", "pybullet": "eval"}  # rembg (optional matting): pip install rembg
 
 
 def require(module: str):

@@ -1,4 +1,4 @@
-"""The cost plan (python -m ray_jobs.plan) from a measured profile, and the GPU benchmark that writes it."""
+"""The cost plan (python -m ray_jobs.cost_plan) from a measured profile, and the GPU benchmark that writes it."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from mvboost.pipeline.job import load_job_config
-from ray_jobs.plan import cost_plan
+from ray_jobs.cost_plan import cost_plan
 
 PROD = REPO / "ray_jobs" / "configs" / "generate.yaml"
 
@@ -49,7 +49,7 @@ def test_plan_from_stages_pays_for_rejections_and_warns_on_other_settings():
 
 
 def test_plan_cli_errors_are_one_line(tmp_path):
-    cmd = [sys.executable, "-m", "ray_jobs.plan", "--config", str(PROD), "--n", "100000"]
+    cmd = [sys.executable, "-m", "ray_jobs.cost_plan", "--config", str(PROD), "--n", "100000"]
     r = subprocess.run(cmd + ["--profile", str(tmp_path / "none.json")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: cannot read the profile") and "Traceback" not in r.stderr
     good = tmp_path / "p.json"
@@ -74,7 +74,7 @@ def test_gpu_benchmark_runs_on_tiny_models_and_its_profile_plans(tmp_path, tiny_
     unet = prof["era3d_unet"][0]
     assert unet["objects_per_call"] == 1 and unet["images_per_call"] == 24 and unet["gflop_per_call"] > 0
     assert prof["stages"]["era3d"]["gflop_per_object"] > 4 * unet["gflop_per_call"]
-    r = subprocess.run([sys.executable, "-m", "ray_jobs.plan", "--config", str(REPO / "ray_jobs" / "configs" /
+    r = subprocess.run([sys.executable, "-m", "ray_jobs.cost_plan", "--config", str(REPO / "ray_jobs" / "configs" /
                         "generate_1gpu_smoke.yaml"), "--n", "1000", "--profile", str(out)], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "sum of stages" in r.stdout, r.stderr

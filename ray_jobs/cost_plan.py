@@ -1,6 +1,6 @@
 """What N objects will cost, from a measured profile, before buying GPU time.
 
-    python -m ray_jobs.plan --config ray_jobs/configs/generate.yaml --n 100000 --profile profile.json
+    python -m ray_jobs.cost_plan --config ray_jobs/configs/generate.yaml --n 100000 --profile profile.json
                             [--gpu-hour-usd 2.50] [--gpus 8] [--set key=value ...]
 
 The profile is what ``python bench/bench_gpu.py`` writes on the GPU type you will rent. The plan uses
@@ -104,7 +104,7 @@ def cost_plan(cfg, n: int, profile: dict, gpu_hour_usd: float | None = None, gpu
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.plan", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.cost_plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--n", type=int, required=True, help="objects to generate")
     p.add_argument("--profile", required=True, help="JSON written by bench/bench_gpu.py on the GPU type to rent")

@@ -46,12 +46,13 @@ def parse_bank_row(line: bytes) -> tuple[dict | None, str | None]:
 
 
 def near_duplicates(texts: list[str], threshold: float, cache_key: str | None = None, embed=None,
-                    batch: int = 1024) -> dict[int, tuple[int, str]]:
+                    batch: int = 1024, cached_only: bool = False) -> dict[int, tuple[int, str]] | None:
     """Index -> (index of the earlier text it repeats, reason) for each text that is a near-duplicate of an
     earlier one (MiniLM cosine >= threshold: the LLM banks' check, :class:`mvboost.prompts.dedupe.Deduper`;
     exact repeats are assumed removed before). With ``cache_key`` the verdicts are
     kept under ``$MVBOOST_CACHE/prompt-banks``: a rerun on the same bank neither embeds again nor can
-    reach a different verdict."""
+    reach a different verdict. ``cached_only`` (the dry run): the cached verdicts or None, never a model
+    load or a write."""
     import fsspec
 
     from ..io.shards import write_atomic
@@ -64,6 +65,8 @@ def near_duplicates(texts: list[str], threshold: float, cache_key: str | None = 
             return {int(k): (int(j), str(why)) for k, (j, why) in json.loads(path.read_text()).items()}
         except (OSError, ValueError):
             pass  # unreadable cache: compute again
+    if cached_only:
+        return None
     if embed is None:
         try:
             embed = load_embedder()
@@ -81,9 +84,11 @@ def near_duplicates(texts: list[str], threshold: float, cache_key: str | None = 
     return out
 
 
-def load_prompts(cfg) -> list[dict]:
+def load_prompts(cfg, dry_run: bool = False) -> list[dict]:
     """The first ``job.n`` prompts. File banks go through the same checks as LLM banks: a bad row does
-    not stop the job, it becomes a rejected item with the reason (stage ``prompts``)."""
+    not stop the job, it becomes a rejected item with the reason (stage ``prompts``). ``dry_run``: the
+    near-duplicate verdicts only from the cache (no MiniLM, nothing written); rows whose verdict is not
+    cached are marked ``near_duplicates_unchecked``."""
     if cfg.prompts.source == "offline":
         from ..prompts.offline import offline_prompts
 
@@ -115,7 +120,11 @@ def load_prompts(cfg) -> list[dict]:
         digest = hashlib.sha256(b"\n".join(lines[: cfg.job.n]))
         digest.update(f"|{cfg.prompts.near_duplicate_threshold}|all-MiniLM-L6-v2".encode())
         near = near_duplicates([str(out[i]["prompt"]) for i in valid], cfg.prompts.near_duplicate_threshold,
-                               digest.hexdigest())
+                               digest.hexdigest(), cached_only=dry_run)
+        if near is None:
+            for i in valid:
+                out[i] = dict(out[i], near_duplicates_unchecked=True)
+            near = {}
         for k, (j, reason) in near.items():  # a valid row: it keeps its id (key p<id>) and text
             out[valid[k]] = dict(out[valid[k]], reject=f"{reason} of prompt_id {out[valid[j]]['prompt_id']!r}")
     return out
@@ -126,9 +135,10 @@ def _rejected_row(i: int, line: bytes, reason: str) -> dict:
     return {"prompt_id": "", "prompt": "", "reject": reason, "key": "x" + hashlib.sha256(b"%d:" % i + line).hexdigest()[:16]}
 
 
-def plan_items(cfg) -> list[dict]:
-    """The deterministic item plan: item i -> key (from the prompt id), shard i // shard_size, seed."""
-    prompts = load_prompts(cfg)
+def plan_items(cfg, dry_run: bool = False) -> list[dict]:
+    """The deterministic item plan: item i -> key (from the prompt id), shard i // shard_size, seed.
+    ``dry_run``: see :func:`load_prompts` (the keys, shards and seeds are the same either way)."""
+    prompts = load_prompts(cfg, dry_run)
     items, seen = [], set()
     for i, p in enumerate(prompts):
         key = p.get("key") or "p" + str(p["prompt_id"])
@@ -141,7 +151,8 @@ def plan_items(cfg) -> list[dict]:
                       "prompt_source": p.get("source", cfg.prompts.source),
                       "seed": item_seed(cfg.job.seed, key if rejected else str(p["prompt_id"])),
                       STATUS: REJECTED if rejected else OK, "reject_stage": "prompts" if rejected else "",
-                      "reject_reason": p.get("reject", "")})
+                      "reject_reason": p.get("reject", ""),
+                      **({"near_duplicates_unchecked": True} if p.get("near_duplicates_unchecked") else {})})
     return items
 
 

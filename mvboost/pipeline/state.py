@@ -9,14 +9,15 @@ import time
 from ..io.shards import OutputStore, jsonl_bytes, shard_name
 from ..stages.base import OK, STATUS, JobInfo, status_columns, to_python
 from .config import job_meta, validate
-from .plan import job_plan, plan_items
+from .items import job_plan, plan_items
 from .summary import RunSummary, reason_group, steady_rate
 from .units import gpu_shares
 
 
-def resume_state(store: OutputStore, items: list[dict]) -> tuple[set[int], set[str], set[str]]:
-    """(committed shards, keys staged or rejected in uncommitted shards, every finished key) of an output."""
-    committed, staged = store.finished(sorted({it["shard"] for it in items}))
+def resume_state(store: OutputStore, items: list[dict], repair: bool = True) -> tuple[set[int], set[str], set[str]]:
+    """(committed shards, keys staged or rejected in uncommitted shards, every finished key) of an output.
+    ``repair``: see :meth:`OutputStore.finished` (False: read only)."""
+    committed, staged = store.finished(sorted({it["shard"] for it in items}), repair)
     return committed, staged, staged | {it["item_id"] for it in items if it["shard"] in committed}
 
 
