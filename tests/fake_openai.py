@@ -58,12 +58,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 drops bursts of new connections (SYN retries)
 
 
-HOSTILE_MODES = ("garbage", "not_completion", "wrong_schema", "huge", "error_cycle", "trickle")
+HOSTILE_MODES = ("garbage", "not_completion", "not_json", "wrong_schema", "huge", "error_cycle", "trickle")
 
 
 class FakeOpenAI:
     """``mode``: None (the faults above), or a hostile mode applied to every request:
     garbage (200, content not JSON), not_completion (200, a JSON body that is no completion),
+    not_json (200, an HTML body, as a misconfigured proxy answers),
     wrong_schema (items missing fields), huge (5 MB content), error_cycle (500 and 429 alternating),
     trickle (a valid answer sent one byte every 0.2 s), repeat (valid items, but the same ones every time).
     """
@@ -126,6 +127,8 @@ class FakeOpenAI:
                             self._send(429, json.dumps({"error": {"message": "slow"}}), {"Retry-After": "0"}))
                 if mode == "not_completion":
                     return self._send(200, json.dumps({"hello": "world"}))
+                if mode == "not_json":
+                    return self._send(200, "<html><body>502 upstream unavailable</body></html>", ctype="text/html")
                 if mode in ("garbage", "wrong_schema", "huge"):
                     content = {"garbage": "I am not JSON at all, sorry.",
                                "wrong_schema": json.dumps({"objects": [{"title": "x"}] * k}),

@@ -42,6 +42,24 @@ def test_llm_spend_is_bounded_against_a_hostile_endpoint(tmp_path, mode):
         assert any("deadline" in r for r in s.rejected_by_reason) or "deadline" in str(s.rejected_by_reason)
 
 
+@pytest.mark.parametrize("mode", ["not_json", "not_completion"])
+def test_answers_that_are_no_chat_completion_stop_in_seconds_at_the_defaults(tmp_path, mode):
+    """At the default retries, backoff and bounds (no small caps): an endpoint whose 200 answers are not chat
+    completions used to cost 143 s and 96 requests for n=20 (six attempts each, with backoff). Such an answer
+    is now retried once: one part of 32 requests, each tried twice, then the failure bound stops the run."""
+    with FakeOpenAI(mode=mode) as server:
+        cfg = load_config(PromptGenConfig, None, [
+            "source=llm", f"out={tmp_path}/bank.jsonl", f"llm.base_url={server.base_url}", "llm.model=m", "n=20",
+            "near_duplicates=false", f"cache_dir={tmp_path}/cache", "progress=false"])
+        t = time.perf_counter()
+        s = generate_bank(cfg)
+        took = time.perf_counter() - t
+    print(mode, f"{took:.1f} s", server.requests, "requests:", s.stopped)
+    assert s.stopped and "in a row yielded no usable prompt" in s.stopped and "invalid response" in s.stopped
+    assert server.requests <= 2 * cfg.requests_per_part and took < 30
+    assert s.requested == s.accepted + s.rejected and s.bank_size == 0
+
+
 def test_an_endpoint_that_only_repeats_itself_is_stopped(tmp_path):
     """Valid, schema-correct answers that are always the same items: after the first, every request is paid
     for and yields only duplicates; the consecutive-failure bound stops that too."""

@@ -63,6 +63,29 @@ def test_lora_counts_on_big():
     assert trainable_parameters(qkv_only) == 1_769_472
 
 
+@pytest.mark.parametrize("target", [r".*attns\.\d+\.attn\.qkv", r".*attns\.\d+\.attn\.(qkv|proj)",
+                                    r".*down_blocks\.2\.attns\.[01]\.attn\.proj"])
+def test_save_adapter_honours_the_lora_target(tmp_path, target):
+    """The saved adapter is checked against the modules ``lora.target`` wrapped (it used to assume qkv+proj,
+    so any other target failed as 'incomplete'). Oracle: the module names the regex matches in full."""
+    import re
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from mvboost.models.lgm import LGM, LGMConfig
+    from mvboost.train.loop import save_adapter
+    from mvboost.train.lora import add_lora, lora_modules
+
+    base = LGM(LGMConfig.preset("tiny"))
+    modules = sum(1 for name, _ in base.named_modules() if re.fullmatch(target, name))
+    assert modules in (11, 22, 2)  # the tiny preset: 11 attention blocks, qkv + proj each
+    model = add_lora(base, rank=2, target=target)
+    assert lora_modules(model) == modules
+    assert save_adapter(SimpleNamespace(module=model), tmp_path / "adapter", zero_stage=2) == 2 * modules
+    assert len(load_file(tmp_path / "adapter" / "adapter_model.safetensors")) == 2 * modules
+
+
 def test_data_verifies_manifests(smoke_shards, tmp_path):
     import shutil
 

@@ -159,10 +159,10 @@ def build_model(cfg: TrainConfig, device):
 
 def save_adapter(engine, folder: Path, zero_stage: int) -> int:
     """Write the LoRA adapter (peft format, safetensors) and verify it; returns the tensor count."""
-    from .lora import lora_state_dict, verify_adapter
+    from .lora import lora_modules, lora_state_dict, verify_adapter
 
     model = engine.module
-    n_modules = sum(1 for n, _ in model.named_modules() if n.endswith(("attn.qkv", "attn.proj")) and "lora" not in n)
+    n_modules = lora_modules(model)  # the modules lora.target wrapped
     params = [p for n, p in model.named_parameters() if "lora_" in n]
     if zero_stage == 3:
         import deepspeed

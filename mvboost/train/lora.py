@@ -37,6 +37,13 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def lora_modules(peft_model) -> int:
+    """How many modules of ``peft_model`` carry a LoRA adapter (whatever ``lora.target`` matched)."""
+    from peft.tuners.lora import LoraLayer
+
+    return sum(1 for _, m in peft_model.named_modules() if isinstance(m, LoraLayer))
+
+
 def lora_state_dict(peft_model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
