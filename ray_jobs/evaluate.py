@@ -22,7 +22,7 @@ def parse_args(argv=None):
     p.add_argument("--objects", help="a GSO folder (any fsspec URL) or 'fixtures'")
     p.add_argument("--split", help="gso300 | gso30 | all | a file with one object name per line")
     p.add_argument("--output")
-    p.add_argument("--mode", choices=["single", "gt4", "ply"])
+    p.add_argument("--mode", choices=["single", "thumbnail", "gt4", "ply"])
     p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
                    help="name=<LGM id or folder>[@revision][+<LoRA adapter>] (single, gt4) or name=<PLY folder> (ply); "
                         "repeat for several models (the first is the baseline of the paired differences)")

@@ -2,7 +2,10 @@
 
 1. Canonical transform: LGM's frame is our world (OpenGL Y-up, the input camera on +Z), which is where
    ``mvboost.eval.gso`` puts GSO objects, so it is the identity for LGM (and for PLYs in that frame).
-2. Normalisation: the predicted mesh's bbox centre -> origin, longest side -> 1 (render space).
+2. Normalisation ("canonical"): the predicted mesh's bbox centre -> origin, longest side -> 1 (render
+   space). A bbox depends on the pose, so the aligned variant (:func:`mvboost.eval.score`) starts from
+   a rotation-invariant placement (centroid and RMS radius matched to the GT's), aligns, and only then
+   re-normalises by the bbox, now in the GT's orientation (the paper aligns first, then rescales).
 3. Refinement: yaw 0..345 deg in ``yaw_step_deg`` steps x the 24 rotations of the cube (axis
    permutations with signs, det +1), best by Chamfer on ``align_points`` samples (candidates within 5 %
    of the best count as ties and the smallest rotation among them wins: symmetric shapes keep their
@@ -117,7 +120,14 @@ def align(pred_pts: np.ndarray, gt_pts: np.ndarray, yaw_step: float = 15.0, perm
 
 
 def metric_to_render(m: np.ndarray) -> np.ndarray:
-    """A rigid 4x4 in metric space (x2) as the same motion in render space."""
+    """A similarity 4x4 in metric space (x2) as the same map in render space."""
     out = m.copy()
     out[:3, 3] = m[:3, 3] / METRIC_SCALE
+    return out
+
+
+def render_to_metric(m: np.ndarray) -> np.ndarray:
+    """A similarity 4x4 in render space as the same map in metric space (x2)."""
+    out = m.copy()
+    out[:3, 3] = m[:3, 3] * METRIC_SCALE
     return out

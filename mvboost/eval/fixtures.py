@@ -89,18 +89,46 @@ def write_gso_object(dest: Path, vertices_yup: np.ndarray, faces: np.ndarray, uv
     return dest
 
 
+def write_thumbnail(root: Path, name: str, elevation: float = 20.0, azimuth: float = 35.0) -> Path:
+    """``thumbnails/0.jpg`` as GSO has it: a 640x460 product shot on white from a camera nobody records
+    (here: above and to the side of the front), JPEG."""
+    from PIL import Image
+
+    from .gso import THUMBNAIL, load_object
+    from .gt import MeshRenderer, eval_cameras
+    from .protocol import Protocol
+
+    renderer = MeshRenderer()
+    try:
+        rgb, _ = renderer.render(load_object(str(root), name), eval_cameras(Protocol(), 460, [(elevation, azimuth)]), 2)
+    finally:
+        renderer.close()
+    canvas = np.full((460, 640, 3), 255, np.uint8)
+    canvas[:, 90:550] = (np.clip(rgb[0], 0, 1) * 255 + 0.5).astype(np.uint8)
+    out = root / name / THUMBNAIL
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.jpg")
+    Image.fromarray(canvas).save(tmp, quality=90)
+    tmp.rename(out)
+    return out
+
+
 def build_fixtures(root: Path, names=None) -> Path:
-    """Write the fixture objects under ``root`` (skipping ones already there); returns ``root``."""
+    """Write the fixture objects under ``root`` (skipping ones already there) with their thumbnails;
+    returns ``root``."""
+    from .gso import THUMBNAIL
+
     root = Path(root)
     for name in names or SOURCES:
         dest = root / name
-        if (dest / "meshes" / "model.obj").is_file():
-            continue
-        v, f, uv, tex = _source(name)
-        tmp = root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_gso_object(tmp, v, f, uv, tex, SOURCES[name][1])
-        tmp.rename(dest)
+        if not (dest / "meshes" / "model.obj").is_file():
+            v, f, uv, tex = _source(name)
+            tmp = root / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_gso_object(tmp, v, f, uv, tex, SOURCES[name][1])
+            tmp.rename(dest)
+        if not (dest / THUMBNAIL).is_file():
+            write_thumbnail(root, name)
     return root
 
 

@@ -22,6 +22,7 @@ import numpy as np
 ZUP_TO_YUP = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
 METRIC_SCALE = 2.0  # metric space = render space x 2 ([-1, 1]^3)
 SPLITS_DIR = Path(__file__).parent / "splits"
+THUMBNAIL = "thumbnails/0.jpg"  # GSO's first product shot: the input of the ``thumbnail`` evaluation mode
 
 
 @dataclass
@@ -33,6 +34,7 @@ class GSOObject:
     uv: np.ndarray | None  # (V, 2) texture coordinates (None: untextured)
     texture: Path | None  # the albedo texture actually used
     transform: np.ndarray  # 4x4: GSO coordinates -> render space
+    thumbnail: Path | None = None  # thumbnails/0.jpg (a product shot on white, no camera), if the folder has one
 
     def surface_points(self, n: int, seed: int) -> np.ndarray:
         """n points uniformly by area, metric space ([-1, 1]^3)."""
@@ -71,15 +73,7 @@ def resolve_split(split: str, names: list[str]) -> tuple[list[str], dict]:
         rng = np.random.default_rng(0)
         chosen = sorted(rng.choice(sorted(names), 300, replace=False).tolist())
     elif split == "gso30":
-        mapping = json.loads((SPLITS_DIR / "gso30.json").read_text())["objects"]
-        chosen, missing = [], []
-        lower = {n.lower(): n for n in names}
-        for short, folder in mapping.items():
-            hit = folder if folder in names else lower.get(short.lower())
-            (chosen.append(hit) if hit else missing.append(f"{short} ({folder or 'unpinned'})"))
-        if missing:
-            raise ValueError(f"gso30: {len(missing)} objects not in the folder: {', '.join(missing[:5])}; pin their "
-                             f"GSO folder names in {SPLITS_DIR / 'gso30.json'}")
+        chosen = gso30(names)
     else:
         path = Path(split)
         if not path.is_file():
@@ -95,6 +89,25 @@ def resolve_split(split: str, names: list[str]) -> tuple[list[str], dict]:
     return chosen, record
 
 
+def gso30(names: list[str], path: Path | None = None) -> list[str]:
+    """The 30 objects of SyncDreamer/Wonder3D/Era3D as GSO folder names, from the pinned mapping. Their
+    evaluation sets ship renamed copies (alarm, backpack, …) and no public source we could find maps the
+    short names to GSO folders, so the mapping must be pinned by whoever has GSO: an unpinned entry is an
+    error that says how, never a guess."""
+    path = path or SPLITS_DIR / "gso30.json"
+    mapping = json.loads(path.read_text())["objects"]
+    unpinned = [short for short, folder in mapping.items() if not folder]
+    if unpinned:
+        raise ValueError(f"gso30: {len(unpinned)} of {len(mapping)} objects are not pinned to a GSO folder in {path} "
+                         f"(e.g. {', '.join(unpinned[:4])}): set each value to the exact GSO folder name (find it by "
+                         "its thumbnails/0.jpg, e.g. 'alarm' -> the alarm clock's folder), or pass --split with a "
+                         "file listing the 30 folder names")
+    missing = [f"{short} -> {folder}" for short, folder in mapping.items() if folder not in names]
+    if missing:
+        raise ValueError(f"gso30: {len(missing)} pinned folders are not in the object folder: {', '.join(missing[:5])}")
+    return [mapping[short] for short in mapping]
+
+
 def _localise(root: str, name: str, cache: Path) -> Path:
     """A local folder with the object's mesh, material and texture (copied when the URL is remote)."""
     fs, path = _open_fs(root)
@@ -104,7 +117,7 @@ def _localise(root: str, name: str, cache: Path) -> Path:
         if local.is_dir():
             return local
     dest = cache / name
-    for rel in ("meshes/model.obj", "meshes/model.mtl", "materials/textures/texture.png"):
+    for rel in ("meshes/model.obj", "meshes/model.mtl", "materials/textures/texture.png", THUMBNAIL):
         src = f"{path}/{name}/{rel}"
         if fs.exists(src):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -153,5 +166,6 @@ def load_object(root: str, name: str, cache: Path | None = None, z_up: bool = Tr
     transform[:3, 3] = -centre * scale
     uv = getattr(mesh.visual, "uv", None)
     texture = find_texture(folder)
+    thumb = folder / THUMBNAIL
     return GSOObject(name, folder, verts, np.asarray(mesh.faces), None if uv is None else np.asarray(uv, np.float64),
-                     texture if uv is not None else None, transform)
+                     texture if uv is not None else None, transform, thumb if thumb.is_file() else None)

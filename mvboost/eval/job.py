@@ -30,7 +30,10 @@ from ..stages.base import Reject, Resources
 from .protocol import Protocol
 
 log = logging.getLogger(__name__)
-MODES = ("single", "gt4", "ply")
+#: single: the GT input view (camera known) -> Era3D -> LGM; thumbnail: GSO's thumbnails/0.jpg (no camera:
+#: only the aligned variant is scored, the pose search is forced); gt4: the GT at LGM's four input cameras;
+#: ply: a folder of <object>.ply predictions made elsewhere
+MODES = ("single", "thumbnail", "gt4", "ply")
 
 
 @dataclass
@@ -84,6 +87,9 @@ def parse_model(text: str, mode: str) -> ModelSpec:
 def check_config(cfg: EvalConfig) -> list[ModelSpec]:
     if cfg.job.mode not in MODES:
         raise ValueError(f"job.mode must be one of {', '.join(MODES)}, got {cfg.job.mode!r}")
+    if cfg.job.mode == "thumbnail" and not cfg.protocol.align:
+        raise ValueError("job.mode thumbnail needs protocol.align=true: a thumbnail has no camera, so the pose is "
+                         "found by the search (the canonical variant is not scored)")
     cfg.protocol.check()
     specs = [parse_model(m, cfg.job.mode) for m in cfg.job.models]
     if not specs:
@@ -149,6 +155,13 @@ class EvalOutput:
         return rec is not None and rec.get("status") == "done"
 
 
+def _read_rgb(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def _strip(img: np.ndarray, every: int = 1, max_views: int = 7) -> np.ndarray:
     """(V,H,W,3) -> one row of up to ``max_views`` views, for the report."""
     return tile_views(img[::every][:max_views])
@@ -177,7 +190,7 @@ class EvalWorker:
             first = self.specs[0]
             icfg = InferConfig(device=cfg.job.device, matting=cfg.matting, era3d=cfg.era3d,
                                lgm=replace(cfg.lgm, model=first.source, revision=first.revision), lora=first.lora)
-            if cfg.job.mode == "single":
+            if cfg.job.mode in ("single", "thumbnail"):
                 self.runner = ImageTo3D(icfg)
                 self.lgms[first.name] = self.runner.lgm
             for s in self.specs:
@@ -198,11 +211,15 @@ class EvalWorker:
                 p = Path(s.source) / f"{name}.ply"
                 preds[s.name] = Gaussians.from_ply(p) if p.is_file() else f"missing {p}"
             return preds, extras
-        if mode == "single":
+        if mode in ("single", "thumbnail"):
+            if mode == "thumbnail" and gt.obj.thumbnail is None:
+                return {s.name: "no thumbnails/0.jpg in the object's folder" for s in self.specs}, extras
+            image = gt.input_rgba if mode == "single" else _read_rgb(gt.obj.thumbnail)
             try:
-                rgba = self.matting.matte(gt.input_rgba)
+                rgba = self.matting.matte(image)
             except Reject as e:
                 return {s.name: f"matting: {e}" for s in self.specs}, extras
+            extras["input"] = rgba
             mv = self.runner.multiview([rgba], [object_seed(self.cfg.job.seed, name)])
             views = mv.colors[:, list(ERA3D_TO_LGM_VIEWS)]
             extras["era3d"] = mv.colors[0]
@@ -233,11 +250,14 @@ class EvalWorker:
         rec["predict_seconds"] = round(time.perf_counter() - t, 3)
         if "era3d" in extras:
             self.out.write(f"objects/{name}/era3d_views.png", encode_png(_strip(extras["era3d"], 1, 6)))
+        if self.cfg.job.mode == "thumbnail" and "input" in extras:
+            self.out.write(f"objects/{name}/thumbnail_input.png", encode_png(extras["input"]))
         for model, g in preds.items():
             if isinstance(g, str):
                 rec["models"][model] = {"status": "failed", "reason": g}
                 continue
-            r, views = evaluate_object(g, obj, self.cfg.protocol, gt=gt, lpips=self.lpips, return_views=True)
+            r, views = evaluate_object(g, obj, self.cfg.protocol, gt=gt, lpips=self.lpips, return_views=True,
+                                       canonical=self.cfg.job.mode != "thumbnail")
             r["status"] = "done"
             rec["models"][model] = r
             self.out.write(f"objects/{name}/{model}_views.png", encode_png(_strip(views["aligned"], 3)))
@@ -303,6 +323,33 @@ def select_objects(cfg: EvalConfig) -> EvalObjects:
     return EvalObjects(root, names, split, pending)
 
 
+def summary_header(cfg: EvalConfig, p: EvalObjects) -> dict:
+    """What produced a table: mode, renderer, protocol (sha256 + the fields that differ from the default),
+    split (name, count, sha256), and every model with its revision, resolved commit and adapter."""
+    from .gt import RENDERER
+
+    proto = to_dict(cfg.protocol)
+    default = to_dict(Protocol())
+    models = []
+    for spec in (parse_model(m, cfg.job.mode) for m in cfg.job.models):
+        rec = {"name": spec.name, "source": spec.source}
+        if cfg.job.mode != "ply":
+            from ..models.hub import ModelNotFound, is_built, looks_like_hub_id, resolve, resolved_commit
+
+            rec["revision"] = None if is_built(spec.source) or not looks_like_hub_id(spec.source) else spec.revision
+            if looks_like_hub_id(spec.source):
+                try:
+                    rec["commit"] = resolved_commit(resolve(spec.source, spec.revision, what=spec.name))
+                except ModelNotFound:
+                    rec["commit"] = None
+            rec["adapter"] = spec.lora or None
+        models.append(rec)
+    return {"mode": cfg.job.mode, "renderer": RENDERER,
+            "protocol": {"sha256": hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest(),
+                         "differs_from_default": {k: v for k, v in proto.items() if default.get(k) != v}},
+            "split": p.split, "objects_root": p.root, "models": models}
+
+
 def finish(cfg: EvalConfig, p: EvalObjects) -> dict:
     """Summary tables and the report from the per-object records."""
     from .summary import summarise, write_summary
@@ -310,7 +357,7 @@ def finish(cfg: EvalConfig, p: EvalObjects) -> dict:
     out = EvalOutput(cfg.job.output)
     records = [r for r in (out.record(n) for n in p.names) if r is not None]
     summary = summarise(records, [parse_model(m, cfg.job.mode).name for m in cfg.job.models], cfg.job.bootstrap,
-                        cfg.job.seed)
+                        cfg.job.seed, header=summary_header(cfg, p))
     summary["split"] = p.split
     write_summary(out, summary)
     if cfg.job.report:

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 @dataclass
 class Protocol:
     resolution: int = 512  # every view, GT and prediction
-    supersample: int = 1  # render at resolution x supersample and area-downsample (GT and prediction alike)
+    # render at resolution x supersample and area-downsample, GT and prediction alike: the GT rasteriser samples
+    # hard edges, splats are soft, so without it silhouettes bias the 2D metrics (surface oracle, duck, 96^2:
+    # PSNR 20.75 at 1, 25.19 at 2, 26.68 at 3, 27.25 at 4)
+    supersample: int = 2
     fov_deg: float = 49.1
     distance: float = 1.5
     views: str = "21"  # "21": elevations {30, 0, -30} x 7 azimuths; "crm24": {0, 15, 30} x 8
     lpips_nets: list[str] = field(default_factory=lambda: ["vgg", "alex"])
-    mesh_resolution: int = 256  # density grid over [-1, 1]^3 (metric space) for the predicted mesh
+    mesh_resolution: int = 256  # voxels across the normalised object's cube ([-1, 1]^3 metric) for the predicted mesh
     mesh_level: float = 0.5  # iso-level of the opacity-weighted density
     points: int = 16000  # surface samples per mesh for CD / F
     taus: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])

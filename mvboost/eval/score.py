@@ -74,35 +74,67 @@ def image_metrics(pred: np.ndarray, gt: np.ndarray, lpips: LPIPSSet, input_index
     return out
 
 
-def _mesh_points(g: Gaussians, protocol: Protocol):
-    """Render-space mesh of the Gaussians (None if the density never reaches the level)."""
-    try:
-        verts, faces = gaussians_to_mesh(g.to("cpu"), resolution=protocol.mesh_resolution, level=protocol.mesh_level,
-                                         bound=1.0)
-        return verts, faces
-    except ValueError:
-        return None
+#: the density grid spans the normalised object's cube ([-0.5, 0.5]^3 in render space = [-1, 1]^3 metric)
+#: plus this margin on each side (splat tails reach past the means the coarse normalisation used), with
+#: the voxel size of ``mesh_resolution`` voxels across the cube
+MESH_MARGIN = 0.05
 
 
-def _fallback_bbox_points(g: Gaussians) -> np.ndarray:
+def _opaque_means(g: Gaussians) -> np.ndarray:
     m = g.means[0].detach().cpu().double().numpy()
     keep = g.opacities[0].detach().cpu().numpy() > 0.1
     return m[keep] if keep.any() else m
 
 
-def _geometry(pts: np.ndarray | None, gt: GroundTruth, protocol: Protocol) -> dict:
-    if pts is None:
-        return {"cd": None, "mesh": "the Gaussians' density never reaches the iso-level: no mesh"}
+def _mesh(g0: Gaussians, protocol: Protocol):
+    """(vertices, faces) of the density iso-surface of Gaussians already normalised to render space, on a
+    grid over the metric cube at ``mesh_resolution`` voxels across it; a reason string if there is none."""
+    bound = 0.5 + MESH_MARGIN
+    resolution = int(round(protocol.mesh_resolution * 2 * bound)) + 1
+    try:
+        return gaussians_to_mesh(g0.to("cpu"), resolution=resolution, level=protocol.mesh_level, bound=bound)
+    except ValueError as e:
+        return f"no mesh: the Gaussians' density never reaches the iso-level ({e})"
+
+
+def _geometry(pts: np.ndarray, gt: GroundTruth, protocol: Protocol) -> dict:
     return chamfer_fscore(pts, gt.points, taus=tuple(protocol.taus))
 
 
+def not_available(reason: str) -> dict:
+    """A metric variant that could not be computed for this object (counted as a failure, never dropped)."""
+    return {"status": "n/a", "reason": reason}
+
+
+def _align(pts: np.ndarray, verts: np.ndarray, gt: GroundTruth, protocol: Protocol) -> tuple[np.ndarray, dict]:
+    """Metric-space similarity taking the canonical prediction onto the GT, independent of the pose the
+    prediction came in: (1) centroid to the GT's centroid, RMS radius to the GT's (rotation-invariant),
+    (2) yaw/axis search + rigid ICP about the GT's centroid, (3) rescaled like the GT (the bbox of the mesh
+    vertices ``verts``: longest side 2) now that it is in the GT's orientation, about the GT's centroid.
+    ``pts`` are surface samples and ``verts`` the mesh vertices, both canonical, metric space."""
+    c_p, c_g = pts.mean(0), gt.points.mean(0)
+    scale = np.sqrt(((gt.points - c_g) ** 2).sum(1).mean() / max(((pts - c_p) ** 2).sum(1).mean(), 1e-18))
+    pre = al.similarity(scale, trans=-c_p * scale)
+    found = al.align(al.apply(pre, pts), gt.points - c_g, protocol.yaw_step_deg, protocol.axis_permutations,
+                     protocol.align_points, protocol.icp_points, protocol.icp_iterations, protocol.seed)
+    placed = al.similarity(trans=c_g) @ found["matrix"] @ pre
+    # the GT's convention, longest bbox side 2, as a scale about the registered centroid (the bbox's centre
+    # moves with the voxels at its extremes; ICP's placement does not)
+    ext = np.ptp(al.apply(placed, verts), axis=0).max()
+    rescale = METRIC_SCALE / max(float(ext), 1e-9)
+    final = al.similarity(trans=c_g) @ al.similarity(rescale) @ al.similarity(trans=-c_g) @ placed
+    return final, found
+
+
 def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None, *, gt: GroundTruth | None = None,
-                    lpips: LPIPSSet | None = None, return_views: bool = False):
+                    lpips: LPIPSSet | None = None, return_views: bool = False, canonical: bool = True):
     """Score one object's Gaussians (render space, LGM's frame = ours) against a GSO object.
 
     ``obj``: a GSO object folder (path), a loaded :class:`GSOObject`, or pass ``gt`` (prepared once and
     reused for several models). Returns the per-object record (JSON-ready); with ``return_views`` also
-    ``{"canonical": rgb, "aligned": rgb, "gt": rgb}`` (V, H, W, 3) for reports.
+    ``{"canonical": rgb, "aligned": rgb, "gt": rgb}`` (V, H, W, 3) for reports. A variant that cannot be
+    computed (no mesh, alignment off, ``canonical=False`` for inputs without a camera) is recorded as
+    ``{"status": "n/a", "reason": …}``; a missing mesh also leaves the canonical ``cd`` None.
     """
     protocol = protocol or Protocol()
     protocol.check()
@@ -113,34 +145,39 @@ def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None,
         gt = prepare_gt(obj, protocol)
     lpips = lpips or LPIPSSet(protocol.lpips_nets)
     g = gaussians[0:1].to(torch.float32) if gaussians.batch_size > 1 else gaussians.to(torch.float32)
-    mesh = _mesh_points(g, protocol)
-    norm = al.normalisation(mesh[0] if mesh is not None else _fallback_bbox_points(g))
+    coarse = al.normalisation(_opaque_means(g))  # render space from the splat centres, then from the mesh
+    mesh = _mesh(al.transform_gaussians(g, coarse), protocol)
+    norm = al.normalisation(mesh[0]) @ coarse if not isinstance(mesh, str) else coarse
     g_n = al.transform_gaussians(g, norm)
     pts = None
-    if mesh is not None:
-        verts_n = al.apply(norm, mesh[0])
+    if not isinstance(mesh, str):
+        verts_n = al.apply(norm @ np.linalg.inv(coarse), mesh[0])
         pts = sample_surface(verts_n * METRIC_SCALE, mesh[1], protocol.points, protocol.seed)
     cams = eval_cameras(protocol)
     views = {"gt": gt.rgb}
     record = {"object": gt.obj.name, "renderer": RENDERER, "protocol": asdict(protocol),
               "gaussians": int(g.means.shape[1]), "normalisation": norm.round(8).tolist(),
               "noise_floor_cd": gt.noise_floor_cd, "frame_warning": None}
+    if isinstance(mesh, str):
+        record["mesh"] = mesh
     t = time.perf_counter()
     rgb_c, _ = predicted_views(g_n, cams, protocol.supersample)
     views["canonical"] = rgb_c
-    record["canonical"] = {**image_metrics(rgb_c, gt.rgb, lpips, protocol.input_index()),
-                           **_geometry(pts, gt, protocol)}
+    if canonical:
+        record["canonical"] = {**image_metrics(rgb_c, gt.rgb, lpips, protocol.input_index()),
+                               **(_geometry(pts, gt, protocol) if pts is not None else {"cd": None, "mesh": mesh})}
+    else:
+        record["canonical"] = not_available("the input has no camera (thumbnail): only aligned metrics apply")
     seconds = {"canonical": time.perf_counter() - t}
     if protocol.align and pts is not None:
         t = time.perf_counter()
-        found = al.align(pts, gt.points, protocol.yaw_step_deg, protocol.axis_permutations, protocol.align_points,
-                         protocol.icp_points, protocol.icp_iterations, protocol.seed)
-        m_render = al.metric_to_render(found["matrix"])
+        final, found = _align(pts, verts_n * METRIC_SCALE, gt, protocol)
+        m_render = al.metric_to_render(final)
         g_a = al.transform_gaussians(g_n, m_render)
         rgb_a, _ = predicted_views(g_a, cams, protocol.supersample)
         views["aligned"] = rgb_a
         record["aligned"] = {**image_metrics(rgb_a, gt.rgb, lpips, protocol.input_index()),
-                             **_geometry(al.apply(found["matrix"], pts), gt, protocol),
+                             **_geometry(al.apply(final, pts), gt, protocol),
                              "transform_render_space": m_render.round(8).tolist(),
                              "search": {k: v for k, v in found.items() if k != "matrix"}}
         if not found["pure_yaw"]:
@@ -148,7 +185,7 @@ def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None,
                                        "besides the yaw: the prediction's frame convention differs from the GT's")
         seconds["aligned"] = time.perf_counter() - t
     else:
-        record["aligned"] = record["canonical"]
+        record["aligned"] = not_available("alignment off (protocol.align=false)" if not protocol.align else mesh)
         views["aligned"] = rgb_c
     seconds["total"] = time.perf_counter() - t0
     record["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
