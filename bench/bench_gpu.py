@@ -1,7 +1,7 @@
 """The production chain's speed on one GPU, per stage and end to end, and a measured profile for plans.
 
     python bench/bench_gpu.py [--config ray_jobs/configs/generate_gpu_random.yaml] [--out profile.json]
-                              [--objects 8] [--e2e-n 48] [--skip-e2e] [--peak-tflops T]
+                              [--objects 8] [--e2e-n 48] [--skip-e2e | --e2e-only] [--peak-tflops T]
 
 Uses the real stage classes with the config's models (by default the full-size random checkpoints,
 ``random:*``, built once on the GPU into ``$MVBOOST_CACHE``), so the timed code is the production
@@ -12,7 +12,8 @@ fixed + steps x per-step, from runs at 1 and 2 steps), achieved TFLOP/s and % of
 UNet alone (the target: >= 50 % of bf16 peak) eager and compiled. End to end: the real Ray job
 (``python -m ray_jobs.generate``) on ``--e2e-n`` objects on this machine's GPUs; objects per GPU-hour
 over the whole run and after the first committed shard (start-up, model loading and compilation
-excluded). Writes the profile JSON that ``python -m ray_jobs.cost_plan`` reads.
+excluded). Writes the profile JSON that ``python -m ray_jobs.cost_plan`` reads, after every figure (a call
+stopped by its time limit keeps what it measured); ``--e2e-only`` adds the end-to-end run to it later.
 
 Peak: measured here as the rate of a large matmul in the run's dtype (the way the figures in
 shared/spec/gpu_notes.md were made: 790 TFLOP/s bf16 on an H100), unless ``--peak-tflops`` is given.
@@ -79,8 +80,8 @@ def count_flops(fn) -> int:
     return int(fc.get_total_flops())
 
 
-def timed(fn, device, repeat: int) -> float:
-    fn()  # warm-up (and compilation)
+def timed(fn, device, repeat: int, warmup=None) -> float:
+    (warmup or fn)()  # warm-up (and compilation): ``warmup`` (one batch) when given, else one call of fn
     sync(device)
     t = time.perf_counter()
     for _ in range(repeat):
@@ -106,7 +107,7 @@ def to_rows(batch):
     return [{k: v[i] for k, v in batch.items()} for i in range(n)]
 
 
-def bench_stages(cfg, device, objects: int, repeat: int, peak: float) -> tuple[dict, dict]:
+def bench_stages(cfg, device, objects: int, repeat: int, peak: float, on_record=None) -> tuple[dict, dict]:
     """Each stage of the chain on ``objects`` objects (its own batch size), in chain order."""
     from mvboost.pipeline.units import build_units, gpu_shares
     from mvboost.stages.base import OK, STATUS
@@ -130,7 +131,7 @@ def bench_stages(cfg, device, objects: int, repeat: int, peak: float) -> tuple[d
             for b in batches:
                 results.extend(to_rows(st(to_batch(b))))
 
-        per_object = timed(run_all, device, repeat) / len(rows)
+        per_object = timed(run_all, device, repeat, warmup=lambda: st(to_batch(batches[0]))) / len(rows)
         rejected = sum(r[STATUS] != OK for r in results)
         g = share.get(name, 0.0)
         rec = {"s_per_object": round(per_object, 5), "objects": len(rows), "batch_size": bs, "gpu_share": g, "load_s": round(load_s, 2),
@@ -139,6 +140,8 @@ def bench_stages(cfg, device, objects: int, repeat: int, peak: float) -> tuple[d
             rec["objects_per_gpu_hour"] = round(3600 / (per_object * g), 1)
         out[name] = rec
         stages[name] = st
+        if on_record is not None:
+            on_record(name, rec)  # written now: a later timeout keeps this figure
         rows = [r for r in results if r[STATUS] == OK] or results
         print(f"{name:>14}: {per_object:8.4f} s/object (batch {bs}, load {load_s:.1f} s, rejected {rejected})",
               flush=True)
@@ -152,6 +155,8 @@ def bench_stages(cfg, device, objects: int, repeat: int, peak: float) -> tuple[d
         rec["pct_peak"] = float(f"{100 * tflops / peak:.4g}")
         print(f"{name:>14}: {rec['gflop_per_object']:.1f} GFLOP/object, {rec['tflops']:.1f} TFLOP/s = "
               f"{rec['pct_peak']:.1f} % of {peak:.1f}", flush=True)
+        if on_record is not None:
+            on_record(name, rec)
     return out, stages
 
 
@@ -173,33 +178,35 @@ def count_stage_flops(cfg, stages, rows, device) -> dict[str, float]:
     """FLOPs per object of the model stages, on uncompiled models (compilation does not change them)."""
     import numpy as np
 
-    from mvboost.models.era3d_pipeline import Era3DPipeline
     from mvboost.io.codec import decode_array
 
     flops = {}
     if "text_to_image" in stages and "text_to_image" in rows:
         st = stages["text_to_image"]
         den = getattr(st.pipe, "unet", None) or getattr(st.pipe, "transformer", None)
+        # a compiled stage pads the row to its batch size (one compiled shape): count that batch, per object
+        n = st.resources.batch_size if st.compiled else len(rows["text_to_image"])
         with eager(den):
-            flops["text_to_image"] = count_flops(lambda: st.process(rows["text_to_image"]))
+            flops["text_to_image"] = count_flops(lambda: st.process(rows["text_to_image"])) / n
     for name in ("era3d", "refine"):
         if name not in stages or name not in rows:
             continue
         st = stages[name]
-        pipe = Era3DPipeline(st.model_path(), device=device, dtype=st.pipe.dtype)  # eager twin
+        pipe = st.pipe  # the loaded pipeline, run eagerly for the count (no second 3.9 GB load)
         row = rows[name][0]
         rgba = [decode_array(row["rgba"])]
-        if name == "era3d":
-            f1 = count_flops(lambda: pipe.generate(rgba, [1], steps=1, guidance=st.config.guidance))
-            f2 = count_flops(lambda: pipe.generate(rgba, [1], steps=2, guidance=st.config.guidance))
-            k = st.config.steps
-        else:
-            col = decode_array(row["renders"])[None].astype(np.float32) / 255
-            nor = decode_array(row["render_normals"])[None].astype(np.float32) / 255
-            f1 = count_flops(lambda: pipe.refine(col, nor, rgba, 0.5, [1], steps=2, guidance=st.config.guidance))
-            f2 = count_flops(lambda: pipe.refine(col, nor, rgba, 0.5, [1], steps=4, guidance=st.config.guidance))
-            ts = pipe.scheduler.set_timesteps(st.config.steps) or pipe.scheduler.timesteps
-            k = len(pipe.refine_timesteps(ts, st.config.strength))
+        with eager(pipe.unet):
+            if name == "era3d":
+                f1 = count_flops(lambda: pipe.generate(rgba, [1], steps=1, guidance=st.config.guidance))
+                f2 = count_flops(lambda: pipe.generate(rgba, [1], steps=2, guidance=st.config.guidance))
+                k = st.config.steps
+            else:
+                col = decode_array(row["renders"])[None].astype(np.float32) / 255
+                nor = decode_array(row["render_normals"])[None].astype(np.float32) / 255
+                f1 = count_flops(lambda: pipe.refine(col, nor, rgba, 0.5, [1], steps=2, guidance=st.config.guidance))
+                f2 = count_flops(lambda: pipe.refine(col, nor, rgba, 0.5, [1], steps=4, guidance=st.config.guidance))
+                ts = pipe.scheduler.set_timesteps(st.config.steps) or pipe.scheduler.timesteps
+                k = len(pipe.refine_timesteps(ts, st.config.strength))
         per_step = f2 - f1
         flops[name] = (f1 - per_step) + k * per_step
     if "lgm" in stages and "lgm" in rows:
@@ -271,8 +278,9 @@ def bench_end_to_end(config: Path, n: int, out_dir: Path, gpus: float, extra: li
     stop.set()
     th.join()
     if r.returncode != 0:
-        print(r.stdout[-2000:], r.stderr[-4000:])
-        raise SystemExit(f"end-to-end job failed (rc {r.returncode})")
+        print(r.stdout[-2000:], r.stderr[-4000:], flush=True)
+        return {"n": n, "error": f"the Ray job failed (rc {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1][:300]}",
+                "wall_s": round(wall, 1)}
     summary = json.loads((out / "summary.json").read_text())
     times = sorted(seen.values())
     rec = {"n": n, "accepted": summary["accepted"], "rejected": summary["rejected"], "gpus": gpus,
@@ -286,6 +294,24 @@ def bench_end_to_end(config: Path, n: int, out_dir: Path, gpus: float, extra: li
     return rec
 
 
+class Profile:
+    """The profile JSON, rewritten (atomically) after every figure: a call killed by its time limit still
+    leaves everything measured before."""
+
+    def __init__(self, path: Path, base: dict | None = None):
+        self.path, self.data = Path(path), dict(base or {})
+
+    def set(self, *keys_and_value) -> None:
+        *keys, value = keys_and_value
+        node = self.data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "ray_jobs" / "configs" / "generate_gpu_random.yaml"))
@@ -296,6 +322,8 @@ def main(argv=None):
     ap.add_argument("--unet-objects", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--e2e-n", type=int, default=48)
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--e2e-only", action="store_true",
+                    help="only the end-to-end run, added to an existing --out profile (a second device call)")
     ap.add_argument("--skip-compile", action="store_true", help="UNet eager only (compilation takes ~75 s)")
     ap.add_argument("--peak-tflops", type=float, default=0.0)
     ap.add_argument("--tiny", action="store_true", help="tiny models (checks the script, e.g. on a CPU)")
@@ -314,33 +342,46 @@ def main(argv=None):
         overrides += [f"{s}.device={a.device}" for s in ("text_to_image", "era3d", "refine", "lgm", "render")]
     cfg = load_job_config(a.config, overrides)
     device = pick_device(a.device)
+    if a.e2e_only:
+        old = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+        prof = Profile(a.out, old)
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 1
+        prof.set("end_to_end", bench_end_to_end(Path(a.config), a.e2e_n, Path(os.environ.get("TMPDIR", "/tmp")), gpus,
+                                                [f"--set={o}" for o in overrides]))
+        print(f"profile written to {a.out}")
+        return 0 if "error" not in prof.data["end_to_end"] else 1
     dtype = pick_dtype(cfg.era3d.dtype, device)
     peak = a.peak_tflops or matmul_peak_tflops(device, dtype)
     gpu_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {gpu_name}, dtype {dtype}, peak {peak:.1f} TFLOP/s "
           f"({'given' if a.peak_tflops else 'measured matmul'}), torch {torch.__version__}", flush=True)
+    prof = Profile(a.out, {"device": gpu_name, "device_type": device.type, "torch": torch.__version__,
+                           "dtype": str(dtype), "peak_tflops": round(peak, 1),
+                           "peak_source": "given" if a.peak_tflops else "measured matmul", "config": str(a.config),
+                           "overrides": overrides,
+                           "models": {s: getattr(cfg, s).model for s in ("text_to_image", "era3d", "lgm", "refine")}})
     t0 = time.perf_counter()
     from mvboost.models.hub import resolve
 
     for s in ("text_to_image", "era3d", "lgm"):  # build random:/tiny: models before any timing
         resolve(getattr(cfg, s).model, getattr(cfg, s).revision, what=s)
     print(f"models ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    stages, built = bench_stages(cfg, device, a.objects, a.repeat, peak)
-    unet = [bench_unet(built["era3d"], device, k, peak, compiled=False, repeat=max(3, a.repeat)) for k in a.unet_objects]
+    prof.set("models_ready_s", round(time.perf_counter() - t0, 1))
+    stages, built = bench_stages(cfg, device, a.objects, a.repeat, peak, on_record=lambda n, r: prof.set("stages", n, r))
+    prof.set("settings", {s: {"steps": getattr(getattr(cfg, s), "steps", None),
+                              "batch_size": getattr(cfg, s).resources.batch_size} for s in stages})
+    unet = []
+    runs = [(k, False) for k in a.unet_objects]
     if device.type == "cuda" and not a.skip_compile:
-        unet += [bench_unet(built["era3d"], device, k, peak, compiled=True, repeat=max(3, a.repeat))
-                 for k in a.unet_objects]
-    profile = {"device": gpu_name, "device_type": device.type, "torch": torch.__version__, "dtype": str(dtype),
-               "peak_tflops": round(peak, 1), "peak_source": "given" if a.peak_tflops else "measured matmul",
-               "config": str(a.config), "overrides": overrides, "stages": stages, "era3d_unet": unet,
-               "settings": {s: {"steps": getattr(getattr(cfg, s), "steps", None),
-                                "batch_size": getattr(cfg, s).resources.batch_size} for s in stages}}
+        runs += [(k, True) for k in a.unet_objects]
+    for k, compiled in runs:
+        unet.append(bench_unet(built["era3d"], device, k, peak, compiled=compiled, repeat=max(3, a.repeat)))
+        prof.set("era3d_unet", unet)
     del built
     if not a.skip_e2e:
         gpus = torch.cuda.device_count() if device.type == "cuda" else 1
-        profile["end_to_end"] = bench_end_to_end(Path(a.config), a.e2e_n, Path(os.environ.get("TMPDIR", "/tmp")),
-                                                 gpus, [f"--set={o}" for o in overrides])
-    Path(a.out).write_text(json.dumps(profile, indent=1))
+        prof.set("end_to_end", bench_end_to_end(Path(a.config), a.e2e_n, Path(os.environ.get("TMPDIR", "/tmp")),
+                                                gpus, [f"--set={o}" for o in overrides]))
     print(f"profile written to {a.out}")
     return 0
 

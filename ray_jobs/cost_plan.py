@@ -54,13 +54,21 @@ class CostPlan:
 
 
 def cost_plan(cfg, n: int, profile: dict, gpu_hour_usd: float | None = None, gpus: int = 1) -> CostPlan:
-    from mvboost.pipeline.units import build_units, gpu_shares, stage_names
+    from mvboost.pipeline.units import build_units, gpu_shares, model_refs, stage_names
 
     units = build_units(cfg)
     share = gpu_shares(units)
     stages = profile.get("stages", {})
     warnings = []
     per_stage = {}
+    profiled = profile.get("models")
+    if profiled is None:
+        warnings.append("the profile does not say which models it measured (made before bench_gpu recorded them): "
+                        "check that its figures are for this config's models")
+    for ref in model_refs(units):
+        if profiled and profiled.get(ref.stage) and profiled[ref.stage] != ref.id:
+            warnings.append(f"{ref.stage} was profiled with {profiled[ref.stage]} but this config uses {ref.id}: "
+                            "its figures are for another model")
     for name in stage_names(units):
         if share.get(name, 0) <= 0:
             continue

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 
-def worker_exits_once_after_step_3(step: int, ctx) -> None:
+def worker_exits_once_after_step_3(step: int, ctx, metrics: dict) -> None:
     """Worker 1 (worker 0 in a one-worker run) dies after step 3, once per run folder: Ray Train must
     replace it and resume from the last checkpoint."""
     if step != 3 or ctx.rank != min(1, ctx.world - 1):

@@ -20,7 +20,9 @@ def profile(e2e=True, rejected=0):
                     "lgm": {"s_per_object": 0.01, "objects": 10, "rejected": 0},
                     "render": {"s_per_object": 0.02, "objects": 10, "rejected": 0},
                     "refine": {"s_per_object": 3.8, "objects": 10, "rejected": 0}},
-         "settings": {"era3d": {"steps": 40, "batch_size": 2}, "refine": {"steps": 40, "batch_size": 2}}}
+         "settings": {"era3d": {"steps": 40, "batch_size": 2}, "refine": {"steps": 40, "batch_size": 2}},
+         "models": {"text_to_image": "stabilityai/sdxl-turbo", "era3d": "pengHTYX/MacLab-Era3D-512-6view",
+                    "lgm": "ashawkey/LGM", "refine": "pengHTYX/MacLab-Era3D-512-6view"}}
     if e2e:
         p["end_to_end"] = {"n": 48, "accepted": 48, "objects_per_gpu_hour": 700.0, "steady_objects_per_gpu_hour": 900.0}
     return p
@@ -46,6 +48,20 @@ def test_plan_from_stages_pays_for_rejections_and_warns_on_other_settings():
     assert plan.gpu_hours == pytest.approx(10_000 * 5.9225 / 3600) and plan.usd is None
     assert plan.objects_per_gpu_hour == pytest.approx(3600 * 0.9 / 5.9225)
     assert any("era3d.steps is 20 here but 40 in the profile" in w for w in plan.warnings)
+
+
+def test_plan_warns_when_the_profile_measured_other_models():
+    """A profile of the random sd-turbo (what the GPU check measures) priced against the sdxl-turbo config is
+    said so, and so is a profile that does not record its models."""
+    p = profile()
+    p["models"] = {"text_to_image": "random:sd-turbo", "era3d": "random:era3d", "lgm": "random:lgm",
+                   "refine": "random:era3d"}
+    plan = cost_plan(load_job_config(PROD), 1000, p)
+    assert any("text_to_image was profiled with random:sd-turbo but this config uses stabilityai/sdxl-turbo" in w
+               for w in plan.warnings)
+    assert sum("was profiled with" in w for w in plan.warnings) == 4
+    del p["models"]
+    assert any("does not say which models it measured" in w for w in cost_plan(load_job_config(PROD), 1000, p).warnings)
 
 
 def test_plan_cli_errors_are_one_line(tmp_path):

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,3 +320,33 @@ def test_gsplat_takes_half_precision_gaussians(dtype):
     out = render(g, cams, backend="gsplat")
     ref = render(g.to(torch.float32), cams, backend="gsplat")
     assert out.rgb.dtype == torch.float32 and torch.equal(out.rgb, ref.rgb)
+
+
+def test_a_gsplat_without_batch_dimensions_is_refused_by_name():
+    """gsplat 1.4.0-1.5.2's rasterization documents means [N, 3] (one scene; checked in the released wheels);
+    the renderer's batched call needs 1.5.3's [..., N, 3]. The check reads the documented shapes (no GPU
+    needed) and the floor in pyproject matches."""
+    import tomllib
+
+    from mvboost.render.rasterizer import GSPLAT_MIN_VERSION, check_gsplat_batched
+
+    def v1_4(means, quats, scales, opacities, colors, viewmats, Ks, width, height):
+        """Args:
+            means: The 3D centers of the Gaussians. [N, 3]
+            viewmats: The world-to-cam transformation of the cameras. [C, 4, 4]"""
+
+    def v1_5(means, quats, scales, opacities, colors, viewmats, Ks, width, height):
+        """Args:
+            means: The 3D centers of the Gaussians. [..., N, 3]
+            viewmats: The world-to-cam transformation of the cameras. [..., C, 4, 4]"""
+
+    check_gsplat_batched(v1_5)
+    with pytest.raises(ImportError, match=r"gsplat >= 1\.5\.3"):
+        check_gsplat_batched(v1_4)
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] == [f"gsplat>={GSPLAT_MIN_VERSION}"]
+    try:  # where gsplat is installed, the installed one must pass
+        from gsplat import rasterization
+    except ImportError:
+        return
+    check_gsplat_batched(rasterization)

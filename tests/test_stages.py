@@ -90,3 +90,25 @@ def test_sample_fields_ply_and_views(tiny_cache):
     assert tiles.shape == (6, 8, 8, 3) and tiles[2].min() == 255 and tiles[1].max() == 0
     meta = json.loads(fields["meta.json"])
     assert meta["stage_seconds"] == {"lgm": 0.5} and meta["job"] == "t" and meta["seed"] == 3
+
+
+def test_text_to_image_pads_short_batches_when_compiled(tiny_cache):
+    """A compiled denoiser must see one shape: a short batch is padded to batch_size (the UNet would recompile
+    on every partial batch otherwise); the padding's outputs are dropped and the real item's image is the one
+    an unpadded batch gives."""
+    from mvboost.stages.base import Resources
+    from mvboost.stages.text_to_image import TextToImageConfig, TextToImageStage
+
+    st = TextToImageStage(TextToImageConfig(model="tiny:sd", steps=2, size=64, device="cpu", dtype="fp32",
+                                            resources=Resources(batch_size=3)), None)
+    st.ensure_setup()
+    calls = []
+    real = st.pipe.__call__
+    st.pipe = type("Spy", (), {"__call__": lambda self, **kw: calls.append(len(kw["prompt"])) or real(**kw)})()
+    row = {"prompt": "a red ceramic mug", "seed": 11}
+    plain = st.process([row])
+    st.compiled = True  # as after torch.compile of the denoiser
+    padded = st.process([row])
+    assert calls == [1, 3] and len(plain) == len(padded) == 1
+    diff = np.abs(decode_array(padded[0]["image"]).astype(int) - decode_array(plain[0]["image"]).astype(int))
+    assert diff.max() <= 2

@@ -367,6 +367,21 @@ def rasterize_torch(g: Gaussians, cams: list[Cameras], background, near_plane=NE
     return RenderOutput(rgb, alpha, depth_img)
 
 
+#: the first gsplat whose ``rasterization`` takes leading batch dimensions (``means [..., N, 3]``, ``viewmats
+#: [..., C, 4, 4]``, the ``batch_dims`` code path): 1.5.3. Checked in the released wheels: 1.4.0, 1.5.0,
+#: 1.5.1 and 1.5.2 document ``means [N, 3]`` (one scene) and have no batch_dims, so the batched call fails there
+GSPLAT_MIN_VERSION = "1.5.3"
+
+
+def check_gsplat_batched(rasterization) -> None:
+    """Refuse a gsplat whose ``rasterization`` lacks batch dimensions, naming the version to install.
+    Its documented shapes are what changed between 1.4 and 1.5 (the parameter names did not)."""
+    doc = " ".join((rasterization.__doc__ or "").split())
+    if "[..., N, 3]" not in doc:
+        raise ImportError(f"this gsplat's rasterization() takes no batch dimensions (means [N, 3]); the renderer "
+                          f"needs gsplat >= {GSPLAT_MIN_VERSION}: pip install 'gsplat>={GSPLAT_MIN_VERSION}'")
+
+
 def rasterize_gsplat(g: Gaussians, cams: list[Cameras], background, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
                      eps2d: float = EPS2D) -> RenderOutput:
     """All objects x cameras in one gsplat call (batched leading dimension, no Python loop over views)."""
@@ -374,6 +389,7 @@ def rasterize_gsplat(g: Gaussians, cams: list[Cameras], background, near_plane=N
         from gsplat import rasterization
     except ImportError as e:
         raise ImportError("the CUDA renderer needs gsplat: pip install 'mvboost[gpu]'") from e
+    check_gsplat_batched(rasterization)
     models = {c.model for c in cams}
     if len(models) != 1:
         raise ValueError(f"one camera model per render call, got {sorted(models)}")

@@ -75,6 +75,15 @@ class ModelStageConfig:
     resources: Resources = field(default_factory=Resources)
 
 
+def pad_rows(rows: list, batch_size: int, compiled: bool) -> list:
+    """With a compiled denoiser, pad a short batch to ``batch_size`` with copies of its last row (callers
+    drop the extra outputs): the compiled graph then sees one shape and never recompiles on the last,
+    partial batch. Items are independent of the batch composition, so padding changes no output."""
+    if not compiled or len(rows) >= batch_size:
+        return rows
+    return rows + [rows[-1]] * (batch_size - len(rows))
+
+
 _SHARED: dict = {}
 _SHARED_LOCK = threading.Lock()
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..io.codec import decode_array, encode_array, to_uint8
 from .base import Reject, Resources, Stage
-from .common import ModelStage, ModelStageConfig, pick_compile, pick_device, pick_dtype, shared_model
+from .common import ModelStage, ModelStageConfig, pad_rows, pick_compile, pick_device, pick_dtype, shared_model
 
 
 @dataclass
@@ -55,11 +55,7 @@ class _Era3DBase(ModelStage, Stage):
                     crop_size=self.config.crop_size or None)
 
     def _pad(self, rows):
-        """With a compiled UNet, pad a short batch with copies of its last row (outputs dropped)."""
-        want = self.resources.batch_size
-        if not self.pipe.compiled or len(rows) >= want:
-            return rows
-        return rows + [rows[-1]] * (want - len(rows))
+        return pad_rows(rows, self.resources.batch_size, self.pipe.compiled)
 
     @staticmethod
     def _check(*arrays):

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..io.codec import encode_array
 from .base import Reject, Resources, Stage
-from .common import ModelStage, ModelStageConfig, pick_compile, pick_device, pick_dtype, require
+from .common import ModelStage, ModelStageConfig, pad_rows, pick_compile, pick_device, pick_dtype, require
 
 #: Versioned prompt templates: a single centred object on a white background.
 PROMPT_TEMPLATES = {
@@ -61,6 +61,7 @@ class TextToImageStage(ModelStage, Stage):
 
     def process(self, rows):
         torch = self._torch
+        n, rows = len(rows), pad_rows(rows, self.resources.batch_size, self.compiled)  # one compiled shape
         prompts = [self.format_prompt(r["prompt"]) for r in rows]
         gens = [torch.Generator(device="cpu").manual_seed(int(r["seed"])) for r in rows]
         kwargs = dict(prompt=prompts, generator=gens, num_inference_steps=self.config.steps,
@@ -68,7 +69,7 @@ class TextToImageStage(ModelStage, Stage):
                       output_type="np")
         if self.config.negative_prompt and self.config.guidance > 1:
             kwargs["negative_prompt"] = [NEGATIVE_PROMPT] * len(rows)
-        images = self.pipe(**kwargs).images  # (B, H, W, 3) float in [0, 1]
+        images = self.pipe(**kwargs).images[:n]  # (B, H, W, 3) float in [0, 1]; padding dropped
         out = []
         for img in images:
             if not np.isfinite(img).all():

@@ -89,8 +89,8 @@ class RunSection:
     use_gpu: bool = False
     max_failures: int = 2
     num_to_keep: int = 2
-    # "module:function" called as function(step, ctx) on every worker after each optimizer step, before the
-    # step's checkpoint (profilers, progress hooks; the tests inject worker failures with it). "": none
+    # "module:function" called as function(step, ctx, metrics) on every worker after each optimizer step, before
+    # the step's checkpoint (profilers, progress hooks; the tests inject worker failures with it). "": none
     step_hook: str = ""
 
 
@@ -113,10 +113,10 @@ class LoopContext:
     checkpoint_dir: str | None  # resume from here (None: fresh)
     report: object  # callable(metrics: dict, checkpoint_dir: str | None)
     storage_dir: str  # the run's folder
-    on_step: Callable[[int, LoopContext], None] | None = None  # see RunSection.step_hook
+    on_step: Callable[[int, LoopContext, dict], None] | None = None  # see RunSection.step_hook
 
 
-def load_step_hook(spec: str) -> Callable[[int, LoopContext], None] | None:
+def load_step_hook(spec: str) -> Callable[[int, LoopContext, dict], None] | None:
     """``run.step_hook`` ("module:function") -> the callable, imported where the loop runs (None for "")."""
     if not spec:
         return None
@@ -232,7 +232,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
                    **{f"time_{k}": v for k, v in timing.items()}, "step_time": time.perf_counter() - t0,
                    "skipped_shards": len(shards.skipped)}
         if ctx.on_step is not None:
-            ctx.on_step(step, ctx)
+            ctx.on_step(step, ctx, metrics)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             with tempfile.TemporaryDirectory(prefix="mvboost-ckpt-") as d:
                 engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step})
