@@ -76,14 +76,14 @@ def bare_step_seconds(cfg, shards: Path, steps: int, device: torch.device, dtype
     from mvboost.io.shards import list_shards
     from mvboost.metrics.lpips import load_lpips
     from mvboost.train.data import ShardStream
-    from mvboost.train.loop import build_model
+    from mvboost.train.loop import build_model, lgm_of
     from mvboost.train.loss import lgm_loss, render_prediction
 
     model = build_model(cfg, device).to(dtype)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     lp = load_lpips(cfg.train.lpips_net, device=device) if cfg.train.lambda_lpips > 0 else None
     batch = next(ShardStream(list_shards(str(shards)).urls).batches(cfg.deepspeed.micro_batch))
-    x = model.base_model.model.prepare_inputs(batch["inputs"]).to(device, dtype)
+    x = lgm_of(model).prepare_inputs(batch["inputs"]).to(device, dtype)
     cams = [c.to(device) for c in batch["cameras"]]
     target, mask = batch["target"].to(device), batch["mask"].to(device)
     times = []

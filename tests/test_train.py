@@ -173,6 +173,45 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
         torch.testing.assert_close(load_lgm(path)(x), y_lora, rtol=1e-4, atol=1e-4)
 
 
+def test_full_parameter_training_resumes_and_its_checkpoint_is_a_plain_lgm(smoke_shards, tmp_path, ds_env):
+    """lora.mode=full trains every parameter with the same loop: the loss falls, a resumed run continues from
+    the checkpoint's step, and the checkpoint's model/ folder is an LGM in the official layout that load_lgm
+    (and so the inference CLI and the evaluation) reads and that reproduces the trained model."""
+    from mvboost.models.hub import resolve as resolve_model
+    from mvboost.models.lgm import LGM
+    from mvboost.models.loading import load_lgm
+    from mvboost.train.data import ShardStream, list_shards
+    from mvboost.train.loop import LocalContext, latest_model, train_loop
+
+    cfg = local_cfg(smoke_shards, tmp_path, "lora.mode=full", "train.steps=6", "train.checkpoint_every=3",
+                    "deepspeed.micro_batch=4", "optim.lr=0.002", "train.lambda_lpips=0")
+    local = LocalContext(cfg)
+    train_loop(cfg, local.ctx)
+    losses = [h["loss"] for h in local.history]
+    assert len(losses) == 6 and min(losses[-2:]) < 0.9 * losses[0], losses
+    assert local.history[-1]["model_tensors"] == len(load_lgm(resolve_model("tiny:lgm")).state_dict())
+    folder = latest_model(local.root)
+    trained = load_lgm(folder)
+    assert isinstance(trained, LGM) and not hasattr(trained, "base_model")  # a plain LGM, no adapter
+    batch = next(ShardStream(list_shards(str(smoke_shards)).urls).batches(1))
+    base = load_lgm(resolve_model("tiny:lgm"))
+    x = base.prepare_inputs(batch["inputs"])
+    with torch.no_grad():
+        assert (trained(x) - base(x)).abs().max() > 1e-3  # every parameter trained, not only attention
+        changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert any(k.startswith("unet.conv_in") for k in changed) and any(k.startswith("conv.") for k in changed)
+    # resume: the same run name continues from the last checkpoint (step 6) to 8
+    cfg2 = local_cfg(smoke_shards, tmp_path, "lora.mode=full", "train.steps=8", "train.checkpoint_every=4",
+                     "deepspeed.micro_batch=4", "optim.lr=0.002", "train.lambda_lpips=0")
+    local2 = LocalContext(cfg2)
+    train_loop(cfg2, local2.ctx)
+    assert [h["step"] for h in local2.history] == [7, 8]
+    with pytest.raises(ValueError, match="lora.mode must be one of lora, full"):
+        from mvboost.train.loop import build_model
+
+        build_model(local_cfg(smoke_shards, tmp_path, "lora.mode=half"), "cpu")
+
+
 def run_launch(shards, tmp_path, *extra, timeout=900, listening: set | None = None):
     """Run train.launch on the embedded Ray; ``listening`` collects its processes' TCP listeners."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")

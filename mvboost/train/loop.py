@@ -27,8 +27,10 @@ import torch
 from .lora import DEFAULT_TARGET
 
 log = logging.getLogger(__name__)
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = "adapter"  # LoRA checkpoints: the peft adapter (train.merge folds it into the base)
+MODEL_DIR = "model"  # full-parameter checkpoints: the whole LGM in the official layout (load_lgm reads it)
 STATE_FILE = "train_state.json"
+MODES = ("lora", "full")
 
 
 @dataclass
@@ -40,6 +42,9 @@ class ModelSection:
 
 @dataclass
 class LoraSection:
+    # lora: freeze LGM, train adapters on lora.target (the paper's boosting); full: train every parameter (LGM's
+    # own recipe; checkpoints hold the whole model)
+    mode: str = "lora"
     rank: int = 32
     alpha: float = 32.0
     dropout: float = 0.0
@@ -150,11 +155,37 @@ def ds_config(cfg: TrainConfig, device: torch.device) -> dict:
 
 
 def build_model(cfg: TrainConfig, device):
+    """The model to train: LGM with LoRA adapters (``lora.mode: lora``) or LGM itself (``full``)."""
     from ..models.loading import load_lgm
     from .lora import add_lora
 
+    if cfg.lora.mode not in MODES:
+        raise ValueError(f"lora.mode must be one of {', '.join(MODES)}, got {cfg.lora.mode!r}")
     base = load_lgm(cfg.model.checkpoint, revision=cfg.model.revision, preset=cfg.model.preset or None, device=device)
+    if cfg.lora.mode == "full":
+        return base.train()
     return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target)
+
+
+def lgm_of(model):
+    """The LGM inside what ``build_model`` returned (a peft wrapper in LoRA mode)."""
+    return model.base_model.model if hasattr(model, "base_model") else model
+
+
+def save_full(engine, folder: Path, zero_stage: int) -> int:
+    """Write the whole trained LGM (fp32, official layout: ``load_lgm(folder)`` and every LGM consumer read
+    it); returns the tensor count."""
+    from ..models.checkpoint import save_lgm
+
+    model = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            save_lgm(model, folder, dtype=torch.float32)
+    else:
+        save_lgm(model, folder, dtype=torch.float32)
+    return len(model.state_dict())
 
 
 def save_adapter(engine, folder: Path, zero_stage: int) -> int:
@@ -187,8 +218,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, ctx.device)
     if ctx.rank == 0:
-        print(f"LoRA r={cfg.lora.rank} on {cfg.lora.target}: {trainable_parameters(model):,} trainable parameters",
-              flush=True)
+        what = "full-parameter" if cfg.lora.mode == "full" else f"LoRA r={cfg.lora.rank} on {cfg.lora.target}"
+        print(f"{what}: {trainable_parameters(model):,} trainable parameters", flush=True)
     lpips = load_lpips(cfg.train.lpips_net, ctx.device) if cfg.train.lambda_lpips > 0 else None
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=ds_config(cfg, ctx.device))
@@ -202,7 +233,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
     batches = ShardStream(shards.urls, ctx.rank, ctx.world, cfg.data.storage_options,
                           manifests=shards.manifests if cfg.data.verify else None).batches(
         cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
-    lgm = engine.module.base_model.model
+    lgm = lgm_of(engine.module)
     dtype = next(p for p in engine.module.parameters()).dtype
     metrics: dict = {"skipped_shards": len(shards.skipped)}
     while step < cfg.train.steps:
@@ -237,7 +268,11 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
             with tempfile.TemporaryDirectory(prefix="mvboost-ckpt-") as d:
                 engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step})
                 if ctx.rank == 0:
-                    metrics["adapter_tensors"] = save_adapter(engine, Path(d) / ADAPTER_DIR, cfg.deepspeed.zero_stage)
+                    if cfg.lora.mode == "full":
+                        metrics["model_tensors"] = save_full(engine, Path(d) / MODEL_DIR, cfg.deepspeed.zero_stage)
+                    else:
+                        metrics["adapter_tensors"] = save_adapter(engine, Path(d) / ADAPTER_DIR,
+                                                                  cfg.deepspeed.zero_stage)
                     (Path(d) / STATE_FILE).write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}))
                 ctx.report(metrics, d)
         elif step % cfg.train.log_every == 0:
@@ -264,6 +299,16 @@ class LocalContext:
         if checkpoint_dir:
             dst = self.root / f"checkpoint_{metrics['step']:08d}"
             shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
+
+
+def latest_model(run_dir: str | Path) -> Path:
+    """The newest full-parameter checkpoint's model folder (``load_lgm`` and every LGM consumer read it)."""
+    for c in reversed(sorted(Path(run_dir).glob("checkpoint_*"))):
+        from ..models.checkpoint import LGM_FILENAME
+
+        if (c / MODEL_DIR / LGM_FILENAME).is_file():
+            return c / MODEL_DIR
+    raise FileNotFoundError(f"no checkpoint with a full model under {run_dir}")
 
 
 def latest_adapter(run_dir: str | Path) -> Path:
