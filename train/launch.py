@@ -80,12 +80,14 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(TrainConfig, a.config, overrides)
         # data problems are deterministic: found here, once, before Ray starts (not retried by workers)
-        listing = list_shards(cfg.data.source, cfg.data.storage_options)
+        from mvboost.train.loop import data_sources
+
+        listings = [list_shards(url, opts) for url, _, opts in data_sources(cfg.data)]
         load_step_hook(cfg.run.step_hook)  # a hook that cannot be imported fails here, not in every worker
     except (ConfigError, ShardDataError, FileNotFoundError, ValueError, ImportError, AttributeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for url, why in listing.skipped:
+    for url, why in (s for listing in listings for s in listing.skipped):
         print(f"skipping shard {url}: {why}", file=sys.stderr)
     from ray_jobs.local_ray import connect
 

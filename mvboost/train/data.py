@@ -92,12 +92,44 @@ class ShardStream:
                 raise ShardDataError(f"none of this worker's {len(self.shards)} shard(s) is usable ({bad})")
 
     def batches(self, batch_size: int, skip_batches: int = 0):
-        it = iter(self)
-        for _ in range(skip_batches * batch_size):  # resume: skip what earlier steps consumed (no decoding)
-            next(it)
+        return batches_of(iter(self), batch_size, skip_batches)
+
+
+def batches_of(samples, batch_size: int, skip_batches: int = 0):
+    """Decoded training batches from an iterator of (key, fields[, …]) samples; ``skip_batches``: resume
+    after what earlier steps consumed (skipped samples are not decoded)."""
+    for _ in range(skip_batches * batch_size):
+        next(samples)
+    while True:
+        items = [decode_sample(next(samples)[1]) for _ in range(batch_size)]
+        yield {"inputs": torch.stack([x["inputs"] for x in items]),
+               "target": torch.stack([x["target"] for x in items]),
+               "mask": torch.stack([x["mask"] for x in items]),
+               "cameras": [x["cameras"] for x in items]}
+
+
+class MixedStream:
+    """Several shard sources sampled by weight, reproducibly: draw ``i`` takes its next sample from source
+    ``k`` with probability ``weights[k]`` (``numpy.random.default_rng(seed)``, the same on a rerun and after a
+    resume, which replays the draws it skips). ``counts`` tells how many samples each source gave."""
+
+    def __init__(self, streams: list[ShardStream], weights: list[float], seed: int = 0):
+        if len(streams) != len(weights) or not streams:
+            raise ValueError("one weight per source, at least one source")
+        w = np.asarray(weights, dtype=np.float64)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"source weights must be >= 0 with a positive sum, got {weights}")
+        self.streams, self.p, self.seed = streams, w / w.sum(), seed
+        self.counts = [0] * len(streams)
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        its = [iter(s) for s in self.streams]
         while True:
-            items = [decode_sample(next(it)[1]) for _ in range(batch_size)]
-            yield {"inputs": torch.stack([x["inputs"] for x in items]),
-                   "target": torch.stack([x["target"] for x in items]),
-                   "mask": torch.stack([x["mask"] for x in items]),
-                   "cameras": [x["cameras"] for x in items]}
+            k = int(rng.choice(len(its), p=self.p))
+            key, fields = next(its[k])
+            self.counts[k] += 1
+            yield key, fields, k
+
+    def batches(self, batch_size: int, skip_batches: int = 0):
+        return batches_of(iter(self), batch_size, skip_batches)

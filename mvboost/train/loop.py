@@ -84,6 +84,31 @@ class DataSection:
     source: str = "outputs/smoke"  # the generation job's output (manifests verified) or a brace pattern
     storage_options: dict = field(default_factory=dict)
     verify: bool = True
+    # several sources mixed by weight instead of ``source``: [{source: URL, weight: 0.7, storage_options: {}}, …]
+    # (e.g. MVBoost shards 0.7 + asset shards 0.3); the mix is reproducible (train.seed) and reported per step
+    sources: list = field(default_factory=list)
+
+
+def data_sources(data: DataSection) -> list[tuple[str, float, dict]]:
+    """(url, weight, storage options) of every source: ``data.sources`` if given, else ``data.source``."""
+    if not data.sources:
+        return [(data.source, 1.0, dict(data.storage_options))]
+    out = []
+    for i, src in enumerate(data.sources):
+        if isinstance(src, str):
+            src = {"source": src}
+        if not isinstance(src, dict) or not src.get("source"):
+            raise ValueError(f"data.sources[{i}] must be a URL or {{source: URL, weight: w}}, got {src!r}")
+        unknown = sorted(set(src) - {"source", "weight", "storage_options"})
+        if unknown:
+            raise ValueError(f"data.sources[{i}]: unknown keys {unknown}")
+        weight = float(src.get("weight", 1.0))
+        if weight < 0:
+            raise ValueError(f"data.sources[{i}].weight must be >= 0, got {weight}")
+        out.append((str(src["source"]), weight, dict(src.get("storage_options") or data.storage_options)))
+    if sum(w for _, w, _ in out) <= 0:
+        raise ValueError("data.sources: the weights sum to 0")
+    return out
 
 
 @dataclass
@@ -211,7 +236,9 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
     import deepspeed
 
     from ..metrics.lpips import load_lpips
-    from .data import ShardStream, list_shards
+    from types import SimpleNamespace
+
+    from .data import MixedStream, ShardStream, list_shards
     from .loss import lgm_loss, render_prediction
     from .lora import trainable_parameters
 
@@ -229,10 +256,16 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         step = int((client or {}).get("step", 0))
         if ctx.rank == 0:
             print(f"resumed from step {step}", flush=True)
-    shards = list_shards(cfg.data.source, cfg.data.storage_options)
-    batches = ShardStream(shards.urls, ctx.rank, ctx.world, cfg.data.storage_options,
-                          manifests=shards.manifests if cfg.data.verify else None).batches(
-        cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
+    sources = data_sources(cfg.data)
+    listings = [list_shards(url, opts) for url, _, opts in sources]
+    streams = [ShardStream(ls.urls, ctx.rank, ctx.world, opts, manifests=ls.manifests if cfg.data.verify else None)
+               for ls, (_, _, opts) in zip(listings, sources)]
+    mixed = MixedStream(streams, [w for _, w, _ in sources], seed=cfg.train.seed * 1000 + ctx.rank)
+    if ctx.rank == 0 and len(sources) > 1:
+        print("data mix: " + ", ".join(f"{url} weight {w / sum(x for _, x, _ in sources):.2f} ({len(ls.urls)} shards)"
+                                       for (url, w, _), ls in zip(sources, listings)), flush=True)
+    batches = mixed.batches(cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
+    shards = SimpleNamespace(skipped=[s for ls in listings for s in ls.skipped])
     lgm = lgm_of(engine.module)
     dtype = next(p for p in engine.module.parameters()).dtype
     metrics: dict = {"skipped_shards": len(shards.skipped)}
@@ -262,6 +295,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         metrics = {"step": step, **{k: float(v) for k, v in parts.items()},
                    **{f"time_{k}": v for k, v in timing.items()}, "step_time": time.perf_counter() - t0,
                    "skipped_shards": len(shards.skipped)}
+        if len(sources) > 1:
+            metrics.update({f"samples_from_source_{k}": n for k, n in enumerate(mixed.counts)})
         if ctx.on_step is not None:
             ctx.on_step(step, ctx, metrics)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
