@@ -24,6 +24,7 @@ LAYERS = [
     {"render", "metrics"},                           # functional blocks on Gaussians and images
     {"models"},                                      # architectures, the checkpoint format, the resolver
     {"io"},                                          # codecs, the sample format, the output store, exports
+    {"assets"},                                      # GSO-layout objects and the CPU mesh renderer
     {"prompts"},                                     # prompt banks
     {"stages"},                                      # the stage contract and the stages
     {"train"},                                       # the training loop

@@ -1,7 +1,7 @@
 """Putting a prediction in the ground truth's frame (shared/spec gso_eval.md "Aligning predictions").
 
 1. Canonical transform: LGM's frame is our world (OpenGL Y-up, the input camera on +Z), which is where
-   ``mvboost.eval.gso`` puts GSO objects, so it is the identity for LGM (and for PLYs in that frame).
+   ``mvboost.assets.gso`` puts GSO objects, so it is the identity for LGM (and for PLYs in that frame).
 2. Normalisation ("canonical"): the predicted mesh's bbox centre -> origin, longest side -> 1 (render
    space). A bbox depends on the pose, so the aligned variant (:func:`mvboost.eval.score`) starts from
    a rotation-invariant placement (centroid and RMS radius matched to the GT's), aligns, and only then
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..gaussians import Gaussians, quat_to_rotmat
-from .gso import METRIC_SCALE
+from ..assets.gso import METRIC_SCALE
 
 
 def cube_rotations() -> list[np.ndarray]:

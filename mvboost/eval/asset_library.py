@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .fixtures import _spherical_uv, write_gso_object, write_thumbnail
-from .gso import THUMBNAIL
+from ..assets.gso import THUMBNAIL
 
 DOMAINS = ("A", "B")
 STRETCH = {"A": 1.0, "B": 1.6}  # along the up axis (Y in our frame)

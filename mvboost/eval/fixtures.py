@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .gso import ZUP_TO_YUP
+from ..assets.gso import ZUP_TO_YUP
 
 #: name -> (pybullet_data file or None for procedural, source up axis is Y, height in metres)
 SOURCES = {
@@ -94,8 +94,9 @@ def write_thumbnail(root: Path, name: str, elevation: float = 20.0, azimuth: flo
     (here: above and to the side of the front), JPEG."""
     from PIL import Image
 
-    from .gso import THUMBNAIL, load_object
-    from .gt import MeshRenderer, eval_cameras
+    from ..assets.gso import THUMBNAIL, load_object
+    from ..assets.render import MeshRenderer
+    from .gt import eval_cameras
     from .protocol import Protocol
 
     renderer = MeshRenderer()
@@ -116,7 +117,7 @@ def write_thumbnail(root: Path, name: str, elevation: float = 20.0, azimuth: flo
 def build_fixtures(root: Path, names=None) -> Path:
     """Write the fixture objects under ``root`` (skipping ones already there) with their thumbnails;
     returns ``root``."""
-    from .gso import THUMBNAIL
+    from ..assets.gso import THUMBNAIL
 
     root = Path(root)
     for name in names or SOURCES:

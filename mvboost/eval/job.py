@@ -174,7 +174,7 @@ class EvalWorker:
 
     def __init__(self, cfg: EvalConfig, root: str):
         from ..stages.common import pick_device, pick_dtype
-        from .gt import MeshRenderer
+        from ..assets.render import MeshRenderer
         from .score import LPIPSSet
 
         self.cfg, self.root = cfg, root
@@ -235,7 +235,7 @@ class EvalWorker:
 
     def evaluate(self, name: str) -> dict:
         from ..io import export
-        from .gso import load_object
+        from ..assets.gso import load_object
         from .score import evaluate_object, prepare_gt
 
         t0 = time.perf_counter()
@@ -326,7 +326,7 @@ def select_objects(cfg: EvalConfig) -> EvalObjects:
 def summary_header(cfg: EvalConfig, p: EvalObjects) -> dict:
     """What produced a table: mode, renderer, protocol (sha256 + the fields that differ from the default),
     split (name, count, sha256), and every model with its revision, resolved commit and adapter."""
-    from .gt import RENDERER
+    from ..assets.render import RENDERER
 
     proto = to_dict(cfg.protocol)
     default = to_dict(Protocol())

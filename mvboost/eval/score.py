@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..assets.gso import METRIC_SCALE, GSOObject, load_object
+from ..assets.render import RENDERER, MeshRenderer
 from ..gaussians import Gaussians
-from ..metrics.geometry import chamfer_fscore, gaussians_to_mesh, psnr, sample_surface, ssim
 from ..io.codec import to_uint8
+from ..metrics.geometry import chamfer_fscore, gaussians_to_mesh, psnr, sample_surface, ssim
 from . import align as al
-from .gso import METRIC_SCALE, GSOObject, load_object
-from .gt import RENDERER, MeshRenderer, eval_cameras, predicted_views
+from .gt import eval_cameras, predicted_views
 from .protocol import Protocol
 
 

@@ -1,0 +1,109 @@
+"""Views of a textured mesh, on CPU with no GL: pybullet's TinyRenderer.
+
+Unlit albedo (ambient 1, no diffuse/specular: GSO textures carry baked lighting), composited on white,
+at any pinhole cameras. With ``supersample`` > 1 the views are rendered larger and area-downsampled. The
+one mesh renderer of the project: the evaluation's ground truth and asset views use it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..geometry.cameras import Cameras
+from .gso import GSOObject
+
+RENDERER = "pybullet ER_TINY_RENDERER (CPU, no GL), unlit albedo"
+
+
+def fovy_deg(cams: Cameras) -> float:
+    """The vertical field of view of pinhole cameras, from their intrinsics."""
+    return float(np.degrees(2 * np.arctan(0.5 * cams.height / float(cams.K[0, 1, 1]))))
+
+
+def downsample(img: np.ndarray, factor: int) -> np.ndarray:
+    """(..., H, W, C) area downsampling by an integer factor."""
+    if factor == 1:
+        return img
+    h, w = img.shape[-3] // factor, img.shape[-2] // factor
+    return img.reshape(*img.shape[:-3], h, factor, w, factor, img.shape[-1]).mean(axis=(-4, -2))
+
+
+class MeshRenderer:
+    """One pybullet DIRECT client per process; ``render(obj, cams)`` -> rgb (V,H,W,3) on white, alpha (V,H,W,1)."""
+
+    def __init__(self):
+        try:
+            import pybullet
+        except ImportError as e:
+            raise ImportError("ground-truth rendering needs pybullet: pip install 'mvboost[eval]'") from e
+        self.pb = pybullet
+        self.client = pybullet.connect(pybullet.DIRECT)
+
+    def _load(self, obj: GSOObject) -> int:
+        pb = self.pb
+        pb.resetSimulation(physicsClientId=self.client)
+        t = obj.transform
+        scale = float(np.linalg.norm(t[:3, 0]))
+        rot = t[:3, :3] / scale
+        # pybullet: world = R_base (meshScale * v) + p_base, our transform: world = s R v + t
+        quat = _rotmat_to_xyzw(rot)
+        with _quiet_stdout():  # pybullet prints (to fd 1) every place it looked for the mtl's texture
+            shape = pb.createVisualShape(pb.GEOM_MESH, fileName=str(obj.folder / "meshes" / "model.obj"),
+                                         meshScale=[scale] * 3, physicsClientId=self.client)
+        body = pb.createMultiBody(baseVisualShapeIndex=shape, basePosition=t[:3, 3].tolist(), baseOrientation=quat,
+                                  physicsClientId=self.client)
+        if obj.texture is not None:
+            tex = pb.loadTexture(str(obj.texture), physicsClientId=self.client)
+            pb.changeVisualShape(body, -1, textureUniqueId=tex, rgbaColor=[1, 1, 1, 1], physicsClientId=self.client)
+        return body
+
+    def render(self, obj: GSOObject, cams: Cameras, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        pb = self.pb
+        self._load(obj)
+        size = cams.width * supersample
+        proj = pb.computeProjectionMatrixFOV(fovy_deg(cams), 1.0, 0.01, 100.0, physicsClientId=self.client)
+        rgbs, alphas = [], []
+        for c2w in cams.c2w.double().numpy():
+            view = np.linalg.inv(c2w).T.reshape(-1).tolist()  # OpenGL world-to-camera, column-major
+            _, _, rgba, _, seg = pb.getCameraImage(size, size, view, proj, renderer=pb.ER_TINY_RENDERER, shadow=0,
+                                                   lightAmbientCoeff=1.0, lightDiffuseCoeff=0.0,
+                                                   lightSpecularCoeff=0.0, physicsClientId=self.client)
+            rgba = np.asarray(rgba, np.uint8).reshape(size, size, 4)
+            a = (np.asarray(seg).reshape(size, size, 1) >= 0).astype(np.float32)
+            rgb = rgba[..., :3].astype(np.float32) / 255.0 * a + (1 - a)
+            rgbs.append(downsample(rgb, supersample))
+            alphas.append(downsample(a, supersample))
+        return np.stack(rgbs), np.stack(alphas)
+
+    def close(self):
+        self.pb.disconnect(self.client)
+
+
+class _quiet_stdout:
+    """Silence C-level writes to fd 1 (pybullet's importer warnings) for a block."""
+
+    def __enter__(self):
+        import os
+        import sys
+
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 1)
+
+    def __exit__(self, *exc):
+        import ctypes
+        import os
+
+        try:
+            ctypes.CDLL(None).fflush(None)  # C stdio buffers go to /dev/null too
+        except (OSError, AttributeError):
+            pass
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        os.close(self._null)
+
+
+def _rotmat_to_xyzw(r: np.ndarray) -> list[float]:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(r).as_quat().tolist()  # scipy: (x, y, z, w), pybullet's order
