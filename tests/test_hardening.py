@@ -271,10 +271,17 @@ def test_local_ray_is_loopback_only_and_nothing_outlives_a_killed_driver(tmp_pat
         while time.time() < deadline and proc.poll() is None:
             kids = psutil.Process(proc.pid).children(recursive=True)
             if sum("DashboardAgent" in cmdline(k) or "default_worker" in cmdline(k) for k in kids) >= 2:
-                time.sleep(3)
-                started = [k for k in psutil.Process(proc.pid).children(recursive=True)
-                           if "reaper" not in cmdline(k)]
-                bound = listeners([proc.pid] + [k.pid for k in started])
+                # sample until the whole local Ray is up (its servers open their ports one after another; a
+                # single sample taken under load saw only 3): every listener seen on the way is checked
+                bound: set = set()
+                until = time.time() + 60
+                while time.time() < until and proc.poll() is None:
+                    started = [k for k in psutil.Process(proc.pid).children(recursive=True)
+                               if "reaper" not in cmdline(k)]
+                    bound |= listeners([proc.pid] + [k.pid for k in started])
+                    if {"gcs_server", "raylet"} <= {name for _, _, name in bound} and len(bound) >= 6:
+                        break
+                    time.sleep(0.5)
                 break
             time.sleep(0.3)
         assert started and proc.poll() is None, "the job ended before it could be killed"
