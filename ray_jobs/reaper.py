@@ -27,17 +27,26 @@ def watch(pid: int, interval: float = 1.0, grace: float = 3.0) -> int:
     me = os.getpid()  # a child of the driver too: never on the list
     try:
         driver = psutil.Process(pid)
-        while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
-            for c in driver.children(recursive=True):
-                if c.pid == me:
-                    continue
-                try:
-                    known[c.pid] = c.create_time()
-                except psutil.Error:
-                    pass
-            time.sleep(interval)
     except psutil.Error:
-        pass
+        driver = None
+    while driver is not None:
+        try:
+            if not driver.is_running() or driver.status() == psutil.STATUS_ZOMBIE:
+                break
+            kids = driver.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break  # the driver is gone
+        except psutil.Error:  # a transient error (a child vanishing while listed): look again, never give up early
+            time.sleep(interval)
+            continue
+        for c in kids:
+            if c.pid == me:
+                continue
+            try:
+                known[c.pid] = c.create_time()
+            except psutil.Error:
+                pass
+        time.sleep(interval)
     time.sleep(grace)  # after a normal exit Ray has already stopped its processes
     left = []
     for p, created in known.items():
