@@ -226,7 +226,7 @@ def test_report_plots_only_computed_metrics_colours_zero_neutral_and_reads_well(
     assert page.imgs == len(titles)
 
 
-def _fake_eval_output(root: Path, models: dict[str, dict[str, float]], label: str):
+def _fake_eval_output(root: Path, models: dict[str, dict[str, float]]):
     """An evaluation output folder as the job writes it (records, eval.json, summary.json, view strips)."""
     from PIL import Image
 
@@ -253,8 +253,8 @@ def _fake_eval_output(root: Path, models: dict[str, dict[str, float]], label: st
 
 def test_compare_two_runs_in_one_table_and_gallery(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    _fake_eval_output(a, {"base": {"o1": 20.0, "o2": 22.0, "o3": 24.0}}, "a")
-    _fake_eval_output(b, {"base": {"o1": 21.0, "o2": 24.0}}, "b")  # run b did not evaluate o3
+    _fake_eval_output(a, {"base": {"o1": 20.0, "o2": 22.0, "o3": 24.0}})
+    _fake_eval_output(b, {"base": {"o1": 21.0, "o2": 24.0}})  # run b did not evaluate o3
     out = tmp_path / "cmp.html"
     r = subprocess.run([sys.executable, "-m", "ray_jobs.report", "--compare", str(a), str(b), "--labels", "v1", "v2",
                         "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=120)

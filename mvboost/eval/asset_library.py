@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fixtures import _spherical_uv, write_gso_object, write_thumbnail
 from ..assets.gso import THUMBNAIL
+from ..io.codec import to_uint8
+from .fixtures import _spherical_uv, write_gso_object, write_thumbnail
 
 DOMAINS = ("A", "B")
 STRETCH = {"A": 1.0, "B": 1.6}  # along the up axis (Y in our frame)
@@ -44,7 +45,7 @@ def domain_texture(domain: str, seed: int, size: int = 128) -> np.ndarray:
         img = np.where(dots[..., None], 1.0 - img, img)
     else:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return to_uint8(img)
 
 
 def _mesh(index: int):

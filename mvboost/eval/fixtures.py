@@ -92,10 +92,15 @@ def write_gso_object(dest: Path, vertices_yup: np.ndarray, faces: np.ndarray, uv
 def write_thumbnail(root: Path, name: str, elevation: float = 20.0, azimuth: float = 35.0) -> Path:
     """``thumbnails/0.jpg`` as GSO has it: a 640x460 product shot on white from a camera nobody records
     (here: above and to the side of the front), JPEG."""
+    import io
+
+    import fsspec
     from PIL import Image
 
     from ..assets.gso import THUMBNAIL, load_object
     from ..assets.render import MeshRenderer
+    from ..io.codec import to_uint8
+    from ..io.shards import write_atomic
     from .gt import eval_cameras
     from .protocol import Protocol
 
@@ -105,12 +110,11 @@ def write_thumbnail(root: Path, name: str, elevation: float = 20.0, azimuth: flo
     finally:
         renderer.close()
     canvas = np.full((460, 640, 3), 255, np.uint8)
-    canvas[:, 90:550] = (np.clip(rgb[0], 0, 1) * 255 + 0.5).astype(np.uint8)
+    canvas[:, 90:550] = to_uint8(rgb[0])
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="JPEG", quality=90)
     out = root / name / THUMBNAIL
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.jpg")
-    Image.fromarray(canvas).save(tmp, quality=90)
-    tmp.rename(out)
+    write_atomic(fsspec.filesystem("file"), str(out), buf.getvalue())
     return out
 
 

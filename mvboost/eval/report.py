@@ -35,15 +35,16 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _scored(model_rec: dict) -> dict | None:
+def _scored_variant(model_rec: dict) -> str:
     """The variant a report shows for a model on an object: aligned if it was scored, else canonical."""
-    if model_rec.get("status") != "done":
-        return None
-    for variant in ("aligned", "canonical"):
-        v = model_rec.get(variant, {})
-        if v.get("status") != "n/a" and "psnr" in v:
-            return v
-    return None
+    v = model_rec.get("aligned", {})
+    return "aligned" if v.get("status") != "n/a" and "psnr" in v else "canonical"
+
+
+def _scored(model_rec: dict) -> dict | None:
+    """That variant's record, or None if the model has no 2D scores on the object."""
+    v = model_rec.get(_scored_variant(model_rec), {})
+    return v if model_rec.get("status") == "done" and v.get("status") != "n/a" and "psnr" in v else None
 
 
 #: the metrics a report can plot (key, label)
@@ -53,11 +54,13 @@ PLOTTED = (("psnr", "PSNR (21 views) ↑"), ("ssim", "SSIM ↑"), ("lpips_vgg", 
 
 def _values(records: list[dict], model: str, key: str, sub: str = "all") -> np.ndarray:
     """One value per scored object (NaN where the model has none)."""
+    from .summary import value
+
     out = []
     for r in records:
-        v = (_scored(r["models"].get(model, {})) or {}).get(key)
-        v = v.get(sub) if isinstance(v, dict) else v
-        out.append(np.nan if v is None else float(v))
+        rec = r["models"].get(model, {})
+        v = value(rec, _scored_variant(rec), key, sub)
+        out.append(np.nan if v is None else v)
     return np.array(out)
 
 

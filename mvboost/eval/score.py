@@ -148,25 +148,28 @@ def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None,
     g = gaussians[0:1].to(torch.float32) if gaussians.batch_size > 1 else gaussians.to(torch.float32)
     coarse = al.normalisation(_opaque_means(g))  # render space from the splat centres, then from the mesh
     mesh = _mesh(al.transform_gaussians(g, coarse), protocol)
-    norm = al.normalisation(mesh[0]) @ coarse if not isinstance(mesh, str) else coarse
-    g_n = al.transform_gaussians(g, norm)
-    pts = None
-    if not isinstance(mesh, str):
-        verts_n = al.apply(norm @ np.linalg.inv(coarse), mesh[0])
+    no_mesh = mesh if isinstance(mesh, str) else None  # the reason there is none
+    pts = verts_n = None
+    norm = coarse
+    if no_mesh is None:
+        by_mesh = al.normalisation(mesh[0])
+        norm = by_mesh @ coarse
+        verts_n = al.apply(by_mesh, mesh[0])
         pts = sample_surface(verts_n * METRIC_SCALE, mesh[1], protocol.points, protocol.seed)
+    g_n = al.transform_gaussians(g, norm)
     cams = eval_cameras(protocol)
     views = {"gt": gt.rgb}
     record = {"object": gt.obj.name, "renderer": RENDERER, "protocol": asdict(protocol),
               "gaussians": int(g.means.shape[1]), "normalisation": norm.round(8).tolist(),
               "noise_floor_cd": gt.noise_floor_cd, "frame_warning": None}
-    if isinstance(mesh, str):
-        record["mesh"] = mesh
+    if no_mesh:
+        record["mesh"] = no_mesh
     t = time.perf_counter()
     rgb_c, _ = predicted_views(g_n, cams, protocol.supersample)
     views["canonical"] = rgb_c
     if canonical:
         record["canonical"] = {**image_metrics(rgb_c, gt.rgb, lpips, protocol.input_index()),
-                               **(_geometry(pts, gt, protocol) if pts is not None else {"cd": None, "mesh": mesh})}
+                               **(_geometry(pts, gt, protocol) if pts is not None else {"cd": None, "mesh": no_mesh})}
     else:
         record["canonical"] = not_available("the input has no camera (thumbnail): only aligned metrics apply")
     seconds = {"canonical": time.perf_counter() - t}
@@ -186,7 +189,7 @@ def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None,
                                        "besides the yaw: the prediction's frame convention differs from the GT's")
         seconds["aligned"] = time.perf_counter() - t
     else:
-        record["aligned"] = not_available("alignment off (protocol.align=false)" if not protocol.align else mesh)
+        record["aligned"] = not_available("alignment off (protocol.align=false)" if not protocol.align else no_mesh)
         views["aligned"] = rgb_c
     seconds["total"] = time.perf_counter() - t0
     record["seconds"] = {k: round(v, 3) for k, v in seconds.items()}

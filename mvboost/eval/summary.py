@@ -40,7 +40,8 @@ NOTES = [
 GEOMETRY_KEYS = {"cd", "cd_sum", "cd_sq", "f@0.05", "f@0.1", "f@0.2", "f_sq@0.05"}
 
 
-def _value(model_rec: dict, variant: str, key: str, sub: str | None):
+def value(model_rec: dict, variant: str, key: str, sub: str | None):
+    """A model's value of one metric on one object (None if it has none: failed, n/a, missing, not finite)."""
     if model_rec.get("status") != "done":
         return None
     v = model_rec.get(variant, {}).get(key)
@@ -105,7 +106,7 @@ def summarise(records: list[dict], models: list[str], n_boot: int = 2000, seed: 
         rows = []
         for key, sub, label, higher in METRICS:
             vals = {m: {r["object"]: v for r in done
-                        if (v := _value(r["models"].get(m, {}), variant, key, sub)) is not None} for m in models}
+                        if (v := value(r["models"].get(m, {}), variant, key, sub)) is not None} for m in models}
             if not any(vals.values()):  # metrics nobody computed (e.g. an LPIPS net left out) are dropped
                 continue
             row = _row(label, higher, vals, objects, models, n_boot, seed)

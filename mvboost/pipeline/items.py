@@ -156,8 +156,6 @@ def plan_items(cfg, dry_run: bool = False) -> list[dict]:
     return items
 
 
-
-
 def job_plan(cfg, items: list[dict]) -> dict:
     """What job.json pins: a rerun on the same output must have the same plan."""
     return {"n": cfg.job.n, "shard_size": cfg.job.shard_size, "seed": cfg.job.seed,

@@ -80,5 +80,3 @@ def reason_group(reason: str) -> str:
     """A reject reason's group, for counting rejects by reason in the summary and the metrics: the text
     before the first colon or parenthesis ("object too small: 0.3% …" -> "object too small")."""
     return reason.split(":")[0].split("(")[0].strip()
-
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..config import ConfigError
 from ..stages import STAGES
-from ..stages.base import FusedStage, JobInfo, ModelRef, Stage
+from ..stages.base import FusedStage, ModelRef, Stage
 from .layout import Unit as LayoutUnit
 
 Unit = Stage | FusedStage
@@ -28,9 +28,10 @@ def _entry_names(i: int, entry) -> tuple[str, ...]:
     return names
 
 
-def build_units(cfg, info: JobInfo | None = None) -> list[Unit]:
-    """Each ``job.stages`` entry built into its operator (setup() not yet run, so cheap and picklable).
-    A malformed entry, an unknown stage or a stage listed twice is a :class:`ConfigError`."""
+def build_units(cfg) -> list[Unit]:
+    """Each ``job.stages`` entry built into its operator (setup() not yet run, so cheap and picklable; the
+    job's :class:`JobInfo` is given later with ``bind``). A malformed entry, an unknown stage or a stage
+    listed twice is a :class:`ConfigError`."""
     entries = [_entry_names(i, e) for i, e in enumerate(cfg.job.stages)]
     flat = [n for names in entries for n in names]
     dup = sorted({s for s in flat if flat.count(s) > 1})
@@ -38,7 +39,7 @@ def build_units(cfg, info: JobInfo | None = None) -> list[Unit]:
         raise ConfigError(f"job.stages: stage(s) {dup} listed more than once")
     units: list[Unit] = []
     for names in entries:
-        built = [STAGES[n](getattr(cfg, n), info) for n in names]
+        built = [STAGES[n](getattr(cfg, n)) for n in names]
         units.append(built[0] if len(built) == 1 else FusedStage(built))
     return units
 

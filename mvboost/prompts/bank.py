@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ..io.shards import jsonl_bytes, write_atomic
 
+
 class BankWriter:
     """Resumable bank under ``out`` (see module doc)."""
 

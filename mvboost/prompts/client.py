@@ -18,9 +18,11 @@ from .requests import cache_key, parse_items
 
 log = logging.getLogger(__name__)
 
+
 class BadResponse(RuntimeError):
     """HTTP 200 with a body that is not a chat completion: retried once (a proxy may have hiccuped), then
     the request fails; an endpoint that answers like that answers like that again."""
+
 
 #: attempts of one request whose answers cannot be chat completions (not JSON, no choices) before it fails
 MAX_BAD_RESPONSE_ATTEMPTS = 2

@@ -236,8 +236,6 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
     import deepspeed
 
     from ..metrics.lpips import load_lpips
-    from types import SimpleNamespace
-
     from .data import MixedStream, ShardStream, list_shards
     from .loss import lgm_loss, render_prediction
     from .lora import trainable_parameters
@@ -265,10 +263,10 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         print("data mix: " + ", ".join(f"{url} weight {w / sum(x for _, x, _ in sources):.2f} ({len(ls.urls)} shards)"
                                        for (url, w, _), ls in zip(sources, listings)), flush=True)
     batches = mixed.batches(cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
-    shards = SimpleNamespace(skipped=[s for ls in listings for s in ls.skipped])
+    skipped = [s for ls in listings for s in ls.skipped]
     lgm = lgm_of(engine.module)
     dtype = next(p for p in engine.module.parameters()).dtype
-    metrics: dict = {"skipped_shards": len(shards.skipped)}
+    metrics: dict = {"skipped_shards": len(skipped)}
     while step < cfg.train.steps:
         t0 = time.perf_counter()
         timing = {"data": 0.0, "forward": 0.0, "render": 0.0, "loss": 0.0, "backward": 0.0}
@@ -294,7 +292,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         step += 1
         metrics = {"step": step, **{k: float(v) for k, v in parts.items()},
                    **{f"time_{k}": v for k, v in timing.items()}, "step_time": time.perf_counter() - t0,
-                   "skipped_shards": len(shards.skipped)}
+                   "skipped_shards": len(skipped)}
         if len(sources) > 1:
             metrics.update({f"samples_from_source_{k}": n for k, n in enumerate(mixed.counts)})
         if ctx.on_step is not None:
@@ -336,19 +334,20 @@ class LocalContext:
             shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
 
 
+def _latest(run_dir: str | Path, folder: str, file: str, what: str) -> Path:
+    """``checkpoint_*/<folder>`` of the newest checkpoint that holds ``<folder>/<file>``."""
+    for c in reversed(sorted(Path(run_dir).glob("checkpoint_*"))):
+        if (c / folder / file).is_file():
+            return c / folder
+    raise FileNotFoundError(f"no checkpoint with {what} under {run_dir}")
+
+
 def latest_model(run_dir: str | Path) -> Path:
     """The newest full-parameter checkpoint's model folder (``load_lgm`` and every LGM consumer read it)."""
-    for c in reversed(sorted(Path(run_dir).glob("checkpoint_*"))):
-        from ..models.checkpoint import LGM_FILENAME
+    from ..models.checkpoint import LGM_FILENAME
 
-        if (c / MODEL_DIR / LGM_FILENAME).is_file():
-            return c / MODEL_DIR
-    raise FileNotFoundError(f"no checkpoint with a full model under {run_dir}")
+    return _latest(run_dir, MODEL_DIR, LGM_FILENAME, "a full model")
 
 
 def latest_adapter(run_dir: str | Path) -> Path:
-    ckpts = sorted(Path(run_dir).glob("checkpoint_*"))
-    for c in reversed(ckpts):
-        if (c / ADAPTER_DIR / "adapter_model.safetensors").is_file():
-            return c / ADAPTER_DIR
-    raise FileNotFoundError(f"no checkpoint with an adapter under {run_dir}")
+    return _latest(run_dir, ADAPTER_DIR, "adapter_model.safetensors", "an adapter")
