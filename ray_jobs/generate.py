@@ -38,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--config", required=True, help="job YAML (see ray_jobs/configs/)")
     p.add_argument("--output", help="output URL (local path, s3://…); overrides job.output")
     p.add_argument("--n", type=int, help="number of objects; overrides job.n")
+    p.add_argument("--assets", metavar="URL",
+                   help="render shards from the 3D assets under URL instead of generating from prompts (sets "
+                        "prompts.source=assets; GSO-layout folders and/or OBJ/GLB files; see configs/assets.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set text_to_image.steps=2 (repeatable)")
     p.add_argument("--in-process", action="store_true", help="run the same stage list without Ray (debugging)")
@@ -55,6 +58,8 @@ def load(args):
         overrides.append(f"job.output={args.output}")
     if args.n is not None:
         overrides.append(f"job.n={args.n}")
+    if args.assets:
+        overrides += ["prompts.source=assets", f"prompts.assets={args.assets}"]
     return load_job_config(args.config, overrides)
 
 

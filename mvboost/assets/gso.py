@@ -7,9 +7,17 @@ Z-up, origin on the base plane.
 Frames: GSO's Z-up is mapped to our world (OpenGL Y-up, the input camera on +Z at azimuth 0):
 (x, y, z)_gso -> (x, z, -y). Render space: bbox centre at the origin, longest side 1 ([-0.5, 0.5]);
 metric space (CD/F) = render space x 2. The transform from GSO coordinates is kept with the object.
+
+Asset folders (the generation job's asset source) hold GSO-layout objects and/or plain mesh files
+(``*.obj``, ``*.glb``, ``*.gltf``; Y-up as glTF and Objaverse have them): :func:`list_assets` finds both,
+:func:`load_asset` loads either, rewriting a plain mesh as a GSO-layout OBJ in a cache folder (the one form
+the renderer reads). A mesh that cannot be read, has no faces or names a texture that is not there raises
+:class:`AssetError` with the reason.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +28,12 @@ import numpy as np
 ZUP_TO_YUP = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
 METRIC_SCALE = 2.0  # metric space = render space x 2 ([-1, 1]^3)
 THUMBNAIL = "thumbnails/0.jpg"  # GSO's first product shot (no camera)
+MESH_SUFFIXES = (".obj", ".glb", ".gltf")  # plain mesh files an asset folder may hold
+GSO, MESH = "gso", "mesh"  # the two kinds of asset
+
+
+class AssetError(ValueError):
+    """An asset that cannot be rendered (unreadable, empty, missing texture); the message says why."""
 
 
 @dataclass
@@ -32,6 +46,7 @@ class GSOObject:
     texture: Path | None  # the albedo texture actually used
     transform: np.ndarray  # 4x4: GSO coordinates -> render space
     thumbnail: Path | None = None  # thumbnails/0.jpg (a product shot on white, no camera), if the folder has one
+    colour: tuple[float, float, float] = (0.7, 0.7, 0.7)  # untextured meshes: the mtl's Kd (the renderer's flat colour)
 
     def surface_points(self, n: int, seed: int) -> np.ndarray:
         """n points uniformly by area, metric space ([-1, 1]^3)."""
@@ -91,6 +106,20 @@ def find_texture(folder: Path) -> Path | None:
     return cand if cand.is_file() else None
 
 
+def mtl_colour(folder: Path) -> tuple[float, float, float]:
+    """The diffuse colour (``Kd``) of the object's mtl, (0.7, 0.7, 0.7) when it has none."""
+    mtl = folder / "meshes" / "model.mtl"
+    if mtl.is_file():
+        for line in mtl.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "Kd":
+                try:
+                    return tuple(float(x) for x in parts[1:])  # type: ignore[return-value]
+                except ValueError:
+                    break
+    return (0.7, 0.7, 0.7)
+
+
 def load_object(root: str, name: str, cache: Path | None = None, z_up: bool = True) -> GSOObject:
     """Load, map to Y-up and normalise to render space. ``z_up=False`` reads the mesh as already Y-up
     (the deliberate mistake the frame check must catch)."""
@@ -119,5 +148,132 @@ def load_object(root: str, name: str, cache: Path | None = None, z_up: bool = Tr
     uv = getattr(mesh.visual, "uv", None)
     texture = find_texture(folder)
     thumb = folder / THUMBNAIL
+    texture = texture if uv is not None else None
     return GSOObject(name, folder, verts, np.asarray(mesh.faces), None if uv is None else np.asarray(uv, np.float64),
-                     texture if uv is not None else None, transform, thumb if thumb.is_file() else None)
+                     texture, transform, thumb if thumb.is_file() else None,
+                     mtl_colour(folder) if texture is None else (1.0, 1.0, 1.0))
+
+
+def list_assets(root: str) -> list[tuple[str, str]]:
+    """(name, kind) of every asset under ``root``, sorted by name: GSO-layout folders (kind ``gso``, named by
+    the folder) and plain mesh files (kind ``mesh``, named by the file name with its suffix)."""
+    fs, path = _open_fs(root)
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"asset folder not found: {root}")
+    found = []
+    for entry in fs.ls(path, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("."):
+            continue
+        if entry["type"] == "directory" and fs.exists(f"{path}/{name}/meshes/model.obj"):
+            found.append((name, GSO))
+        elif entry["type"] == "file" and name.lower().endswith(MESH_SUFFIXES):
+            found.append((name, MESH))
+    return sorted(found)
+
+
+def asset_key(name: str) -> str:
+    """A sample key for an asset name: readable, dot- and slash-free, unique (a hash of the exact name)."""
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:48]
+    return f"a{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def write_obj(folder: Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None,
+              texture: np.ndarray | None, colour=(0.7, 0.7, 0.7)) -> Path:
+    """``folder/meshes/model.obj`` + ``model.mtl`` (+ ``materials/textures/texture.png``, which the mtl names
+    relative to ``meshes/`` as GSO does) for a mesh given as arrays; untextured meshes get a flat ``colour``."""
+    from PIL import Image
+
+    (folder / "meshes").mkdir(parents=True, exist_ok=True)
+    textured = uv is not None and texture is not None
+    lines = ["mtllib model.mtl", "usemtl material_0"]
+    lines += [f"v {a:.6f} {b:.6f} {c:.6f}" for a, b, c in vertices]
+    if textured:
+        lines += [f"vt {a:.6f} {b:.6f}" for a, b in uv]
+        lines += [f"f {a + 1}/{a + 1} {b + 1}/{b + 1} {c + 1}/{c + 1}" for a, b, c in faces]
+    else:
+        lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
+    (folder / "meshes" / "model.obj").write_text("\n".join(lines) + "\n")
+    kd = "1 1 1" if textured else " ".join(f"{c:.3f}" for c in colour)
+    (folder / "meshes" / "model.mtl").write_text(f"newmtl material_0\nKa 1 1 1\nKd {kd}\n"
+                                                 + ("map_Kd texture.png\n" if textured else ""))
+    if textured:
+        (folder / "materials" / "textures").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(texture).save(folder / "materials" / "textures" / "texture.png")
+    return folder
+
+
+def _fetch_mesh_file(root: str, name: str, cache: Path) -> Path:
+    """A local copy of a plain mesh file; an OBJ brings its mtl files and the textures they name."""
+    fs, path = _open_fs(root)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return Path(path) / name
+    dest = cache / "files" / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fs.get(f"{path}/{name}", str(dest))
+    if name.lower().endswith(".obj"):
+        for line in dest.read_text(errors="replace").splitlines():
+            if line.startswith("mtllib "):
+                mtl = line.split(maxsplit=1)[1].strip()
+                if fs.exists(f"{path}/{mtl}"):
+                    fs.get(f"{path}/{mtl}", str(dest.parent / mtl))
+                    for ml in (dest.parent / mtl).read_text(errors="replace").splitlines():
+                        if ml.strip().startswith("map_Kd "):
+                            tex = ml.strip().split(maxsplit=1)[1].strip()
+                            if fs.exists(f"{path}/{tex}"):
+                                (dest.parent / tex).parent.mkdir(parents=True, exist_ok=True)
+                                fs.get(f"{path}/{tex}", str(dest.parent / tex))
+    return dest
+
+
+def _mesh_texture(mesh) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(uv, texture RGB uint8) of a trimesh mesh; (None, None) when it has no texture coordinates. UVs whose
+    material has no image raise :class:`AssetError` (the texture the mesh names is missing)."""
+    visual = mesh.visual
+    uv = getattr(visual, "uv", None)
+    if uv is None or len(uv) == 0:
+        return None, None
+    material = getattr(visual, "material", None)
+    image = getattr(material, "image", None) or getattr(material, "baseColorTexture", None)
+    if image is None:
+        raise AssetError("missing texture: the mesh has texture coordinates but its texture image was not found")
+    return np.asarray(uv, np.float64), np.asarray(image.convert("RGB"), np.uint8)
+
+
+def load_asset(root: str, name: str, kind: str, cache: Path | None = None) -> GSOObject:
+    """Load one asset of :func:`list_assets` as a render-space :class:`GSOObject`; :class:`AssetError` says why
+    it cannot be (unreadable mesh, no faces, missing texture)."""
+    import logging
+
+    import trimesh
+
+    logging.getLogger("trimesh").setLevel(logging.ERROR)
+    cache = cache or Path(tempfile.mkdtemp(prefix="assets-"))
+    if kind == GSO:
+        try:
+            obj = load_object(root, name, cache)
+        except FileNotFoundError as e:
+            raise AssetError(str(e).removeprefix(f"{name}: ")) from None
+        except ValueError as e:
+            raise AssetError(str(e).removeprefix(f"{name}: ")) from None
+        except Exception as e:  # noqa: BLE001 - a parser's error is the asset's reason
+            raise AssetError(f"unreadable mesh ({type(e).__name__}: {str(e)[:200]})") from None
+        if obj.uv is not None and obj.texture is None:
+            raise AssetError("missing texture: the mesh has texture coordinates but neither the mtl's map_Kd nor "
+                             "materials/textures/texture.png exists")
+        return obj
+    if kind != MESH:
+        raise ValueError(f"unknown asset kind {kind!r}")
+    try:
+        mesh = trimesh.load(_fetch_mesh_file(root, name, cache), force="mesh", process=False)
+    except Exception as e:  # noqa: BLE001 - a parser's error is the asset's reason
+        raise AssetError(f"unreadable mesh ({type(e).__name__}: {str(e)[:200]})") from None
+    if not hasattr(mesh, "faces") or len(mesh.faces) == 0:
+        raise AssetError("empty mesh: no faces")
+    uv, texture = _mesh_texture(mesh)
+    folder_name = asset_key(name)
+    write_obj(cache / folder_name, np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces), uv, texture)
+    obj = load_object(str(cache), folder_name, cache, z_up=False)
+    obj.name = name
+    return obj

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..assets.gso import ZUP_TO_YUP
+from ..assets.gso import ZUP_TO_YUP, write_obj
 
 #: name -> (pybullet_data file or None for procedural, source up axis is Y, height in metres)
 SOURCES = {
@@ -71,20 +71,10 @@ def _source(name: str):
 def write_gso_object(dest: Path, vertices_yup: np.ndarray, faces: np.ndarray, uv: np.ndarray, texture: np.ndarray,
                      height: float) -> Path:
     """Write one object in GSO's layout (Z-up, metres, origin on the base plane, the texture-path quirk)."""
-    from PIL import Image
-
     v = vertices_yup @ np.linalg.inv(ZUP_TO_YUP).T  # our Y-up -> GSO's Z-up
     v = v - np.array([(v[:, 0].min() + v[:, 0].max()) / 2, (v[:, 1].min() + v[:, 1].max()) / 2, v[:, 2].min()])
     v = v * (height / (v[:, 2].max() - v[:, 2].min()))
-    (dest / "meshes").mkdir(parents=True, exist_ok=True)
-    (dest / "materials" / "textures").mkdir(parents=True, exist_ok=True)
-    lines = ["mtllib model.mtl", "usemtl material_0"]
-    lines += [f"v {a:.6f} {b:.6f} {c:.6f}" for a, b, c in v]
-    lines += [f"vt {a:.6f} {b:.6f}" for a, b in uv]
-    lines += [f"f {a + 1}/{a + 1} {b + 1}/{b + 1} {c + 1}/{c + 1}" for a, b, c in faces]
-    (dest / "meshes" / "model.obj").write_text("\n".join(lines) + "\n")
-    (dest / "meshes" / "model.mtl").write_text("newmtl material_0\nKa 1 1 1\nKd 1 1 1\nmap_Kd texture.png\n")
-    Image.fromarray(texture).save(dest / "materials" / "textures" / "texture.png")
+    write_obj(dest, v, faces, uv, texture)
     (dest / "model.config").write_text("<model><name>fixture</name></model>\n")
     return dest
 

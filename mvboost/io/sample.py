@@ -15,7 +15,8 @@ view 0 on the left, in Era3D's order front, front_right, right, back, left, fron
 ``refined_normals.png`` the normal half of the refinement
 ``cameras.json``     the Era3D cameras (c2w OpenGL, K, ortho) used for renders and refinement
 ``gaussians.ply``    theta: LGM's Gaussians in the standard 3DGS PLY layout
-``meta.json``        ids, seeds, model ids and revisions, strength, per-stage seconds
+``meta.json``        ids, seeds, model ids and revisions, strength, per-stage seconds; for a sample
+                     rendered from a 3D asset, ``asset``: its folder, name, kind and the renderer
 ``payload.bin``      only from the synthetic load-test stage: its random bytes
 ===================  ===========================================================================
 
@@ -83,6 +84,9 @@ def encode_sample(row: dict, job_meta: dict) -> dict[str, bytes]:
         "stage_seconds": {k[2:]: round(float(v), 4) for k, v in row.items() if k.startswith("t_") and v},
         **job_meta,
     }
+    if row.get("asset") is not None:  # a sample rendered from a 3D asset (the asset_render stage)
+        meta["asset"] = {"root": row.get("asset_root"), "name": row["asset"], "kind": row.get("asset_kind"),
+                         "renderer": row.get("renderer")}
     if row.get("pose_pred") is not None:
         meta["era3d_pose_pred"] = json.loads(row["pose_pred"])
     fields[META] = json.dumps(meta, indent=1, sort_keys=True, default=_json_default).encode()

@@ -29,8 +29,12 @@ class JobSection:
 
 @dataclass
 class PromptsSection:
-    source: str = "offline"  # "offline" (taxonomy composer) or "file" (a JSONL prompt bank)
+    # "offline" (taxonomy composer), "file" (a JSONL prompt bank) or "assets" (3D assets, no prompts: every
+    # asset found under prompts.assets is one item, job.n does not apply; stages [asset_render, write])
+    source: str = "offline"
     bank: str | None = None  # fsspec URL of a JSONL bank with prompt_id + prompt (for source: file)
+    assets: str | None = None  # fsspec URL of a folder of GSO-layout objects and/or OBJ/GLB files (source: assets)
+    asset_list: str | None = None  # optional: a text file naming the assets to use, one per line (source: assets)
     seed: int = 0
     # file banks: also reject near-duplicates (MiniLM cosine >= threshold, as LLM banks do); the verdicts
     # are cached by bank content under $MVBOOST_CACHE/prompt-banks, so only the first run embeds
@@ -101,15 +105,19 @@ def validate(cfg) -> list[Unit]:
     if cfg.ray.check_layout not in ("auto", "strict", "warn", "off"):
         raise ConfigError(f"ray.check_layout must be auto, strict, warn or off, got {cfg.ray.check_layout!r}")
     have = {"item_id", "prompt", "seed", "shard", "index"}
+    if cfg.prompts.source == "assets":
+        have |= {"asset_root", "asset", "asset_kind"}
     for stage in (s for u in units for s in u.members):  # every input must be produced upstream
         missing = [c for c in stage.inputs if c not in have]
         if missing:
             raise ConfigError(f"job.stages: stage {stage.name!r} needs {missing}, produced by no earlier stage")
         have |= set(stage.outputs)
-    if cfg.prompts.source not in ("offline", "file"):
-        raise ConfigError(f"prompts.source must be 'offline' or 'file', got {cfg.prompts.source!r}")
+    if cfg.prompts.source not in ("offline", "file", "assets"):
+        raise ConfigError(f"prompts.source must be 'offline', 'file' or 'assets', got {cfg.prompts.source!r}")
     if cfg.prompts.source == "file" and not cfg.prompts.bank:
         raise ConfigError("prompts.source is 'file' but prompts.bank is not set")
+    if cfg.prompts.source == "assets" and not cfg.prompts.assets:
+        raise ConfigError("prompts.source is 'assets' but prompts.assets (or --assets) is not set")
     if not 0.0 < cfg.prompts.near_duplicate_threshold <= 1.0:
         raise ConfigError(f"prompts.near_duplicate_threshold must be in (0, 1] (a cosine similarity), "
                           f"got {cfg.prompts.near_duplicate_threshold}")

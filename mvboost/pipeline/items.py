@@ -135,9 +135,58 @@ def _rejected_row(i: int, line: bytes, reason: str) -> dict:
     return {"prompt_id": "", "prompt": "", "reject": reason, "key": "x" + hashlib.sha256(b"%d:" % i + line).hexdigest()[:16]}
 
 
+def _read_asset_list(url: str) -> list[str]:
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rt") as f:
+            text = f.read()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"prompts.asset_list {url}: {type(e).__name__}: {e}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"prompts.asset_list {url} names an asset more than once")
+    return names
+
+
+def plan_assets(cfg) -> list[dict]:
+    """Every asset under ``prompts.assets`` (or those ``prompts.asset_list`` names), sorted by name, is one item:
+    key from the asset name, shard i // shard_size, seed from the name."""
+    from ..assets.gso import asset_key, list_assets
+
+    root = cfg.prompts.assets.rstrip("/")
+    if root == "fixtures":  # the GSO-layout fixture objects (built once per machine), as the evaluation's
+        from ..eval.fixtures import fixtures_root
+
+        root = str(fixtures_root())
+    try:
+        found = list_assets(root)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, ValueError, ImportError) as e:
+        raise ConfigError(f"prompts.assets {root}: {type(e).__name__}: {e}") from None
+    if cfg.prompts.asset_list:
+        kinds = dict(found)
+        names = _read_asset_list(cfg.prompts.asset_list)
+        missing = [n for n in names if n not in kinds]
+        if missing:
+            raise ConfigError(f"prompts.asset_list names {len(missing)} asset(s) not found under {root}: "
+                              f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+        found = [(n, kinds[n]) for n in sorted(names)]
+    if not found:
+        raise ConfigError(f"no assets under {root} (GSO-layout folders with meshes/model.obj, or "
+                          f"{'/'.join(s.lstrip('.').upper() for s in ('.obj', '.glb', '.gltf'))} files)")
+    return [{"item_id": asset_key(name), "prompt_id": name, "index": i, "shard": i // cfg.job.shard_size,
+             "prompt": name, "category": kind, "prompt_source": "assets", "seed": item_seed(cfg.job.seed, name),
+             STATUS: OK, "reject_stage": "", "reject_reason": "", "asset_root": root, "asset": name,
+             "asset_kind": kind} for i, (name, kind) in enumerate(found)]
+
+
 def plan_items(cfg, dry_run: bool = False) -> list[dict]:
     """The deterministic item plan: item i -> key (from the prompt id), shard i // shard_size, seed.
     ``dry_run``: see :func:`load_prompts` (the keys, shards and seeds are the same either way)."""
+    if cfg.prompts.source == "assets":
+        return plan_assets(cfg)
     prompts = load_prompts(cfg, dry_run)
     items, seen = [], set()
     for i, p in enumerate(prompts):
@@ -158,6 +207,9 @@ def plan_items(cfg, dry_run: bool = False) -> list[dict]:
 
 def job_plan(cfg, items: list[dict]) -> dict:
     """What job.json pins: a rerun on the same output must have the same plan."""
-    return {"n": cfg.job.n, "shard_size": cfg.job.shard_size, "seed": cfg.job.seed,
-            "prompts_source": cfg.prompts.source, "prompts_seed": cfg.prompts.seed,
+    plan = {"n": len(items) if cfg.prompts.source == "assets" else cfg.job.n, "shard_size": cfg.job.shard_size,
+            "seed": cfg.job.seed, "prompts_source": cfg.prompts.source, "prompts_seed": cfg.prompts.seed,
             "first_key": items[0]["item_id"], "last_key": items[-1]["item_id"]}
+    if cfg.prompts.source == "assets":
+        plan["assets"] = items[0]["asset_root"]
+    return plan

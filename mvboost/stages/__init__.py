@@ -1,4 +1,5 @@
 """The pipeline stages, in their usual order. ``STAGES`` maps config names to stage classes."""
+from .asset_render import AssetRenderStage
 from .era3d import Era3DStage, RefineStage
 from .lgm import LGMStage, RenderStage
 from .matting import MattingStage
@@ -14,8 +15,9 @@ STAGES = {
     "render": RenderStage,
     "refine": RefineStage,
     "write": WriteStage,
+    "asset_render": AssetRenderStage,  # shards from 3D assets (prompts.source: assets)
     "synthetic": SyntheticStage,  # load tests: payload and latency without a model
 }
 
-__all__ = ["STAGES", "Era3DStage", "LGMStage", "MattingStage", "RefineStage", "RenderStage", "SyntheticStage", "TextToImageStage",
+__all__ = ["STAGES", "AssetRenderStage", "Era3DStage", "LGMStage", "MattingStage", "RefineStage", "RenderStage", "SyntheticStage", "TextToImageStage",
            "WriteStage"]

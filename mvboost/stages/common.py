@@ -118,3 +118,15 @@ class ModelStage:
 
         ref, = self.model_refs
         return resolve(ref.id, ref.revision, what=ref.stage)
+
+
+def era3d_camera_json(size: int, world_width: float) -> str:
+    """``cameras.json`` of a sample: Era3D's six orthographic cameras at ``size`` px spanning ``world_width``."""
+    import json
+
+    from ..geometry.cameras import ERA3D_VIEW_NAMES, era3d_cameras
+
+    cam = era3d_cameras(size, world_width).to_json()
+    cam.update(views=list(ERA3D_VIEW_NAMES), world_width=world_width,
+               note="orthographic; fx = pixels per world unit; OpenGL c2w; background white")
+    return json.dumps(cam)

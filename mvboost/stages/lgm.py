@@ -2,17 +2,16 @@
 6 Era3D orthographic cameras (colour, alpha, normals)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..gaussians import Gaussians
-from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH, ERA3D_TO_LGM_VIEWS, ERA3D_VIEW_NAMES, era3d_cameras
+from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH, ERA3D_TO_LGM_VIEWS, era3d_cameras
 from ..io.codec import decode_array, encode_array, to_uint8
 from .base import Reject, Resources, Stage
-from .common import ModelStage, ModelStageConfig, pick_device, pick_dtype, shared_model
+from .common import ModelStage, ModelStageConfig, era3d_camera_json, pick_device, pick_dtype, shared_model
 
 
 @dataclass
@@ -65,10 +64,7 @@ class RenderStage(Stage):
     def setup(self):
         self.device = pick_device(self.config.device)
         self.cams = era3d_cameras(self.config.size, self.config.world_width)
-        cam_json = self.cams.to_json()
-        cam_json.update(views=list(ERA3D_VIEW_NAMES), world_width=self.config.world_width,
-                        note="orthographic; fx = pixels per world unit; OpenGL c2w; background white")
-        self.cam_json = json.dumps(cam_json)
+        self.cam_json = era3d_camera_json(self.config.size, self.config.world_width)
 
     @torch.no_grad()
     def process(self, rows):

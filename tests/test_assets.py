@@ -1,0 +1,171 @@
+"""Shards from 3D assets (issue 20): the asset source of the generation job, its renderer at Era3D's
+orthographic cameras against an independent projection oracle, rejects that name the asset, resume, and
+the shards as the training reads them."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from mvboost.assets.gso import AssetError, asset_key, list_assets, load_asset
+from mvboost.assets.render import MeshRenderer
+from mvboost.config import ConfigError
+from mvboost.eval.fixtures import fixtures_root
+from mvboost.geometry.cameras import era3d_cameras
+from mvboost.io.sample import decode_meta, iter_tar
+
+SMOKE = REPO / "ray_jobs" / "configs" / "assets_smoke.yaml"
+
+
+def _box(extents=(0.6, 1.0, 0.4), textured=False):
+    import trimesh
+    from PIL import Image
+
+    m = trimesh.creation.box(extents=extents)
+    if textured:
+        uv = np.c_[(m.vertices[:, 0] + 0.5) % 1.0, (m.vertices[:, 1] + 0.5) % 1.0]
+        tex = np.zeros((32, 32, 3), np.uint8)
+        tex[..., 0], tex[..., 2] = 200, 40
+        m.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(tex))
+    return m
+
+
+def _project(cams, points: np.ndarray) -> np.ndarray:
+    """(V, N, 2) pixel coordinates of world points under orthographic cameras, from the cameras' own
+    world-to-camera matrices and intrinsics (u = fx * x + cx): the oracle the renderer must agree with."""
+    w2c = cams.viewmats.double().numpy()
+    k = cams.K.double().numpy()
+    homog = np.c_[points, np.ones(len(points))]
+    cam = np.einsum("vij,nj->vni", w2c, homog)[..., :3]
+    return np.stack([k[:, None, 0, 0] * cam[..., 0] + k[:, None, 0, 2],
+                     k[:, None, 1, 1] * cam[..., 1] + k[:, None, 1, 2]], -1)
+
+
+def test_renderer_matches_the_orthographic_projection_of_era3d_cameras(tmp_path):
+    _box().export(tmp_path / "box.glb")
+    obj = load_asset(str(tmp_path), "box.glb", "mesh")
+    assert np.abs(obj.vertices).max() == pytest.approx(0.5)  # render space: longest side 1
+    cams = era3d_cameras(96)
+    renderer = MeshRenderer()
+    try:
+        rgb, alpha = renderer.render(obj, cams, 1)
+    finally:
+        renderer.close()
+    uv = _project(cams, obj.vertices)
+    for i in range(len(cams)):
+        mask = alpha[i, ..., 0] > 0.5
+        cols, rows = np.where(mask.any(0))[0], np.where(mask.any(1))[0]
+        got = np.array([cols.min(), cols.max() + 1, rows.min(), rows.max() + 1], float)  # pixel edges
+        want = np.array([uv[i, :, 0].min(), uv[i, :, 0].max(), uv[i, :, 1].min(), uv[i, :, 1].max()])
+        assert np.abs(got - want).max() <= 1.0, (i, got, want)
+    # an untextured mesh is drawn in its flat colour, not white on white
+    assert 0.3 < rgb[alpha[..., 0] > 0.5].mean() < 0.9
+
+
+def _asset_folder(root):
+    """Good and bad assets side by side: GSO folders, a textured GLB, an untextured OBJ, and four that must be
+    rejected with their reasons."""
+    root.mkdir()
+    fx = fixtures_root()
+    for name in ("duck", "box"):
+        shutil.copytree(fx / name, root / name)
+    shutil.copytree(fx / "box", root / "notex")
+    (root / "notex" / "materials" / "textures" / "texture.png").unlink()
+    _box(textured=True).export(root / "crate.glb")
+    _box((1.0, 0.5, 0.5)).export(root / "plain.obj")
+    (root / "broken.obj").write_text("this is not a mesh\n")
+    (root / "noise.glb").write_bytes(np.random.default_rng(0).bytes(300))
+    (root / "README.txt").write_text("not an asset")
+    return root
+
+
+def _cfg(out, assets, *extra):
+    from mvboost.pipeline.job import load_job_config
+
+    return load_job_config(SMOKE, [f"job.output={out}", f"prompts.assets={assets}", "job.progress=false", *extra])
+
+
+def test_asset_source_plans_every_asset_and_records_bad_ones(tmp_path):
+    from mvboost.pipeline.job import run_in_process
+    from mvboost.train.data import decode_sample
+
+    root = _asset_folder(tmp_path / "assets")
+    found = dict(list_assets(str(root)))
+    assert found == {"box": "gso", "broken.obj": "mesh", "crate.glb": "mesh", "duck": "gso", "noise.glb": "mesh",
+                     "notex": "gso", "plain.obj": "mesh"}
+    out = tmp_path / "out"
+    summary = run_in_process(_cfg(out, root))
+    assert (summary.accepted, summary.rejected) == (4, 3)
+    rejects = {json.loads(line)["key"]: json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()}
+    reasons = {k: r["reason"] for k, r in rejects.items()}
+    assert reasons[asset_key("broken.obj")] == "asset broken.obj: empty mesh: no faces"
+    assert reasons[asset_key("noise.glb")].startswith("asset noise.glb: unreadable mesh")
+    assert reasons[asset_key("notex")].startswith("asset notex: missing texture")
+    assert {r["stage"] for r in rejects.values()} == {"asset_render"}
+    samples = {}
+    for tar in sorted(out.glob("shard-*.tar")):
+        with open(tar, "rb") as f:
+            samples.update(dict(iter_tar(f)))
+    assert sorted(samples) == sorted(asset_key(n) for n in ("box", "crate.glb", "duck", "plain.obj"))
+    for key, fields in samples.items():
+        meta = decode_meta(fields)
+        assert meta["asset"]["root"] == str(root) and asset_key(meta["asset"]["name"]) == key
+        assert "TINY_RENDERER" in meta["asset"]["renderer"] and "orthographic" in meta["asset"]["renderer"]
+        assert fields["views.png"] == fields["refined.png"]  # the asset's renders are the targets
+        cams = json.loads(fields["cameras.json"])
+        assert cams["model"] == "ortho" and cams["width"] == 64
+        s = decode_sample(fields)  # what the training reads: 4 input views, 6 targets, a mask, the cameras
+        assert s["inputs"].shape == (4, 3, 64, 64) and s["target"].shape == (6, 3, 64, 64)
+        assert 0.05 < float(s["mask"].mean()) < 0.8
+        assert torch.equal(s["inputs"][0], s["target"][0])  # input view 0 is Era3D's front view
+    # the textured GLB keeps its texture (red-dominant), the plain OBJ its flat grey
+    crate = decode_sample(samples[asset_key("crate.glb")])
+    fg = crate["mask"][:, 0] > 0.9
+    r, b = crate["target"][:, 0][fg].mean(), crate["target"][:, 2][fg].mean()
+    assert r > 0.6 and b < 0.3, (r, b)
+    # resume: a rerun finds everything finished, rejects included
+    again = run_in_process(_cfg(out, root))
+    assert again.skipped_already_done == 7 and again.requested == 7, again
+    # a list selects assets; an unknown name, a missing folder, no folder at all are clear errors
+    picked = run_in_process(_cfg(tmp_path / "out2", root, f"prompts.asset_list={_write(tmp_path, 'duck', 'plain.obj')}"))
+    assert (picked.accepted, picked.rejected) == (2, 0)
+    with pytest.raises(ConfigError, match="not found under"):
+        run_in_process(_cfg(tmp_path / "out3", root, f"prompts.asset_list={_write(tmp_path, 'duck', 'chair')}"))
+    with pytest.raises(ConfigError, match="asset folder not found"):
+        run_in_process(_cfg(tmp_path / "out4", tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="prompts.assets"):
+        _cfg(tmp_path / "out5", "''")
+
+
+def _write(tmp_path, *names):
+    p = tmp_path / f"list-{len(list(tmp_path.glob('list-*')))}.txt"
+    p.write_text("# the assets to use\n" + "\n".join(names) + "\n")
+    return p
+
+
+def test_load_asset_reasons(tmp_path):
+    (tmp_path / "empty.obj").write_text("# no geometry\n")
+    with pytest.raises(AssetError, match="empty mesh"):
+        load_asset(str(tmp_path), "empty.obj", "mesh")
+    with pytest.raises(AssetError, match="no meshes/model.obj|unreadable"):
+        load_asset(str(tmp_path), "missing", "gso")
+
+
+def test_assets_smoke_job_on_ray_reads_back_with_ray_data(tmp_path):
+    out = tmp_path / "shards"
+    r = subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "accepted 5, rejected 0" in r.stdout
+    assert "b3Warning" not in r.stdout + r.stderr  # pybullet's importer noise stays out of the log
+    check = ("import ray, sys; ray.init(num_cpus=1, include_dashboard=False); "
+             "rows = ray.data.read_webdataset(sys.argv[1], file_extensions=['tar']).take_all(); "
+             "print(len(rows), sorted(k for k in rows[0] if not k.startswith('__')))")
+    r = subprocess.run([sys.executable, "-c", check, str(out)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == ("5 ['cameras.json', 'input.png', 'meta.json', 'prompt.txt', "
+                                                 "'refined.png', 'views.png']")
