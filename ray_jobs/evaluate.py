@@ -17,14 +17,16 @@ import sys
 
 
 def parse_args(argv=None):
+    from mvboost.eval.job import MODES
+
     p = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--objects", help="a GSO folder (any fsspec URL) or 'fixtures'")
     p.add_argument("--split", help="gso300 | gso30 | all | a file with one object name per line")
     p.add_argument("--output")
-    p.add_argument("--mode", choices=["single", "thumbnail", "gt4", "ply"])
+    p.add_argument("--mode", choices=list(MODES))
     p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
-                   help="name=<LGM id or folder>[@revision][+<LoRA adapter>] (single, gt4) or name=<PLY folder> (ply); "
+                   help="name=<LGM id or folder>[@revision][+<LoRA adapter>] (single, gt4, gt_ortho) or name=<PLY folder> (ply); "
                         "repeat for several models (the first is the baseline of the paired differences)")
     p.add_argument("--in-process", action="store_true", help="no Ray: evaluate objects one by one in this process")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

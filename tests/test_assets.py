@@ -169,3 +169,76 @@ def test_assets_smoke_job_on_ray_reads_back_with_ray_data(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == ("5 ['cameras.json', 'input.png', 'meta.json', 'prompt.txt', "
                                                  "'refined.png', 'views.png']")
+
+
+def test_shard_targets_and_the_training_renderer_share_a_frame(tmp_path):
+    """The convention chain of asset shards: Gaussians placed on an asset's surface, rendered by the training
+    renderer at the cameras the shard records, cover the same pixels as the asset's target views (an
+    asymmetric box, so a mirrored, rotated or rescaled frame anywhere would show)."""
+    from mvboost.gaussians import Gaussians
+    from mvboost.geometry.cameras import Cameras
+    from mvboost.metrics.geometry import sample_surface
+    from mvboost.render import render
+    from mvboost.stages.asset_render import AssetRenderStage
+
+    import trimesh
+
+    box = trimesh.util.concatenate([_box((0.6, 1.0, 0.4)), _box((0.3, 0.3, 0.3)).apply_translation([0.35, 0.3, 0.15])])
+    box.export(tmp_path / "lshape.glb")
+    stage = AssetRenderStage(AssetRenderStage.Config(size=64, supersample=2))
+    stage.ensure_setup()
+    [res] = stage.process([{"item_id": "x", "asset_root": str(tmp_path), "asset": "lshape.glb", "asset_kind": "mesh"}])
+    from mvboost.io.codec import decode_array
+
+    target_alpha = decode_array(res["rgba"])[..., 3] > 127  # the front view's alpha
+    views = decode_array(res["views"])
+    cams = Cameras.from_json(json.loads(res["cameras"]))
+    obj = load_asset(str(tmp_path), "lshape.glb", "mesh")
+    pts = torch.from_numpy(sample_surface(obj.vertices, obj.faces, 60000, 0)).float()
+    n = len(pts)
+    g = Gaussians(pts, torch.ones(n), torch.full((n, 3), 0.006), torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4),
+                  torch.full((n, 3), 0.5))
+    out = render(g, cams, background=(1.0, 1.0, 1.0))
+    pred = out.alpha[0, :, 0].numpy() > 0.5  # (6, H, W)
+    from mvboost.train.data import foreground_mask
+
+    target = foreground_mask(views.astype(np.float32) / 255) > 0.5  # the training's own target mask
+    assert (target[0] ^ target_alpha).sum() <= 0.02 * target_alpha.sum()  # input.png's alpha: the same silhouette
+    def centroid(m):
+        ys, xs = np.nonzero(m)
+        return np.array([xs.mean(), ys.mean()])
+
+    # splats are soft (the rasteriser's 0.3 px² low-pass, tens of overlapping splats at an edge), so their
+    # silhouette grows ~2 px at each edge: compare centres (sub-pixel) and extents (within 3 px)
+    for i in range(6):
+        assert np.abs(centroid(pred[i]) - centroid(target[i])).max() < 0.75, (i, centroid(pred[i]), centroid(target[i]))
+        for axis in (0, 1):
+            p_idx, t_idx = np.nonzero(pred[i].any(axis))[0], np.nonzero(target[i].any(axis))[0]
+            assert abs(p_idx.min() - t_idx.min()) <= 3 and abs(p_idx.max() - t_idx.max()) <= 3
+    # the check can fail: mirrored targets (a flipped frame) are off by pixels
+    for i in (0, 1, 5):
+        assert np.abs(centroid(pred[i]) - centroid(target[i][:, ::-1])).max() > 2.0, i
+
+
+def test_gt_ortho_evaluation_feeds_lgm_the_shards_input_views(tmp_path):
+    """The evaluation's gt_ortho inputs for an object are the asset shard's input views of the same object
+    (one renderer, same cameras, size and supersampling), so a model is scored on what it was trained on."""
+    from mvboost.config import load_config
+    from mvboost.eval.job import EvalConfig, EvalWorker
+    from mvboost.eval.score import prepare_gt
+    from mvboost.geometry.cameras import ERA3D_TO_LGM_VIEWS
+    from mvboost.io.codec import decode_array, to_uint8
+    from mvboost.stages.asset_render import AssetRenderStage
+
+    cfg = load_config(EvalConfig, REPO / "ray_jobs" / "configs" / "evaluate_smoke.yaml",
+                      ["job.mode=gt_ortho", "protocol.input_size=64", f"job.output={tmp_path / 'eval'}"])
+    worker = EvalWorker(cfg, str(fixtures_root()))
+    obj = load_asset(str(fixtures_root()), "duck", "gso")
+    preds, extras = worker.predict("duck", prepare_gt(obj, cfg.protocol, worker.renderer))
+    assert not isinstance(preds["base"], str)
+    stage = AssetRenderStage(AssetRenderStage.Config(size=64, supersample=cfg.protocol.supersample))
+    stage.ensure_setup()
+    [res] = stage.process([{"item_id": "x", "asset_root": str(fixtures_root()), "asset": "duck", "asset_kind": "gso"}])
+    shard_views = decode_array(res["views"])
+    assert np.abs(to_uint8(extras["gt_inputs"]).astype(int) - shard_views.astype(int)).max() <= 1
+    assert shard_views[list(ERA3D_TO_LGM_VIEWS)].shape == (4, 64, 64, 3)

@@ -4,10 +4,12 @@ in-process loop. ``ray_jobs/evaluate.py`` fans the same worker out over objects 
 Modes (``job.mode``):
 * ``single`` — the paper's setting: the GT input view (RGBA) -> matting -> Era3D -> LGM.
 * ``gt4`` — LGM on 4 ground-truth views at its own input cameras (isolates the reconstructor).
+* ``gt_ortho`` — LGM on the ground truth at Era3D's orthographic cameras (views 0, 2, 3, 4): exactly the
+  input views the single-image chain and MVBoost shards (generated or rendered from assets) give LGM.
 * ``ply`` — score ``<folder>/<object>.ply`` files from any 3DGS method (in our world frame, render space).
 
-``job.models``: ``name=<lgm id or folder>[@revision][+<LoRA adapter folder>]`` (single, gt4) or
-``name=<folder of PLYs>`` (ply). Each object's ground truth is rendered once and reused by every model;
+``job.models``: ``name=<lgm id or folder>[@revision][+<LoRA adapter folder>]`` (single, gt4,
+gt_ortho) or ``name=<folder of PLYs>`` (ply). Each object's ground truth is rendered once and reused by every model;
 Era3D runs once per object in ``single`` mode and its views feed every model.
 """
 from __future__ import annotations
@@ -32,8 +34,9 @@ from .protocol import Protocol
 log = logging.getLogger(__name__)
 #: single: the GT input view (camera known) -> Era3D -> LGM; thumbnail: GSO's thumbnails/0.jpg (no camera:
 #: only the aligned variant is scored, the pose search is forced); gt4: the GT at LGM's four input cameras;
-#: ply: a folder of <object>.ply predictions made elsewhere
-MODES = ("single", "thumbnail", "gt4", "ply")
+#: gt_ortho: the GT at Era3D's orthographic cameras 0, 2, 3, 4 (what shards feed LGM); ply: a folder of
+#: <object>.ply predictions made elsewhere
+MODES = ("single", "thumbnail", "gt4", "gt_ortho", "ply")
 
 
 @dataclass
@@ -66,7 +69,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    source: str  # LGM id/folder (single, gt4) or PLY folder (ply)
+    source: str  # LGM id/folder (single, gt4, gt_ortho) or PLY folder (ply)
     revision: str = "main"
     lora: str = ""
 
@@ -202,7 +205,7 @@ class EvalWorker:
     def predict(self, name: str, gt) -> tuple[dict, dict]:
         """{model: Gaussians | reason str}, extras (Era3D views for the report)."""
         from ..gaussians import Gaussians
-        from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, lgm_input_cameras
+        from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, era3d_cameras, lgm_input_cameras
         from ..infer.run import gaussians_from_views
 
         mode, preds, extras = self.cfg.job.mode, {}, {}
@@ -223,10 +226,15 @@ class EvalWorker:
             mv = self.runner.multiview([rgba], [object_seed(self.cfg.job.seed, name)])
             views = mv.colors[:, list(ERA3D_TO_LGM_VIEWS)]
             extras["era3d"] = mv.colors[0]
-        else:  # gt4: the GT rendered at LGM's own input cameras
-            rgb, _ = self.renderer.render(gt.obj, lgm_input_cameras(256), 1)
+        elif mode == "gt4":  # the GT rendered at LGM's own input cameras
+            rgb, _ = self.renderer.render(gt.obj, lgm_input_cameras(self.cfg.protocol.input_size), 1)
             views = rgb[None]
-            extras["gt4_inputs"] = rgb
+            extras["gt_inputs"] = rgb
+        else:  # gt_ortho: the GT at Era3D's orthographic cameras, LGM's four of them (as the shards have them)
+            rgb, _ = self.renderer.render(gt.obj, era3d_cameras(self.cfg.protocol.input_size),
+                                            self.cfg.protocol.supersample)
+            views = rgb[None, list(ERA3D_TO_LGM_VIEWS)]
+            extras["gt_inputs"] = rgb
         for s in self.specs:
             lgm = self.lgms[s.name]
             g = gaussians_from_views(lgm, views, self.device)

@@ -12,6 +12,9 @@ class Protocol:
     # hard edges, splats are soft, so without it silhouettes bias the 2D metrics (surface oracle, duck, 96^2:
     # PSNR 20.75 at 1, 25.19 at 2, 26.68 at 3, 27.25 at 4)
     supersample: int = 2
+    # gt4 / gt_ortho: the side of the ground-truth input views given to LGM (it resizes them to its input size);
+    # the asset shards a model was trained on have a size too: the same input statistics need the same size
+    input_size: int = 256
     fov_deg: float = 49.1
     distance: float = 1.5
     views: str = "21"  # "21": elevations {30, 0, -30} x 7 azimuths; "crm24": {0, 15, 30} x 8
@@ -34,8 +37,8 @@ class Protocol:
         bad = [n for n in self.lpips_nets if n not in ("vgg", "alex")]
         if bad or not self.lpips_nets:
             raise ValueError(f"protocol.lpips_nets: vgg and/or alex (real ImageNet backbones), got {self.lpips_nets}")
-        if self.resolution < 16 or self.supersample < 1:
-            raise ValueError("protocol.resolution must be >= 16 and supersample >= 1")
+        if self.resolution < 16 or self.supersample < 1 or self.input_size < 16:
+            raise ValueError("protocol.resolution and protocol.input_size must be >= 16 and supersample >= 1")
 
     def orbit(self) -> list[tuple[float, float]]:
         """(elevation, azimuth) in degrees, positive elevation = camera above the object."""

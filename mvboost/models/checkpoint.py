@@ -42,8 +42,13 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], wha
                               + block("unexpected keys", unexpected) + block("mis-shaped keys", misshaped))
 
 
-def save_lgm(model, folder, filename: str = LGM_FILENAME, dtype: torch.dtype = torch.float16) -> Path:
-    """Write ``model`` in the official layout (one safetensors file with ``unet.…``/``conv.…`` keys)."""
+def save_lgm(model, folder, filename: str = LGM_FILENAME, dtype: torch.dtype = torch.float16,
+             with_config: bool = False) -> Path:
+    """Write ``model`` in the official layout (one safetensors file with ``unet.…``/``conv.…`` keys);
+    ``with_config`` also writes its :class:`LGMConfig` as ``lgm_config.json`` (needed to load a model whose
+    shapes match no preset)."""
+    import json
+
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -51,4 +56,6 @@ def save_lgm(model, folder, filename: str = LGM_FILENAME, dtype: torch.dtype = t
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     out = folder / filename
     save_file(state, str(out), metadata={"format": "pt"})
+    if with_config:
+        (folder / LGM_CONFIG_FILENAME).write_text(json.dumps(model.config.to_dict(), indent=1))
     return out

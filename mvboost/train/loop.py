@@ -207,9 +207,9 @@ def save_full(engine, folder: Path, zero_stage: int) -> int:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            save_lgm(model, folder, dtype=torch.float32)
+            save_lgm(model, folder, dtype=torch.float32, with_config=True)
     else:
-        save_lgm(model, folder, dtype=torch.float32)
+        save_lgm(model, folder, dtype=torch.float32, with_config=True)
     return len(model.state_dict())
 
 
