@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check as three device calls, each well inside the 600 s one call may run and each with its own
+# The GPU check as four device calls, each well inside the 600 s one call may run and each with its own
 # budget; every call leaves what it measured under $OUT even when stopped early (line-buffered logs, the
 # profile rewritten after every figure). From the repo root:
 #
@@ -15,6 +15,9 @@
 #   (c) device run, carry [".whl-train", ".gpu-shards"], timeout_s 420: bash bench/gpu_check.sh train
 #       bare forward+backward vs the Ray Train + DeepSpeed ZeRO-2 step, LGM-big random weights, bf16, 40 steps,
 #       NaN check; lambda_lpips 0 (LPIPS-VGG weights, 57 MB, do not fit beside Ray in a call). Budget: 60 + 330 = 390 s.
+#   (d) device run, carry [".whl"], timeout_s 240:                      bash bench/gpu_check.sh openlrm
+#       OpenLRM-base (random weights, bf16): 336² input -> triplanes, 4 views of 288² at 96 samples per ray:
+#       rays/s and objects/s (bench/bench_openlrm.py). Budget: install 60 + bench 150 = 210 s.
 #
 # CPU dry run of the same calls (tiny models; the budgets hold): GPU_CHECK_CPU=1 bash bench/gpu_check.sh <call>
 set -uo pipefail
@@ -74,8 +77,13 @@ train)
     --out "$OUT/train.json" 2>&1 | grep --line-buffered -v "Loading\|Writing model\|Reporting training result\|PlacementGroupCleaner" \
     | log bench_train.log
   ;;
+openlrm)
+  install .whl
+  if [ "$CPU" = 1 ]; then args=(--preset tiny --size 56 --render 32 --samples 16); else args=(--preset base --device cuda --dtype bf16 --size 336 --render 288 --samples 96 --repeat 3); fi
+  timeout 150 python3 bench/bench_openlrm.py "${args[@]}" --out "$OUT/openlrm.json" 2>&1 | log bench_openlrm.log
+  ;;
 *)
-  echo "usage: bash bench/gpu_check.sh prep|profile|e2e|train (GPU_CHECK_CPU=1 for a CPU dry run)" >&2
+  echo "usage: bash bench/gpu_check.sh prep|profile|e2e|train|openlrm (GPU_CHECK_CPU=1 for a CPU dry run)" >&2
   exit 2
   ;;
 esac
