@@ -29,7 +29,6 @@ and mis-shaped keys. Weights are CC-BY-NC 4.0 (research only).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -45,6 +44,7 @@ PATCH = 14
 BOX = 2.0  # the [-1, 1]^3 box the triplanes span (box_warp)
 DEFAULT_SOURCE_DISTANCE = 2.0  # infer-b.yaml: source camera distance
 DEFAULT_MESH_THRESHOLD = 3.0  # infer-b.yaml: marching-cubes level on the activated density
+DEFAULT_FOCAL = 0.75  # fx / width of the inference cameras (source and render), a 67.4° field of view
 
 
 @dataclass
@@ -421,18 +421,16 @@ def camera_rays(cameras: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.T
 
 
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, half: float = BOX / 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entry and exit distances of rays through the [-half, half]^3 box; rays that miss it get the range of
-    the rays that hit it (their samples land outside and render as background)."""
+    """Entry and exit distances of rays through the [-half, half]^3 box. A ray that misses it gets an empty
+    range at its closest approach to the centre: its samples all lie outside the box and render as background
+    (the official gives such rays the range of the rays that hit, which depends on what else is in the batch)."""
     inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
     t0, t1 = (-half - origins) * inv, (half - origins) * inv
     start = torch.minimum(t0, t1).amax(-1)
     end = torch.maximum(t0, t1).amin(-1)
     hit = end > start
-    if hit.any():
-        lo, hi = start[hit].min(), start[hit].max()
-        start = torch.where(hit, start, lo)
-        end = torch.where(hit, end, hi)
-    return start, end
+    closest = -(origins * dirs).sum(-1)
+    return torch.where(hit, start, closest), torch.where(hit, end, closest)
 
 
 def march(rgb: torch.Tensor, raw: torch.Tensor, depths: torch.Tensor, background: float):
@@ -447,7 +445,7 @@ def march(rgb: torch.Tensor, raw: torch.Tensor, depths: torch.Tensor, background
     total = weights.sum(-1, keepdim=True)
     colour = (weights[..., None] * rgb_mid).sum(-2) + background * (1 - total)
     depth = torch.nan_to_num((weights * depth_mid).sum(-1, keepdim=True) / total, float("inf"))
-    return colour, depth.clamp(depths.min(), depths.max()), weights
+    return colour, torch.minimum(torch.maximum(depth, depths[..., :1]), depths[..., -1:]), weights
 
 
 @torch.no_grad()
@@ -473,18 +471,17 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, n: int, stoch
 
 
 # ---- cameras ----------------------------------------------------------------------------------------------------
-def source_camera(distance: float = DEFAULT_SOURCE_DISTANCE, fov_deg: float = 50.0, batch: int = 1) -> torch.Tensor:
-    """The canonical source camera of inference (N, 16): on -Y at ``distance`` looking at the origin, Z up (the
-    official ``_default_source_camera``: focal 0.75 of the image for its default 50° is ``1 / (2 tan 25°)``)."""
+def source_camera(distance: float = DEFAULT_SOURCE_DISTANCE, focal: float = DEFAULT_FOCAL, batch: int = 1) -> torch.Tensor:
+    """The canonical source camera of inference (N, 16): on -Y at ``distance`` looking at the origin, Z up, with
+    normalised focal ``focal`` (fx / width; the official 0.75 is a 67.4° field of view) and a centred principal
+    point."""
     c2w = torch.tensor([[1.0, 0, 0, 0], [0, 0, -1, -distance], [0, 1, 0, 0]])
-    f = 0.5 / math.tan(math.radians(fov_deg) / 2)
-    return torch.cat([c2w.reshape(12), torch.tensor([f, f, 0.5, 0.5])]).expand(batch, 16).clone()
+    return torch.cat([c2w.reshape(12), torch.tensor([focal, focal, 0.5, 0.5])]).expand(batch, 16).clone()
 
 
-def render_camera(c2w: torch.Tensor, fov_deg: float = 50.0) -> torch.Tensor:
+def render_camera(c2w: torch.Tensor, focal: float = DEFAULT_FOCAL) -> torch.Tensor:
     """(V, 4, 4) OpenGL camera-to-world in OpenLRM's Z-up world -> (V, 25) render cameras (normalised intrinsics)."""
-    f = 0.5 / math.tan(math.radians(fov_deg) / 2)
-    k = torch.tensor([[f, 0, 0.5], [0, f, 0.5], [0, 0, 1.0]], dtype=c2w.dtype)
+    k = torch.tensor([[focal, 0, 0.5], [0, focal, 0.5], [0, 0, 1.0]], dtype=c2w.dtype)
     return torch.cat([c2w.reshape(-1, 16), k.reshape(1, 9).expand(c2w.shape[0], 9)], -1)
 
 
