@@ -11,7 +11,8 @@ import torch
 
 from conftest import read_key_list
 from mvboost.models.checkpoint import CheckpointError
-from mvboost.models.openlrm import (OpenLRM, OpenLRMConfig, extract_mesh, load_openlrm, march, render_camera,
+from mvboost.models.loading import load_openlrm
+from mvboost.models.openlrm import (OpenLRM, OpenLRMConfig, extract_mesh, march, render_camera,
                                     save_openlrm, source_camera)
 
 #: parameters and tensors of the official ModelLRM (v1.1, commit 3108b69) built from its own module definitions
@@ -197,3 +198,41 @@ def test_equivalence_with_the_official_modules():
             fine_off = r.sample_importance(depths, w_off, 12)
         fine = importance_depths(depths[..., 0], w, 12, stochastic=False)
         assert (fine_off[..., 0] - fine).abs().max() < 1e-5
+
+
+def test_reconstruction_interface_maps_our_cameras_to_openlrm_frame():
+    """Our input camera (on +Z, Y up, LGM's distance 1.5) is OpenLRM's source camera (on -Y, Z up), the world
+    scaled by 2 (OpenLRM's [-1, 1] box is our [-0.5, 0.5])."""
+    from mvboost.geometry.cameras import lgm_input_cameras
+    from mvboost.infer.recon import TriplaneReconstruction
+
+    cams = TriplaneReconstruction(_tiny(), torch.zeros(1, 3, 8, 16, 16)).openlrm_cameras(lgm_input_cameras(32))[0]
+    c2w = cams[0, :16].reshape(4, 4)
+    src = source_camera(distance=3.0)[0, :12].reshape(3, 4)
+    assert torch.allclose(c2w[:3], src, atol=1e-6)
+    fx = float(cams[0, 16:].reshape(3, 3)[0, 0])  # normalised focal of LGM's 49.1° field of view
+    assert fx == pytest.approx(0.5 / np.tan(np.radians(49.1 / 2)), rel=1e-5)
+
+
+def test_infer_with_openlrm(tmp_path):
+    """``python -m mvboost.infer … --model openlrm:<folder>`` on a photo: a folder laid out as the official
+    checkpoints, the mesh (or the recorded reason there is none), the turntable and meta.json."""
+    import json
+
+    from PIL import Image
+    from skimage import data
+
+    from mvboost.infer.__main__ import main
+
+    save_openlrm(_tiny(), tmp_path / "ckpt")
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
+    rc = main([str(tmp_path / "cat.png"), "--output", str(tmp_path / "out"), "--model", f"openlrm:{tmp_path / 'ckpt'}",
+               "--set", "openlrm.source_size=56", "--set", "output.turntable_frames=3",
+               "--set", "output.turntable_size=32", "--set", "output.mesh_resolution=24",
+               "--set", "openlrm.mesh_threshold=0.5"])
+    assert rc == 0
+    meta = json.loads((tmp_path / "out" / "cat" / "meta.json").read_text())
+    assert meta["backend"] == "openlrm" and meta["triplanes"] == [3, 8, 16, 16]
+    assert "turntable.gif" in meta["files"] and ("mesh.glb" in meta["files"] or "no surface" in meta["mesh_skipped"])
+    assert Image.open(tmp_path / "out" / "cat" / "turntable.gif").n_frames == 3
+    assert main(["x.png", "--output", str(tmp_path / "o2"), "--model", "nerf:thing"]) == 2

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry.cameras import ZUP_TO_YUP as _ZUP_TO_YUP
+
 #: rotation taking GSO's Z-up coordinates to our Y-up world
-ZUP_TO_YUP = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
+ZUP_TO_YUP = np.array(_ZUP_TO_YUP)
 METRIC_SCALE = 2.0  # metric space = render space x 2 ([-1, 1]^3)
 THUMBNAIL = "thumbnails/0.jpg"  # GSO's first product shot (no camera)
 MESH_SUFFIXES = (".obj", ".glb", ".gltf")  # plain mesh files an asset folder may hold

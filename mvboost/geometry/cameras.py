@@ -38,6 +38,9 @@ ERA3D_ORTHO_WORLD_WIDTH = 2.0 * LGM_CAM_RADIUS * math.tan(math.radians(LGM_FOVY_
 #: only near-plane culling; 4.0 keeps the whole [-1, 1]^3 cube in front of the camera.
 ORTHO_CAM_RADIUS = 4.0
 
+#: rotation taking a Z-up world (GSO, OpenLRM: x, y, z) to ours (Y-up, front on +Z): (x, y, z) -> (x, z, -y)
+ZUP_TO_YUP = ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, -1.0, 0.0))
+
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 
 

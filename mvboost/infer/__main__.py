@@ -1,7 +1,8 @@
-"""Image -> 3D with LGM (optionally boosted) and Era3D.
+"""Image -> 3D with LGM (optionally boosted) and Era3D, or with OpenLRM.
 
     python -m mvboost.infer <image | folder | URL> [...] --output <dir> [--lgm <id|path>] [--lora <adapter>]
         [--optimize-input-view] [--config infer.yaml] [--set a.b=c ...]
+    python -m mvboost.infer <images> --output <dir> --model openlrm:<folder | id | tiny | random>
 
 Writes one folder per image: gaussians.ply (3DGS layout), mesh.glb (vertex colours), turntable.gif,
 the 6 Era3D views and meta.json; plus summary.json. Tiny random models by default (runs on a fresh
@@ -20,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files, folders of images or URLs (any fsspec protocol)")
     p.add_argument("--output", required=True, help="output folder (one sub-folder per image)")
     p.add_argument("--config", help="a YAML InferConfig (see mvboost/infer/run.py)")
+    p.add_argument("--model", help="the reconstruction model, backend:source: lgm:<LGM id or folder> or "
+                                   "openlrm:<folder with config.json + model.safetensors | Hub id | tiny | random>")
     p.add_argument("--lgm", help="LGM checkpoint: a Hugging Face id, a folder, a merged checkpoint, tiny:lgm")
     p.add_argument("--lgm-revision", help="branch, tag or commit of a Hugging Face --lgm")
     p.add_argument("--lora", help="a LoRA adapter folder from training (checkpoint_*/adapter)")
@@ -36,9 +39,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ..config import ConfigError, load_config
     from ..models.hub import ModelNotFound
-    from .run import ImageTo3D, InferConfig, list_inputs
+    from .common import list_inputs
+    from .run import InferConfig, image_to_3d
 
     overrides = list(args.set)
+    if args.model:
+        backend, sep, source = args.model.partition(":")
+        if not sep or backend not in ("lgm", "openlrm") or not source:
+            print(f"error: --model {args.model!r}: expected lgm:<source> or openlrm:<source>", file=sys.stderr)
+            return 2
+        if backend == "openlrm" and source in ("tiny", "random"):
+            source = f"{source}:openlrm"
+        overrides += [f"backend={backend}", f"{backend}.model={source}"]
     for flag, key in ((args.lgm, "lgm.model"), (args.lgm_revision, "lgm.revision"), (args.lora, "lora"),
                       (args.device, "device"), (args.seed, "seed")):
         if flag is not None:
@@ -48,7 +60,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(InferConfig, args.config, overrides)
         sources = [s for src in args.inputs for s in list_inputs(src)]
-        runner = ImageTo3D(cfg)
+        runner = image_to_3d(cfg)
     except (ConfigError, ModelNotFound, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

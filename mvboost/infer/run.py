@@ -8,7 +8,6 @@ so it runs on a fresh clone; ``--lgm ashawkey/LGM`` and ``--set era3d.model=…`
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,10 +25,9 @@ from ..stages.common import pick_device, pick_dtype
 from ..stages.era3d import Era3DConfig
 from ..stages.lgm import LGMStageConfig
 from ..stages.matting import MattingConfig, MattingStage
+from .common import Result, item_name, model_record, read_image
+from .openlrm import InferOpenLRMConfig
 from .view_opt import ViewOptConfig, optimize_input_view
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
 
 @dataclass
 class OutputSection:
@@ -60,6 +58,7 @@ class InferLGMConfig(LGMStageConfig):
 
 @dataclass
 class InferConfig:
+    backend: str = "lgm"  # lgm (Era3D's views -> LGM Gaussians) or openlrm (the image -> OpenLRM triplanes)
     device: str = "auto"
     batch_size: int = 4
     seed: int = 0
@@ -70,54 +69,18 @@ class InferConfig:
     lgm: InferLGMConfig = field(default_factory=InferLGMConfig)
     view_opt: ViewOptConfig = field(default_factory=ViewOptConfig)
     output: OutputSection = field(default_factory=OutputSection)
+    openlrm: InferOpenLRMConfig = field(default_factory=InferOpenLRMConfig)
 
 
-# ---- inputs ---------------------------------------------------------------------------------------------
-def list_inputs(source: str) -> list[str]:
-    """A file, a folder (its images, sorted) or a URL (any fsspec protocol)."""
-    if "://" in source and not source.startswith("file://"):
-        return [source]
-    path = Path(source.removeprefix("file://")).expanduser()
-    if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-        return files
-    if not path.is_file():
-        raise FileNotFoundError(f"input not found: {source}")
-    return [str(path)]
+def image_to_3d(cfg: InferConfig):
+    """The runner of ``cfg.backend``: :class:`ImageTo3D` (LGM) or :class:`~mvboost.infer.openlrm.OpenLRMImageTo3D`."""
+    if cfg.backend == "openlrm":
+        from .openlrm import OpenLRMImageTo3D
 
-
-def read_image(source: str) -> np.ndarray:
-    """(H,W,3|4) uint8. Raises ValueError with the reason for anything that is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
-
-    if "://" in source and not source.startswith("file://"):
-        import fsspec
-
-        with fsspec.open(source, "rb") as f:
-            data = f.read()
-    else:
-        data = Path(source.removeprefix("file://")).read_bytes()
-    try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"not a readable image: {e}") from None
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA"))
-    return np.asarray(im.convert("RGB"))
-
-
-def item_name(source: str, taken: set[str]) -> str:
-    stem = Path(source.split("?")[0].rstrip("/")).stem or "image"
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
-    name, i = stem, 1
-    while name in taken:
-        i += 1
-        name = f"{stem}_{i}"
-    taken.add(name)
-    return name
+        return OpenLRMImageTo3D(cfg)
+    if cfg.backend != "lgm":
+        raise ValueError(f"backend must be lgm or openlrm, got {cfg.backend!r}")
+    return ImageTo3D(cfg)
 
 
 # ---- models ---------------------------------------------------------------------------------------------
@@ -135,13 +98,6 @@ def load_reconstructor(cfg: InferConfig, device: torch.device, dtype: torch.dtyp
     return model.to(device=device, dtype=dtype).eval()
 
 
-def model_record(model: str, revision: str, what: str) -> dict:
-    from ..models.hub import resolve, resolved_commit
-
-    path = resolve(model, revision, what=what)
-    return {"id": model, "revision": revision, "resolved": resolved_commit(path) or str(path)}
-
-
 @torch.no_grad()
 def gaussians_from_views(lgm, views: np.ndarray, device) -> Gaussians:
     """(B, 4, H, W, 3) views in [0, 1] on white (LGM's input views: front, right, back, left) with LGM's
@@ -149,15 +105,6 @@ def gaussians_from_views(lgm, views: np.ndarray, device) -> Gaussians:
     dtype = next(lgm.parameters()).dtype
     x = torch.from_numpy(np.ascontiguousarray(views)).to(device).permute(0, 1, 4, 2, 3).float()
     return Gaussians.from_lgm(lgm(lgm.prepare_inputs(x).to(dtype)).float())
-
-
-@dataclass
-class Result:
-    name: str
-    source: str
-    folder: Path | None = None
-    rejected: str | None = None
-    meta: dict = field(default_factory=dict)
 
 
 class ImageTo3D:

@@ -135,3 +135,12 @@ def build_random_lgm(folder: Path, seed: int = 0, device: str | None = None) -> 
 
     torch.manual_seed(seed)
     save_lgm(lgm_big(device or default_device()), folder)
+
+
+def build_random_openlrm(folder: Path, seed: int = 0, device: str | None = None) -> None:
+    """OpenLRM-base (260 M parameters) with random weights, in the official layout."""
+    from .openlrm import OpenLRM, OpenLRMConfig, save_openlrm
+
+    torch.manual_seed(seed)
+    with torch.device(device or default_device()):
+        save_openlrm(OpenLRM(OpenLRMConfig.preset("base")), folder)

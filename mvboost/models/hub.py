@@ -3,9 +3,9 @@
 Every stage, the trainer, the merge tool, the benchmarks and the tests resolve models here.
 
 =====================  =============================================================================
-``tiny:<kind>``        a tiny random-weight instance of the real classes (``sd``, ``lgm``, ``era3d``,
+``tiny:<kind>``        a tiny random-weight instance of the real classes (``sd``, ``lgm``, ``era3d``, ``openlrm``,
                        ``era3d-ortho``), built on first use into the cache, in the official layout
-``random:<kind>``      the same at the real architecture size (``sd-turbo``, ``lgm``, ``era3d``,
+``random:<kind>``      the same at the real architecture size (``sd-turbo``, ``lgm``, ``era3d``, ``openlrm``,
                        ``era3d-ortho``): full-size random weights for GPU benchmarks without downloads
 a local path           a file or folder (``~`` expanded); the revision is not used
 ``owner/name``         a Hugging Face repo at ``revision`` (a branch, tag or commit; default ``main``),
@@ -48,10 +48,12 @@ def _builders() -> dict[str, Callable[[Path], None]]:
         "tiny:lgm": tiny.build_tiny_lgm,
         "tiny:era3d": tiny.build_tiny_era3d,
         "tiny:era3d-ortho": lambda folder: tiny.build_tiny_era3d(folder, ortho=True),
+        "tiny:openlrm": tiny.build_tiny_openlrm,
         "random:sd-turbo": fullsize.build_random_sd_turbo,
         "random:lgm": fullsize.build_random_lgm,
         "random:era3d": fullsize.build_random_era3d,
         "random:era3d-ortho": lambda folder: fullsize.build_random_era3d(folder, ortho=True),
+        "random:openlrm": fullsize.build_random_openlrm,
     }
 
 

@@ -82,3 +82,26 @@ def load_lgm(source, preset: str | None = None, *, dtype: torch.dtype = torch.fl
         state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(state, strict=strict)
     return model.to(dtype=dtype).eval()
+
+
+def load_openlrm(source, *, revision: str | None = None, device="cpu", dtype: torch.dtype = torch.float32,
+                 allow_download: bool = False):
+    """An OpenLRM from a folder (``config.json`` + ``model.safetensors``) or a Hub id, strictly: every key and
+    shape of the checkpoint must be the model's."""
+    from .openlrm import CONFIG_FILENAME, WEIGHTS_FILENAME, OpenLRM, OpenLRMConfig
+
+    weights = resolve_file(source, WEIGHTS_FILENAME, allow_download, revision)
+    cfg_file = weights.parent / CONFIG_FILENAME
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{weights.parent}: no {CONFIG_FILENAME} beside {WEIGHTS_FILENAME}")
+    try:
+        cfg = OpenLRMConfig.from_dict(json.loads(cfg_file.read_text()))
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
+    with torch.device("meta"):
+        model = OpenLRM(cfg)
+    state = read_safetensors(weights)
+    check_state_dict(model, state, str(weights))
+    model = model.to_empty(device=device)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    return model.to(dtype).eval()

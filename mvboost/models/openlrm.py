@@ -22,7 +22,7 @@ importance samples at evenly spaced quantiles); ``stochastic=True`` draws them a
 renderer always does (two official renders of the same planes differ).
 
 Checkpoints: a folder (or Hub id) with ``config.json`` (the model's constructor keywords) and
-``model.safetensors`` (the whole state dict, encoder included). :func:`load_openlrm` loads strictly: every key
+``model.safetensors`` (the whole state dict, encoder included). ``models.loading.load_openlrm`` loads strictly: every key
 and shape must match, or a :class:`~mvboost.models.checkpoint.CheckpointError` names the missing, unexpected
 and mis-shaped keys. Weights are CC-BY-NC 4.0 (research only).
 """
@@ -522,27 +522,3 @@ def save_openlrm(model: OpenLRM, folder, dtype: torch.dtype = torch.float32) -> 
     save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()},
               str(folder / WEIGHTS_FILENAME), metadata={"format": "pt"})
     return folder
-
-
-def load_openlrm(source, *, revision: str | None = None, device="cpu", dtype: torch.dtype = torch.float32,
-                 allow_download: bool = False) -> OpenLRM:
-    """An OpenLRM from a folder (``config.json`` + ``model.safetensors``) or a Hub id, strictly: every key and
-    shape of the checkpoint must be the model's."""
-    from .checkpoint import CheckpointError, check_state_dict, read_safetensors
-    from .loading import resolve_file
-
-    weights = resolve_file(source, WEIGHTS_FILENAME, allow_download, revision)
-    cfg_file = weights.parent / CONFIG_FILENAME
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{weights.parent}: no {CONFIG_FILENAME} beside {WEIGHTS_FILENAME}")
-    try:
-        cfg = OpenLRMConfig.from_dict(json.loads(cfg_file.read_text()))
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_file}: {e}") from None
-    with torch.device("meta"):
-        model = OpenLRM(cfg)
-    state = read_safetensors(weights)
-    check_state_dict(model, state, str(weights))
-    model = model.to_empty(device=device)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-    return model.to(dtype).eval()

@@ -100,3 +100,13 @@ def build_tiny_era3d(folder: Path, seed: int = 0, ortho: bool = False) -> None:
                                                             projection_dim=32))
     write_era3d_folder(folder, cfg, Era3DUNet.from_config(cfg), tiny_vae(), vision, tiny_clip_text_model(hidden=32),
                        tiny_clip_tokenizer(), clip_image_size=32)
+
+
+def build_tiny_openlrm(folder: Path, seed: int = 0) -> None:
+    """A tiny OpenLRM saved like ``zxhezexin/openlrm-obj-base-1.1`` (``config.json`` + ``model.safetensors``)."""
+    import torch
+
+    from .openlrm import OpenLRM, OpenLRMConfig, save_openlrm
+
+    torch.manual_seed(seed)
+    save_openlrm(OpenLRM(OpenLRMConfig.preset("tiny")), folder)

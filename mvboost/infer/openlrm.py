@@ -1,0 +1,135 @@
+"""Image -> 3D with OpenLRM (``python -m mvboost.infer … --model openlrm:<folder | id>``).
+
+Per image: matting and recentring (as for LGM) -> composited on white, resized to ``source_size`` (bicubic, as
+the official inference) -> triplanes from the canonical source camera -> ``mesh.glb`` (marching cubes of the
+density at ``mesh_threshold``, the official 3.0, with vertex colours), a turntable and ``meta.json``. Outputs are
+in our world frame (Y up, the input view on +Z), through :class:`mvboost.models.recon.TriplaneReconstruction`.
+Weights of the official checkpoints are CC-BY-NC 4.0 (non-commercial).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import to_dict
+from ..stages.common import pick_device, pick_dtype
+from ..stages.matting import MattingStage
+
+
+@dataclass
+class InferOpenLRMConfig:
+    model: str = "tiny:openlrm"  # a folder (config.json + model.safetensors), a Hub id, tiny:openlrm, random:openlrm
+    revision: str = "main"
+    dtype: str = "fp32"
+    source_size: int = 336  # the official inference size of the base model (a multiple of 14)
+    source_distance: float = 2.0
+    samples_per_ray: int = 0  # 0: the model's
+    chunk: int = 16384  # rays per rendering pass (bounds memory)
+    mesh_threshold: float = 3.0
+
+
+def openlrm_input(rgba: np.ndarray, size: int) -> torch.Tensor:
+    """RGBA uint8 (H, W, 4) -> (1, 3, size, size) RGB on white in [0, 1], resized bicubically (align_corners)."""
+    x = torch.from_numpy(np.ascontiguousarray(rgba)).float().permute(2, 0, 1)[None] / 255.0
+    x = x[:, :3] * x[:, 3:] + (1 - x[:, 3:])
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=True).clamp(0, 1)
+
+
+class OpenLRMImageTo3D:
+    """Loads matting and OpenLRM once; ``__call__(sources, output)`` writes one folder per image."""
+
+    def __init__(self, cfg):
+        from ..models.hub import resolve
+        from ..models.loading import load_openlrm
+        from .common import model_record
+
+        self.cfg, c = cfg, cfg.openlrm
+        if c.source_size % 14:
+            raise ValueError(f"openlrm.source_size must be a multiple of 14, got {c.source_size}")
+        if cfg.output.turntable not in ("gif", "mp4", "none"):
+            raise ValueError(f"output.turntable must be gif, mp4 or none, got {cfg.output.turntable!r}")
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(c.dtype, self.device)
+        self.matting = MattingStage(cfg.matting)
+        self.matting.ensure_setup()
+        self.model = load_openlrm(resolve(c.model, c.revision, what="openlrm"), device=self.device, dtype=self.dtype)
+        self.models = {"openlrm": model_record(c.model, c.revision, "openlrm")}
+
+    @torch.no_grad()
+    def planes(self, rgba: list[np.ndarray]) -> torch.Tensor:
+        from ..models.openlrm import source_camera
+
+        c = self.cfg.openlrm
+        x = torch.cat([openlrm_input(a, c.source_size) for a in rgba]).to(self.device, self.dtype)
+        cam = source_camera(c.source_distance, batch=len(rgba)).to(self.device, self.dtype)
+        return self.model.forward_planes(x, cam).float()
+
+    def __call__(self, sources: list[str], output: str | Path, progress=None):
+        from ..stages.base import Reject
+        from .common import Result, item_name, read_image
+
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+        results = [Result(item_name(s, taken), s) for s in sources]
+        for i, r in enumerate(results):
+            t = time.perf_counter()
+            try:
+                rgba = self.matting.matte(read_image(r.source))
+            except Reject as e:
+                r.rejected = f"matting: {e}"
+            except (ValueError, OSError) as e:
+                r.rejected = f"input: {e}"
+            else:
+                r.meta["seconds"] = {"matting": round(time.perf_counter() - t, 3)}
+                t = time.perf_counter()
+                planes = self.planes([rgba])
+                r.meta["seconds"]["openlrm"] = round(time.perf_counter() - t, 3)
+                self._finish(r, output, rgba, planes, self.cfg.seed + i)
+            if progress:
+                progress.update(1)
+        (output / "summary.json").write_text(json.dumps({
+            "images": len(results), "written": sum(r.rejected is None for r in results),
+            "rejected": [{"input": r.source, "reason": r.rejected} for r in results if r.rejected],
+            "items": [{"input": r.source, "folder": str(r.folder)} for r in results if r.folder]}, indent=2))
+        return results
+
+    def _finish(self, r, output: Path, rgba, planes, seed: int) -> None:
+        from PIL import Image
+
+        from ..geometry.cameras import Cameras, orbit_camera, pinhole_intrinsics
+        from ..io import export
+        from ..io.codec import to_uint8
+        from .recon import TriplaneReconstruction
+
+        c, out = self.cfg.openlrm, self.cfg.output
+        folder = output / r.name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgba, "RGBA").save(folder / "input_rgba.png")
+        recon = TriplaneReconstruction(self.model, planes, c.samples_per_ray or None, c.chunk)
+        files = ["input_rgba.png"]
+        t = time.perf_counter()
+        if out.mesh:
+            try:
+                (folder / "mesh.glb").write_bytes(recon.mesh(out.mesh_resolution, c.mesh_threshold)
+                                                  .export(file_type="glb"))
+                files.append("mesh.glb")
+            except ValueError as e:  # no surface at the threshold: recorded, the other outputs stand
+                r.meta["mesh_skipped"] = str(e)
+        if out.turntable != "none":
+            n, size = out.turntable_frames, out.turntable_size
+            cams = Cameras(orbit_camera([out.turntable_elevation] * n, [360.0 * i / n for i in range(n)]),
+                           pinhole_intrinsics(size, size), size, size)
+            rgb, _ = recon.render(cams)
+            export.write_turntable(to_uint8(rgb), folder / f"turntable.{out.turntable}")
+            files.append(f"turntable.{out.turntable}")
+        r.meta["seconds"]["exports"] = round(time.perf_counter() - t, 3)
+        r.meta.update(input=r.source, seed=seed, device=str(self.device), backend="openlrm", models=self.models,
+                      files=files + ["meta.json"], triplanes=list(planes.shape[1:]), config=to_dict(self.cfg))
+        (folder / "meta.json").write_text(json.dumps(r.meta, indent=2, default=str))
+        r.folder = folder

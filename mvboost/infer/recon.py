@@ -1,0 +1,89 @@
+"""One interface for what a reconstruction model returns, whatever it represents the object with.
+
+A :class:`Reconstruction` renders itself at any :class:`~mvboost.geometry.cameras.Cameras` of our world (OpenGL
+camera-to-world, Y up, the input view's camera on +Z) and gives a coloured mesh in that world. LGM's Gaussians
+(:class:`GaussianReconstruction`) and OpenLRM's triplane NeRF (:class:`TriplaneReconstruction`) implement it,
+so the exports (and, next, the evaluation) need not know which model made the object; a third model is one
+more class here.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..geometry.cameras import ZUP_TO_YUP, Cameras
+
+
+class Reconstruction(Protocol):
+    def render(self, cams: Cameras, background: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """rgb (V, H, W, 3) and alpha (V, H, W, 1), float32 in [0, 1], composited on ``background``."""
+
+    def mesh(self, resolution: int):
+        """A ``trimesh.Trimesh`` with vertex colours, in our world frame."""
+
+
+class GaussianReconstruction:
+    """LGM's output: 3D Gaussians (already in our world frame)."""
+
+    def __init__(self, gaussians):
+        self.gaussians = gaussians
+
+    @torch.no_grad()
+    def render(self, cams: Cameras, background: float = 1.0):
+        from ..render import render
+
+        out = render(self.gaussians, cams.to(self.gaussians.means.device), background=(background,) * 3)
+        return (out.rgb[0].permute(0, 2, 3, 1).float().cpu().numpy(),
+                out.alpha[0].permute(0, 2, 3, 1).float().cpu().numpy())
+
+    def mesh(self, resolution: int):
+        from ..io.export import gaussians_mesh
+
+        return gaussians_mesh(self.gaussians.to("cpu"), resolution)
+
+
+#: OpenLRM's world (Z up, source camera on -Y, the object in [-1, 1]^3) -> ours (Y up, input camera on +Z, the
+#: object in about [-0.5, 0.5]^3, as LGM's): rotate Z-up to Y-up and scale by 1/2
+OPENLRM_SCALE = 0.5
+
+
+class TriplaneReconstruction:
+    """OpenLRM's output: triplanes, rendered by the model's ray marcher, in our world frame."""
+
+    def __init__(self, model, planes: torch.Tensor, samples_per_ray: int | None = None, chunk: int = 16384):
+        self.model, self.planes = model, planes[:1]
+        self.samples_per_ray, self.chunk = samples_per_ray, chunk
+
+    def openlrm_cameras(self, cams: Cameras) -> torch.Tensor:
+        """Our pinhole cameras -> OpenLRM render cameras (1, V, 25): world rotated and scaled, intrinsics
+        normalised by the image size."""
+        if cams.model != "pinhole":
+            raise ValueError("OpenLRM renders pinhole cameras only")
+        to_lrm = torch.eye(4, dtype=torch.float64)
+        to_lrm[:3, :3] = torch.tensor(ZUP_TO_YUP, dtype=torch.float64).T / OPENLRM_SCALE
+        c2w = to_lrm @ cams.c2w.double()
+        c2w[:, :3, :3] = c2w[:, :3, :3] * OPENLRM_SCALE  # keep the camera axes orthonormal
+        k = cams.K.double().clone()
+        k[:, 0] /= cams.width
+        k[:, 1] /= cams.height
+        dev = self.planes.device
+        return torch.cat([c2w.reshape(-1, 16), k.reshape(-1, 9)], -1)[None].to(dev, self.planes.dtype)
+
+    @torch.no_grad()
+    def render(self, cams: Cameras, background: float = 1.0):
+        if cams.width != cams.height:
+            raise ValueError("OpenLRM renders square images")
+        out = self.model.render(self.planes, self.openlrm_cameras(cams), cams.width, background,
+                                samples_per_ray=self.samples_per_ray, chunk=self.chunk)
+        return (out["rgb"][0].permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy(),
+                out["alpha"][0].permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
+
+    def mesh(self, resolution: int, threshold: float | None = None):
+        from ..models.openlrm import DEFAULT_MESH_THRESHOLD, extract_mesh
+
+        mesh = extract_mesh(self.model, self.planes, resolution,
+                            DEFAULT_MESH_THRESHOLD if threshold is None else threshold, self.chunk)
+        mesh.vertices = OPENLRM_SCALE * (np.asarray(mesh.vertices) @ np.array(ZUP_TO_YUP).T)
+        return mesh
