@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_key_list
+from conftest import REPO, read_key_list
 from mvboost.models.checkpoint import CheckpointError
 from mvboost.models.loading import load_openlrm
 from mvboost.models.openlrm import (OpenLRM, OpenLRMConfig, extract_mesh, march, render_camera,
@@ -236,3 +236,33 @@ def test_infer_with_openlrm(tmp_path):
     assert "turntable.gif" in meta["files"] and ("mesh.glb" in meta["files"] or "no surface" in meta["mesh_skipped"])
     assert Image.open(tmp_path / "out" / "cat" / "turntable.gif").n_frames == 3
     assert main(["x.png", "--output", str(tmp_path / "o2"), "--model", "nerf:thing"]) == 2
+
+
+def test_evaluation_scores_openlrm_beside_lgm(tmp_path):
+    """One evaluation run, single mode, LGM and OpenLRM side by side on a fixture object: both scored by the same
+    protocol (the OpenLRM reconstruction through the shared interface), paired differences in the summary."""
+    import json
+
+    from mvboost.config import load_config
+    from mvboost.eval.job import EvalConfig, run_in_process
+
+    save_openlrm(_tiny(), tmp_path / "lrm")
+    (tmp_path / "split.txt").write_text("duck\n")
+    cfg = load_config(EvalConfig, REPO / "ray_jobs" / "configs" / "evaluate_smoke.yaml", [
+        f"job.output={tmp_path / 'eval'}", f"job.split={tmp_path / 'split.txt'}", "protocol.resolution=32",
+        "protocol.mesh_resolution=24", "protocol.align=false", "openlrm.source_size=56", "openlrm.mesh_threshold=0.5",
+        "job.bootstrap=50"])
+    cfg.job.models = ["lgm=tiny:lgm", f"lrm=openlrm:{tmp_path / 'lrm'}"]
+    summary = run_in_process(cfg)
+    rec = json.loads((tmp_path / "eval" / "objects" / "duck.json").read_text())
+    assert rec["status"] == "done" and set(rec["models"]) == {"lgm", "lrm"}
+    lrm = rec["models"]["lrm"]
+    assert lrm["status"] == "done" and lrm["representation"] == "TriplaneReconstruction"
+    assert 0 < lrm["canonical"]["psnr"]["all"] < 60
+    rows = {r["metric"]: r for r in summary["tables"]["canonical"]}
+    assert rows["PSNR (21 views)"]["n"] == 1 and "lrm − lgm" in rows["PSNR (21 views)"]
+    assert [m["backend"] for m in summary["header"]["models"]] == ["lgm", "openlrm"]
+    with pytest.raises(ValueError, match="one image"):
+        from mvboost.eval.job import parse_model
+
+        parse_model("x=openlrm:tiny", "gt4")

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RaySection, to_dict
+from ..gaussians import Gaussians
+from ..infer.openlrm import InferOpenLRMConfig
 from ..infer.run import InferEra3DConfig, InferLGMConfig, InferMattingConfig
 from ..io.codec import encode_png, tile_views
 from ..io.shards import write_atomic
@@ -62,6 +64,7 @@ class EvalConfig:
     matting: InferMattingConfig = field(default_factory=InferMattingConfig)
     era3d: InferEra3DConfig = field(default_factory=InferEra3DConfig)
     lgm: InferLGMConfig = field(default_factory=InferLGMConfig)  # dtype, device, preset; ids come from job.models
+    openlrm: InferOpenLRMConfig = field(default_factory=InferOpenLRMConfig)  # source size, rays; ids from job.models
     worker: Resources = field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=1))
     ray: RaySection = field(default_factory=RaySection)
 
@@ -72,6 +75,7 @@ class ModelSpec:
     source: str  # LGM id/folder (single, gt4, gt_ortho) or PLY folder (ply)
     revision: str = "main"
     lora: str = ""
+    backend: str = "lgm"  # lgm or openlrm (``name=openlrm:<folder | id>``: one image in, modes single/thumbnail)
 
 
 def parse_model(text: str, mode: str) -> ModelSpec:
@@ -82,9 +86,17 @@ def parse_model(text: str, mode: str) -> ModelSpec:
         raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
     if mode == "ply":
         return ModelSpec(name, rest)
+    backend = "lgm"
+    if rest.startswith("openlrm:"):
+        backend, rest = "openlrm", rest.removeprefix("openlrm:")
+        rest = {"tiny": "tiny:openlrm", "random": "random:openlrm"}.get(rest, rest)
+        if mode not in ("single", "thumbnail"):
+            raise ValueError(f"model {name}: OpenLRM takes one image: modes single or thumbnail, not {mode}")
     rest, _, lora = rest.partition("+")
+    if lora and backend == "openlrm":
+        raise ValueError(f"model {name}: LoRA adapters are for LGM models")
     src, _, rev = rest.partition("@")
-    return ModelSpec(name, src, rev or "main", lora)
+    return ModelSpec(name, src, rev or "main", lora, backend)
 
 
 def check_config(cfg: EvalConfig) -> list[ModelSpec]:
@@ -186,25 +198,41 @@ class EvalWorker:
         self.device = pick_device(cfg.job.device)
         self.renderer = MeshRenderer()
         self.lpips = LPIPSSet(cfg.protocol.lpips_nets, device=self.device)
-        self.runner, self.lgms = None, {}
+        self.runner, self.lgms, self.openlrms = None, {}, {}
         if cfg.job.mode != "ply":
             from ..infer.run import ImageTo3D, InferConfig, load_reconstructor
 
-            first = self.specs[0]
+            lgm_specs = [s for s in self.specs if s.backend == "lgm"]
+            first = lgm_specs[0] if lgm_specs else None
             icfg = InferConfig(device=cfg.job.device, matting=cfg.matting, era3d=cfg.era3d,
-                               lgm=replace(cfg.lgm, model=first.source, revision=first.revision), lora=first.lora)
-            if cfg.job.mode in ("single", "thumbnail"):
+                               lgm=replace(cfg.lgm, model=first.source, revision=first.revision) if first else cfg.lgm,
+                               lora=first.lora if first else "")
+            if cfg.job.mode in ("single", "thumbnail") and first is not None:
                 self.runner = ImageTo3D(icfg)
                 self.lgms[first.name] = self.runner.lgm
-            for s in self.specs:
+            for s in lgm_specs:
                 if s.name not in self.lgms:
                     c = replace(icfg, lgm=replace(cfg.lgm, model=s.source, revision=s.revision), lora=s.lora)
                     self.lgms[s.name] = load_reconstructor(c, self.device, pick_dtype(cfg.lgm.dtype, self.device))
-        self.matting = self.runner.matting if self.runner is not None else None
+            for s in self.specs:
+                if s.backend == "openlrm":
+                    from ..models.hub import resolve
+                    from ..models.loading import load_openlrm
+
+                    self.openlrms[s.name] = load_openlrm(resolve(s.source, s.revision, what="openlrm"),
+                                                         device=self.device)
+        if self.runner is not None:
+            self.matting = self.runner.matting
+        elif self.openlrms:
+            from ..stages.matting import MattingStage
+
+            self.matting = MattingStage(cfg.matting)
+            self.matting.ensure_setup()
+        else:
+            self.matting = None
 
     def predict(self, name: str, gt) -> tuple[dict, dict]:
-        """{model: Gaussians | reason str}, extras (Era3D views for the report)."""
-        from ..gaussians import Gaussians
+        """{model: Gaussians | Reconstruction | reason str}, extras (Era3D views for the report)."""
         from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, era3d_cameras, lgm_input_cameras
         from ..infer.run import gaussians_from_views
 
@@ -223,6 +251,11 @@ class EvalWorker:
             except Reject as e:
                 return {s.name: f"matting: {e}" for s in self.specs}, extras
             extras["input"] = rgba
+            for s in self.specs:
+                if s.backend == "openlrm":
+                    preds[s.name] = self._openlrm(s.name, rgba)
+            if self.runner is None:
+                return preds, extras
             mv = self.runner.multiview([rgba], [object_seed(self.cfg.job.seed, name)])
             views = mv.colors[:, list(ERA3D_TO_LGM_VIEWS)]
             extras["era3d"] = mv.colors[0]
@@ -236,10 +269,28 @@ class EvalWorker:
             views = rgb[None, list(ERA3D_TO_LGM_VIEWS)]
             extras["gt_inputs"] = rgb
         for s in self.specs:
-            lgm = self.lgms[s.name]
-            g = gaussians_from_views(lgm, views, self.device)
+            if s.backend != "lgm":
+                continue
+            g = gaussians_from_views(self.lgms[s.name], views, self.device)
             preds[s.name] = g.to("cpu") if bool(g.isfinite().all()) else "NaN in the prediction"
         return preds, extras
+
+    def _openlrm(self, name: str, rgba: np.ndarray):
+        """OpenLRM on the matted input from its canonical source camera -> a reconstruction in our frame."""
+        import torch
+
+        from ..infer.openlrm import openlrm_input
+        from ..infer.recon import TriplaneReconstruction
+        from ..models.openlrm import source_camera
+
+        model = self.openlrms[name]
+        with torch.no_grad():
+            planes = model.forward_planes(openlrm_input(rgba, self.cfg.openlrm.source_size).to(self.device),
+                                          source_camera(self.cfg.openlrm.source_distance).to(self.device))
+        if not bool(planes.isfinite().all()):
+            return "NaN in the prediction"
+        return TriplaneReconstruction(model, planes, self.cfg.openlrm.samples_per_ray or None, self.cfg.openlrm.chunk,
+                                      self.cfg.openlrm.mesh_threshold)
 
     def evaluate(self, name: str) -> dict:
         from ..io import export
@@ -269,7 +320,13 @@ class EvalWorker:
             r["status"] = "done"
             rec["models"][model] = r
             self.out.write(f"objects/{name}/{model}_views.png", encode_png(_strip(views["aligned"], 3)))
-            if self.cfg.job.exports:
+            if self.cfg.job.exports and not isinstance(g, Gaussians):  # a reconstruction: its mesh, our frame
+                try:
+                    self.out.write(f"objects/{name}/{model}.glb", g.mesh(self.cfg.protocol.mesh_resolution // 2 or 64)
+                                   .export(file_type="glb"))
+                except ValueError as e:
+                    r["glb_skipped"] = str(e)
+            elif self.cfg.job.exports:
                 from .align import transform_gaussians
 
                 g_out = g
@@ -340,7 +397,7 @@ def summary_header(cfg: EvalConfig, p: EvalObjects) -> dict:
     default = to_dict(Protocol())
     models = []
     for spec in (parse_model(m, cfg.job.mode) for m in cfg.job.models):
-        rec = {"name": spec.name, "source": spec.source}
+        rec = {"name": spec.name, "source": spec.source, "backend": spec.backend}
         if cfg.job.mode != "ply":
             from ..models.hub import ModelNotFound, is_built, looks_like_hub_id, resolve, resolved_commit
 

@@ -21,7 +21,7 @@ from ..gaussians import Gaussians
 from ..io.codec import to_uint8
 from ..metrics.geometry import chamfer_fscore, gaussians_to_mesh, psnr, sample_surface, ssim
 from . import align as al
-from .gt import eval_cameras, predicted_views
+from .gt import eval_cameras, fovy_deg, predicted_views
 from .protocol import Protocol
 
 
@@ -127,9 +127,57 @@ def _align(pts: np.ndarray, verts: np.ndarray, gt: GroundTruth, protocol: Protoc
     return final, found
 
 
-def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None, *, gt: GroundTruth | None = None,
+class _GaussianPrediction:
+    """Gaussians as a prediction: normalised by their opaque centres, then by their mesh; rendered transformed."""
+
+    def __init__(self, gaussians: Gaussians):
+        self.g = gaussians[0:1].to(torch.float32) if gaussians.batch_size > 1 else gaussians.to(torch.float32)
+        self.info = {"gaussians": int(self.g.means.shape[1])}
+
+    def normalise_and_mesh(self, protocol: Protocol):
+        """(normalisation 4x4 to render space, (vertices, faces) in render space or the reason there is none)."""
+        coarse = al.normalisation(_opaque_means(self.g))  # render space from the splat centres, then the mesh
+        mesh = _mesh(al.transform_gaussians(self.g, coarse), protocol)
+        if isinstance(mesh, str):
+            return coarse, mesh
+        by_mesh = al.normalisation(mesh[0])
+        return by_mesh @ coarse, (al.apply(by_mesh, mesh[0]), mesh[1])
+
+    def views(self, m: np.ndarray, cams, supersample: int) -> np.ndarray:
+        return predicted_views(al.transform_gaussians(self.g, m), cams, supersample)[0]
+
+
+class _ReconstructionPrediction:
+    """Any :class:`mvboost.infer.recon.Reconstruction` (e.g. OpenLRM's triplanes): normalised by its own mesh,
+    rendered at the cameras moved by the inverse transform (the same image as the transformed object's)."""
+
+    def __init__(self, recon):
+        self.recon = recon
+        self.info = {"representation": type(recon).__name__}
+
+    def normalise_and_mesh(self, protocol: Protocol):
+        try:
+            mesh = self.recon.mesh(protocol.mesh_resolution)
+        except ValueError as e:
+            return np.eye(4), f"no mesh: {e}"
+        verts = np.asarray(mesh.vertices, np.float64)
+        norm = al.normalisation(verts)
+        return norm, (al.apply(norm, verts), np.asarray(mesh.faces))
+
+    def views(self, m: np.ndarray, cams, supersample: int) -> np.ndarray:
+        from ..assets.render import downsample
+        from ..geometry.cameras import Cameras, pinhole_intrinsics, similarity_view
+
+        size = cams.width * supersample
+        big = Cameras(similarity_view(cams.c2w, torch.as_tensor(m)), pinhole_intrinsics(size, size, fovy_deg(cams)),
+                      size, size, cams.model)
+        return downsample(self.recon.render(big)[0], supersample)
+
+
+def evaluate_object(prediction, obj, protocol: Protocol | None = None, *, gt: GroundTruth | None = None,
                     lpips: LPIPSSet | None = None, return_views: bool = False, canonical: bool = True):
-    """Score one object's Gaussians (render space, LGM's frame = ours) against a GSO object.
+    """Score one object's prediction (Gaussians in render space, LGM's frame = ours, or any
+    :class:`~mvboost.infer.recon.Reconstruction` in our frame) against a GSO object.
 
     ``obj``: a GSO object folder (path), a loaded :class:`GSOObject`, or pass ``gt`` (prepared once and
     reused for several models). Returns the per-object record (JSON-ready); with ``return_views`` also
@@ -145,27 +193,21 @@ def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None,
             obj = load_object(str(Path(obj).parent), Path(obj).name)
         gt = prepare_gt(obj, protocol)
     lpips = lpips or LPIPSSet(protocol.lpips_nets)
-    g = gaussians[0:1].to(torch.float32) if gaussians.batch_size > 1 else gaussians.to(torch.float32)
-    coarse = al.normalisation(_opaque_means(g))  # render space from the splat centres, then from the mesh
-    mesh = _mesh(al.transform_gaussians(g, coarse), protocol)
+    pred = _GaussianPrediction(prediction) if isinstance(prediction, Gaussians) else _ReconstructionPrediction(prediction)
+    norm, mesh = pred.normalise_and_mesh(protocol)
     no_mesh = mesh if isinstance(mesh, str) else None  # the reason there is none
     pts = verts_n = None
-    norm = coarse
     if no_mesh is None:
-        by_mesh = al.normalisation(mesh[0])
-        norm = by_mesh @ coarse
-        verts_n = al.apply(by_mesh, mesh[0])
+        verts_n = mesh[0]
         pts = sample_surface(verts_n * METRIC_SCALE, mesh[1], protocol.points, protocol.seed)
-    g_n = al.transform_gaussians(g, norm)
     cams = eval_cameras(protocol)
     views = {"gt": gt.rgb}
-    record = {"object": gt.obj.name, "renderer": RENDERER, "protocol": asdict(protocol),
-              "gaussians": int(g.means.shape[1]), "normalisation": norm.round(8).tolist(),
-              "noise_floor_cd": gt.noise_floor_cd, "frame_warning": None}
+    record = {"object": gt.obj.name, "renderer": RENDERER, "protocol": asdict(protocol), **pred.info,
+              "normalisation": norm.round(8).tolist(), "noise_floor_cd": gt.noise_floor_cd, "frame_warning": None}
     if no_mesh:
         record["mesh"] = no_mesh
     t = time.perf_counter()
-    rgb_c, _ = predicted_views(g_n, cams, protocol.supersample)
+    rgb_c = pred.views(norm, cams, protocol.supersample)
     views["canonical"] = rgb_c
     if canonical:
         record["canonical"] = {**image_metrics(rgb_c, gt.rgb, lpips, protocol.input_index()),
@@ -177,8 +219,7 @@ def evaluate_object(gaussians: Gaussians, obj, protocol: Protocol | None = None,
         t = time.perf_counter()
         final, found = _align(pts, verts_n * METRIC_SCALE, gt, protocol)
         m_render = al.metric_to_render(final)
-        g_a = al.transform_gaussians(g_n, m_render)
-        rgb_a, _ = predicted_views(g_a, cams, protocol.supersample)
+        rgb_a = pred.views(m_render @ norm, cams, protocol.supersample)
         views["aligned"] = rgb_a
         record["aligned"] = {**image_metrics(rgb_a, gt.rgb, lpips, protocol.input_index()),
                              **_geometry(al.apply(final, pts), gt, protocol),

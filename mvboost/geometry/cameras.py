@@ -171,6 +171,20 @@ class Cameras:
                    int(d["width"]), int(d["height"]), d["model"])
 
 
+def similarity_view(c2w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world poses (V, 4, 4) that see an object as ``c2w`` sees it after the similarity ``m`` (4x4,
+    s R | t): the object stays and the cameras move by m^-1 (a pinhole image is unchanged when the scene and
+    the camera scale together)."""
+    m = m.to(torch.float64)
+    s = float(torch.linalg.norm(m[:3, 0]))
+    inv = torch.eye(4, dtype=torch.float64)
+    inv[:3, :3] = m[:3, :3].T / s ** 2
+    inv[:3, 3] = -inv[:3, :3] @ m[:3, 3]
+    out = inv @ c2w.to(torch.float64)
+    out[:, :3, :3] = out[:, :3, :3] * s  # unit camera axes again
+    return out.to(c2w.dtype)
+
+
 def lgm_input_cameras(size: int = 256, azimuths=LGM_INPUT_AZIMUTHS, elevation: float = 0.0,
                       radius: float = LGM_CAM_RADIUS, fovy_deg: float = LGM_FOVY_DEG) -> Cameras:
     """LGM's default perspective input cameras (az 0/90/180/270, el 0, r 1.5, fovy 49.1)."""

@@ -52,9 +52,10 @@ OPENLRM_SCALE = 0.5
 class TriplaneReconstruction:
     """OpenLRM's output: triplanes, rendered by the model's ray marcher, in our world frame."""
 
-    def __init__(self, model, planes: torch.Tensor, samples_per_ray: int | None = None, chunk: int = 16384):
+    def __init__(self, model, planes: torch.Tensor, samples_per_ray: int | None = None, chunk: int = 16384,
+                 mesh_threshold: float | None = None):
         self.model, self.planes = model, planes[:1]
-        self.samples_per_ray, self.chunk = samples_per_ray, chunk
+        self.samples_per_ray, self.chunk, self.mesh_threshold = samples_per_ray, chunk, mesh_threshold
 
     def openlrm_cameras(self, cams: Cameras) -> torch.Tensor:
         """Our pinhole cameras -> OpenLRM render cameras (1, V, 25): world rotated and scaled, intrinsics
@@ -83,6 +84,7 @@ class TriplaneReconstruction:
     def mesh(self, resolution: int, threshold: float | None = None):
         from ..models.openlrm import DEFAULT_MESH_THRESHOLD, extract_mesh
 
+        threshold = self.mesh_threshold if threshold is None else threshold
         mesh = extract_mesh(self.model, self.planes, resolution,
                             DEFAULT_MESH_THRESHOLD if threshold is None else threshold, self.chunk)
         mesh.vertices = OPENLRM_SCALE * (np.asarray(mesh.vertices) @ np.array(ZUP_TO_YUP).T)
