@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,3 +73,11 @@ class Result:
     folder: Path | None = None
     rejected: str | None = None
     meta: dict = field(default_factory=dict)
+
+
+def write_summary(output: Path, results: list[Result]) -> None:
+    """``summary.json`` of a run: images, written, the rejected with their reasons, the folders."""
+    (output / "summary.json").write_text(json.dumps({
+        "images": len(results), "written": sum(r.rejected is None for r in results),
+        "rejected": [{"input": r.source, "reason": r.rejected} for r in results if r.rejected],
+        "items": [{"input": r.source, "folder": str(r.folder)} for r in results if r.folder]}, indent=2))

@@ -71,7 +71,7 @@ class OpenLRMImageTo3D:
 
     def __call__(self, sources: list[str], output: str | Path, progress=None):
         from ..stages.base import Reject
-        from .common import Result, item_name, read_image
+        from .common import Result, item_name, read_image, write_summary
 
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
@@ -93,10 +93,7 @@ class OpenLRMImageTo3D:
                 self._finish(r, output, rgba, planes, self.cfg.seed + i)
             if progress:
                 progress.update(1)
-        (output / "summary.json").write_text(json.dumps({
-            "images": len(results), "written": sum(r.rejected is None for r in results),
-            "rejected": [{"input": r.source, "reason": r.rejected} for r in results if r.rejected],
-            "items": [{"input": r.source, "folder": str(r.folder)} for r in results if r.folder]}, indent=2))
+        write_summary(output, results)
         return results
 
     def _finish(self, r, output: Path, rgba, planes, seed: int) -> None:

@@ -25,7 +25,7 @@ from ..stages.common import pick_device, pick_dtype
 from ..stages.era3d import Era3DConfig
 from ..stages.lgm import LGMStageConfig
 from ..stages.matting import MattingConfig, MattingStage
-from .common import Result, item_name, model_record, read_image
+from .common import Result, item_name, model_record, read_image, write_summary
 from .openlrm import InferOpenLRMConfig
 from .view_opt import ViewOptConfig, optimize_input_view
 
@@ -188,10 +188,7 @@ class ImageTo3D:
                 self._finish(r, output, rgba, mv, j, g[j], seeds[j])
                 if progress:
                     progress.update(1)
-        (output / "summary.json").write_text(json.dumps({
-            "images": len(results), "written": sum(r.rejected is None for r in results),
-            "rejected": [{"input": r.source, "reason": r.rejected} for r in results if r.rejected],
-            "items": [{"input": r.source, "folder": str(r.folder)} for r in results if r.folder]}, indent=2))
+        write_summary(output, results)
         return results
 
     def _finish(self, r: Result, output: Path, rgba, mv, j: int, g: Gaussians, seed: int) -> None:
