@@ -36,7 +36,8 @@ def run(preset: str, device: str, dtype: str, size: int, render: int, views: int
         pos = torch.tensor([2 * torch.sin(a), -2 * torch.cos(a), 0.0])
         z = pos / pos.norm()
         x = torch.linalg.cross(torch.tensor([0.0, 0, 1]), z)
-        c2w[i, :3, 0], c2w[i, :3, 1], c2w[i, :3, 2], c2w[i, :3, 3], c2w[i, 3, 3] = x, torch.linalg.cross(z, x), z, pos, 1
+        c2w[i, :3, 0], c2w[i, :3, 1], c2w[i, :3, 2] = x, torch.linalg.cross(z, x), z
+        c2w[i, :3, 3], c2w[i, 3, 3] = pos, 1
 
     cams = render_camera(c2w)[None].to(device, dt)
 

@@ -78,7 +78,8 @@ def build_shards(out: Path, size: Size) -> dict:
     split = build_asset_library(lib, per_domain=size.per_domain, held_out=size.held_out, thumbnails=False)
     for domain in ("A", "B"):
         cfg = load_job_config(REPO / "ray_jobs" / "configs" / "assets_smoke.yaml", [
-            f"job.output={out / 'shards' / domain}", f"prompts.assets={lib}", f"prompts.asset_list={lib}/{domain}_train.txt",
+            f"job.output={out / 'shards' / domain}", f"prompts.assets={lib}",
+            f"prompts.asset_list={lib}/{domain}_train.txt",
             f"asset_render.size={size.image}", "job.shard_size=16", "job.progress=false", f"job.name=boost-{domain}"])
         s = run_in_process(cfg)
         log(f"shards {domain}: {s.accepted} new, {s.skipped_already_done} already there, {s.rejected} rejected")
@@ -166,7 +167,8 @@ def evaluate(out: Path, mode: str, domain: str, models: list[str], size: Size) -
     dest = out / "eval" / f"{mode}_{domain}"
     cfg = load_config(EvalConfig, REPO / "ray_jobs" / "configs" / "evaluate_smoke.yaml", [
         f"job.objects={lib}", f"job.split={lib}/{domain}_held_out.txt", f"job.output={dest}", f"job.mode={mode}",
-        "job.bootstrap=2000", "job.exports=false", "protocol.align=false", f"protocol.resolution={size.eval_resolution}",
+        "job.bootstrap=2000", "job.exports=false", "protocol.align=false",
+        f"protocol.resolution={size.eval_resolution}",
         f"protocol.input_size={size.image}", "protocol.lpips_nets=[alex]", f"job.name=boost-{mode}-{domain}"])
     cfg.job.models = list(models)
     pending = len(select_objects(cfg).pending)

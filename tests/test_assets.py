@@ -131,7 +131,8 @@ def test_asset_source_plans_every_asset_and_records_bad_ones(tmp_path):
     again = run_in_process(_cfg(out, root))
     assert again.skipped_already_done == 7 and again.requested == 7, again
     # a list selects assets; an unknown name, a missing folder, no folder at all are clear errors
-    picked = run_in_process(_cfg(tmp_path / "out2", root, f"prompts.asset_list={_write(tmp_path, 'duck', 'plain.obj')}"))
+    listed = _write(tmp_path, "duck", "plain.obj")
+    picked = run_in_process(_cfg(tmp_path / "out2", root, f"prompts.asset_list={listed}"))
     assert (picked.accepted, picked.rejected) == (2, 0)
     with pytest.raises(ConfigError, match="not found under"):
         run_in_process(_cfg(tmp_path / "out3", root, f"prompts.asset_list={_write(tmp_path, 'duck', 'chair')}"))
@@ -204,6 +205,7 @@ def test_shard_targets_and_the_training_renderer_share_a_frame(tmp_path):
 
     target = foreground_mask(views.astype(np.float32) / 255) > 0.5  # the training's own target mask
     assert (target[0] ^ target_alpha).sum() <= 0.02 * target_alpha.sum()  # input.png's alpha: the same silhouette
+
     def centroid(m):
         ys, xs = np.nonzero(m)
         return np.array([xs.mean(), ys.mean()])

@@ -265,7 +265,7 @@ class EvalWorker:
             extras["gt_inputs"] = rgb
         else:  # gt_ortho: the GT at Era3D's orthographic cameras, LGM's four of them (as the shards have them)
             rgb, _ = self.renderer.render(gt.obj, era3d_cameras(self.cfg.protocol.input_size),
-                                            self.cfg.protocol.supersample)
+                                          self.cfg.protocol.supersample)
             views = rgb[None, list(ERA3D_TO_LGM_VIEWS)]
             extras["gt_inputs"] = rgb
         for s in self.specs:

@@ -193,7 +193,8 @@ def evaluate_object(prediction, obj, protocol: Protocol | None = None, *, gt: Gr
             obj = load_object(str(Path(obj).parent), Path(obj).name)
         gt = prepare_gt(obj, protocol)
     lpips = lpips or LPIPSSet(protocol.lpips_nets)
-    pred = _GaussianPrediction(prediction) if isinstance(prediction, Gaussians) else _ReconstructionPrediction(prediction)
+    pred = (_GaussianPrediction(prediction) if isinstance(prediction, Gaussians)
+            else _ReconstructionPrediction(prediction))
     norm, mesh = pred.normalise_and_mesh(protocol)
     no_mesh = mesh if isinstance(mesh, str) else None  # the reason there is none
     pts = verts_n = None

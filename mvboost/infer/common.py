@@ -65,7 +65,6 @@ def model_record(model: str, revision: str, what: str) -> dict:
     return {"id": model, "revision": revision, "resolved": resolved_commit(path) or str(path)}
 
 
-
 @dataclass
 class Result:
     name: str

@@ -22,8 +22,8 @@ importance samples at evenly spaced quantiles); ``stochastic=True`` draws them a
 renderer always does (two official renders of the same planes differ).
 
 Checkpoints: a folder (or Hub id) with ``config.json`` (the model's constructor keywords) and
-``model.safetensors`` (the whole state dict, encoder included). ``models.loading.load_openlrm`` loads strictly: every key
-and shape must match, or a :class:`~mvboost.models.checkpoint.CheckpointError` names the missing, unexpected
+``model.safetensors`` (the whole state dict, encoder included). ``models.loading.load_openlrm`` loads strictly:
+every key and shape must match, or a :class:`~mvboost.models.checkpoint.CheckpointError` names the missing, unexpected
 and mis-shaped keys. Weights are CC-BY-NC 4.0 (research only).
 """
 from __future__ import annotations
@@ -212,7 +212,8 @@ class _Encoder(nn.Module):
         super().__init__()
         width, depth, heads = cfg.encoder_shape()
         if width != cfg.encoder_feat_dim:
-            raise ValueError(f"encoder_feat_dim {cfg.encoder_feat_dim} does not match {cfg.encoder_model_name} ({width})")
+            raise ValueError(f"encoder_feat_dim {cfg.encoder_feat_dim} does not match {cfg.encoder_model_name} "
+                             f"({width})")
         self.model = DINOv2(width, depth, heads, cfg.encoder_grid)
 
     def forward(self, image):
@@ -340,7 +341,8 @@ class OpenLRM(nn.Module):
     forward = forward_planes
 
     # ---- planes -> fields ---------------------------------------------------------------------------------
-    def query(self, planes: torch.Tensor, points: torch.Tensor, chunk: int = 2 ** 18) -> tuple[torch.Tensor, torch.Tensor]:
+    def query(self, planes: torch.Tensor, points: torch.Tensor,
+              chunk: int = 2 ** 18) -> tuple[torch.Tensor, torch.Tensor]:
         """Activated density (N, M, 1) and colour (N, M, 3) at points (N, M, 3), ``chunk`` points at a time."""
         sig, rgb = [], []
         for i in range(0, points.shape[1], chunk):
@@ -471,7 +473,8 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, n: int, stoch
 
 
 # ---- cameras ----------------------------------------------------------------------------------------------------
-def source_camera(distance: float = DEFAULT_SOURCE_DISTANCE, focal: float = DEFAULT_FOCAL, batch: int = 1) -> torch.Tensor:
+def source_camera(distance: float = DEFAULT_SOURCE_DISTANCE, focal: float = DEFAULT_FOCAL,
+                  batch: int = 1) -> torch.Tensor:
     """The canonical source camera of inference (N, 16): on -Y at ``distance`` looking at the origin, Z up, with
     normalised focal ``focal`` (fx / width; the official 0.75 is a 67.4° field of view) and a centred principal
     point."""
