@@ -74,6 +74,27 @@ class Result:
     meta: dict = field(default_factory=dict)
 
 
+def matte_input(matting, r: Result):
+    """Read and matte ``r``'s image -> RGBA uint8, or None with ``r.rejected`` set to the reason (input or
+    matting); the seconds and the matting method go to ``r.meta``."""
+    import time
+
+    from ..stages.base import Reject
+
+    t = time.perf_counter()
+    try:
+        rgba = matting.matte(read_image(r.source))
+    except Reject as e:
+        r.rejected = f"matting: {e}"
+        return None
+    except (ValueError, OSError) as e:
+        r.rejected = f"input: {e}"
+        return None
+    r.meta["seconds"] = {"matting": round(time.perf_counter() - t, 3)}
+    r.meta["matting"] = matting.last_method
+    return rgba
+
+
 def write_summary(output: Path, results: list[Result]) -> None:
     """``summary.json`` of a run: images, written, the rejected with their reasons, the folders."""
     (output / "summary.json").write_text(json.dumps({

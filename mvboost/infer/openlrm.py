@@ -70,23 +70,15 @@ class OpenLRMImageTo3D:
         return self.model.forward_planes(x, cam).float()
 
     def __call__(self, sources: list[str], output: str | Path, progress=None):
-        from ..stages.base import Reject
-        from .common import Result, item_name, read_image, write_summary
+        from .common import Result, item_name, matte_input, write_summary
 
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
         taken: set[str] = set()
         results = [Result(item_name(s, taken), s) for s in sources]
         for i, r in enumerate(results):
-            t = time.perf_counter()
-            try:
-                rgba = self.matting.matte(read_image(r.source))
-            except Reject as e:
-                r.rejected = f"matting: {e}"
-            except (ValueError, OSError) as e:
-                r.rejected = f"input: {e}"
-            else:
-                r.meta["seconds"] = {"matting": round(time.perf_counter() - t, 3)}
+            rgba = matte_input(self.matting, r)
+            if rgba is not None:
                 t = time.perf_counter()
                 planes = self.planes([rgba])
                 r.meta["seconds"]["openlrm"] = round(time.perf_counter() - t, 3)

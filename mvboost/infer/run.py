@@ -20,14 +20,14 @@ from ..config import to_dict
 from ..gaussians import Gaussians
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS, ERA3D_VIEW_NAMES
 from ..io.codec import tile_views, to_uint8
-from ..stages.base import Reject
 from ..stages.common import pick_device, pick_dtype
 from ..stages.era3d import Era3DConfig
 from ..stages.lgm import LGMStageConfig
 from ..stages.matting import MattingConfig, MattingStage
-from .common import Result, item_name, model_record, read_image, write_summary
+from .common import Result, item_name, matte_input, model_record, write_summary
 from .openlrm import InferOpenLRMConfig
 from .view_opt import ViewOptConfig, optimize_input_view
+
 
 @dataclass
 class OutputSection:
@@ -162,17 +162,8 @@ class ImageTo3D:
         results = [Result(item_name(s, taken), s) for s in sources]
         ready: list[tuple[Result, np.ndarray]] = []
         for r in results:
-            t = time.perf_counter()
-            try:
-                img = read_image(r.source)
-                rgba = self.matting.matte(img)
-            except Reject as e:
-                r.rejected = f"matting: {e}"
-            except (ValueError, OSError) as e:
-                r.rejected = f"input: {e}"
-            else:
-                r.meta["seconds"] = {"matting": round(time.perf_counter() - t, 3)}
-                r.meta["matting"] = self.matting.last_method
+            rgba = matte_input(self.matting, r)
+            if rgba is not None:
                 ready.append((r, rgba))
             if r.rejected and progress:
                 progress.update(1)
