@@ -26,7 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--output")
     p.add_argument("--mode", choices=list(MODES))
     p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
-                   help="name=<LGM id or folder>[@revision][+<LoRA adapter>] (single, gt4, gt_ortho) or name=<PLY folder> (ply); "
+                   help="name=<LGM id or folder>[@revision][+<LoRA adapter>] (single, gt4, gt_ortho), "
+                        "name=openlrm:<folder | id | tiny> (single, thumbnail) or name=<PLY folder> (ply); "
                         "repeat for several models (the first is the baseline of the paired differences)")
     p.add_argument("--in-process", action="store_true", help="no Ray: evaluate objects one by one in this process")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -64,6 +64,11 @@ def _open_fs(url: str):
     return fs, path.rstrip("/")
 
 
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def list_objects(root: str) -> list[str]:
     """Folder names under ``root`` that have ``meshes/model.obj``, sorted."""
     fs, path = _open_fs(root)
@@ -80,8 +85,7 @@ def list_objects(root: str) -> list[str]:
 def _localise(root: str, name: str, cache: Path) -> Path:
     """A local folder with the object's mesh, material and texture (copied when the URL is remote)."""
     fs, path = _open_fs(root)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
+    if _is_local(fs):
         local = Path(path) / name
         if local.is_dir():
             return local
@@ -208,8 +212,7 @@ def write_obj(folder: Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndar
 def _fetch_mesh_file(root: str, name: str, cache: Path) -> Path:
     """A local copy of a plain mesh file; an OBJ brings its mtl files and the textures they name."""
     fs, path = _open_fs(root)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
+    if _is_local(fs):
         return Path(path) / name
     dest = cache / "files" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -255,9 +258,7 @@ def load_asset(root: str, name: str, kind: str, cache: Path | None = None) -> GS
     if kind == GSO:
         try:
             obj = load_object(root, name, cache)
-        except FileNotFoundError as e:
-            raise AssetError(str(e).removeprefix(f"{name}: ")) from None
-        except ValueError as e:
+        except (FileNotFoundError, ValueError) as e:  # no meshes/model.obj, no faces: the reason without the name
             raise AssetError(str(e).removeprefix(f"{name}: ")) from None
         except Exception as e:  # noqa: BLE001 - a parser's error is the asset's reason
             raise AssetError(f"unreadable mesh ({type(e).__name__}: {str(e)[:200]})") from None

@@ -9,7 +9,7 @@ from ..assets.render import RENDERER, MeshRenderer, downsample, fovy_deg
 from ..geometry.cameras import Cameras, orbit_camera, pinhole_intrinsics
 from .protocol import Protocol
 
-__all__ = ["RENDERER", "MeshRenderer", "downsample", "fovy_deg", "eval_cameras", "predicted_views"]
+__all__ = ["RENDERER", "MeshRenderer", "downsample", "fovy_deg", "eval_cameras", "predicted_views", "supersampled"]
 
 
 def eval_cameras(protocol: Protocol, size: int | None = None, views: list[tuple[float, float]] | None = None) -> Cameras:
@@ -20,14 +20,18 @@ def eval_cameras(protocol: Protocol, size: int | None = None, views: list[tuple[
     return Cameras(c2w, pinhole_intrinsics(size, size, protocol.fov_deg), size, size, "pinhole")
 
 
+def supersampled(cams: Cameras, factor: int) -> Cameras:
+    """The same pinhole cameras at ``factor`` x the resolution (the field of view kept)."""
+    w, h = cams.width * factor, cams.height * factor
+    return Cameras(cams.c2w, pinhole_intrinsics(w, h, fovy_deg(cams)), w, h, cams.model)
+
+
 @torch.no_grad()
 def predicted_views(gaussians, cams: Cameras, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The same views of Gaussians with ``mvboost.render`` (white background, same supersampling)."""
     from ..render import render
 
-    big = Cameras(cams.c2w, pinhole_intrinsics(cams.width * supersample, cams.height * supersample, fovy_deg(cams)),
-                  cams.width * supersample, cams.height * supersample, cams.model)
-    out = render(gaussians, big.to(gaussians.means.device), background=(1.0, 1.0, 1.0))
+    out = render(gaussians, supersampled(cams, supersample).to(gaussians.means.device), background=(1.0, 1.0, 1.0))
     rgb = out.rgb[0].permute(0, 2, 3, 1).float().cpu().numpy()
     alpha = out.alpha[0].permute(0, 2, 3, 1).float().cpu().numpy()
     return downsample(rgb, supersample), downsample(alpha, supersample)

@@ -89,7 +89,9 @@ def parse_model(text: str, mode: str) -> ModelSpec:
     backend = "lgm"
     if rest.startswith("openlrm:"):
         backend, rest = "openlrm", rest.removeprefix("openlrm:")
-        rest = {"tiny": "tiny:openlrm", "random": "random:openlrm"}.get(rest, rest)
+        from ..infer.openlrm import openlrm_source
+
+        rest = openlrm_source(rest)
         if mode not in ("single", "thumbnail"):
             raise ValueError(f"model {name}: OpenLRM takes one image: modes single or thumbnail, not {mode}")
     rest, _, lora = rest.partition("+")
@@ -277,16 +279,11 @@ class EvalWorker:
 
     def _openlrm(self, name: str, rgba: np.ndarray):
         """OpenLRM on the matted input from its canonical source camera -> a reconstruction in our frame."""
-        import torch
-
-        from ..infer.openlrm import openlrm_input
+        from ..infer.openlrm import openlrm_planes
         from ..infer.recon import TriplaneReconstruction
-        from ..models.openlrm import source_camera
 
         model = self.openlrms[name]
-        with torch.no_grad():
-            planes = model.forward_planes(openlrm_input(rgba, self.cfg.openlrm.source_size).to(self.device),
-                                          source_camera(self.cfg.openlrm.source_distance).to(self.device))
+        planes = openlrm_planes(model, [rgba], self.cfg.openlrm)
         if not bool(planes.isfinite().all()):
             return "NaN in the prediction"
         return TriplaneReconstruction(model, planes, self.cfg.openlrm.samples_per_ray or None, self.cfg.openlrm.chunk,

@@ -21,7 +21,7 @@ from ..gaussians import Gaussians
 from ..io.codec import to_uint8
 from ..metrics.geometry import chamfer_fscore, gaussians_to_mesh, psnr, sample_surface, ssim
 from . import align as al
-from .gt import eval_cameras, fovy_deg, predicted_views
+from .gt import eval_cameras, predicted_views, supersampled
 from .protocol import Protocol
 
 
@@ -166,11 +166,10 @@ class _ReconstructionPrediction:
 
     def views(self, m: np.ndarray, cams, supersample: int) -> np.ndarray:
         from ..assets.render import downsample
-        from ..geometry.cameras import Cameras, pinhole_intrinsics, similarity_view
+        from ..geometry.cameras import similarity_view
 
-        size = cams.width * supersample
-        big = Cameras(similarity_view(cams.c2w, torch.as_tensor(m)), pinhole_intrinsics(size, size, fovy_deg(cams)),
-                      size, size, cams.model)
+        big = supersampled(cams, supersample)
+        big.c2w = similarity_view(big.c2w, torch.as_tensor(m))
         return downsample(self.recon.render(big)[0], supersample)
 
 

@@ -48,8 +48,10 @@ def main(argv=None) -> int:
         if not sep or backend not in ("lgm", "openlrm") or not source:
             print(f"error: --model {args.model!r}: expected lgm:<source> or openlrm:<source>", file=sys.stderr)
             return 2
-        if backend == "openlrm" and source in ("tiny", "random"):
-            source = f"{source}:openlrm"
+        if backend == "openlrm":
+            from .openlrm import openlrm_source
+
+            source = openlrm_source(source)
         overrides += [f"backend={backend}", f"{backend}.model={source}"]
     for flag, key in ((args.lgm, "lgm.model"), (args.lgm_revision, "lgm.revision"), (args.lora, "lora"),
                       (args.device, "device"), (args.seed, "seed")):

@@ -33,11 +33,27 @@ class InferOpenLRMConfig:
     mesh_threshold: float = 3.0
 
 
+def openlrm_source(source: str) -> str:
+    """``tiny`` / ``random`` -> the built ``tiny:openlrm`` / ``random:openlrm``; any other source unchanged."""
+    return {"tiny": "tiny:openlrm", "random": "random:openlrm"}.get(source, source)
+
+
 def openlrm_input(rgba: np.ndarray, size: int) -> torch.Tensor:
     """RGBA uint8 (H, W, 4) -> (1, 3, size, size) RGB on white in [0, 1], resized bicubically (align_corners)."""
     x = torch.from_numpy(np.ascontiguousarray(rgba)).float().permute(2, 0, 1)[None] / 255.0
     x = x[:, :3] * x[:, 3:] + (1 - x[:, 3:])
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=True).clamp(0, 1)
+
+
+@torch.no_grad()
+def openlrm_planes(model, rgba: list[np.ndarray], c: InferOpenLRMConfig) -> torch.Tensor:
+    """Matted RGBA inputs -> triplanes (B, 3, C, H, W) float32, from the canonical source camera."""
+    from ..models.openlrm import source_camera
+
+    p = next(model.parameters())
+    x = torch.cat([openlrm_input(a, c.source_size) for a in rgba]).to(p.device, p.dtype)
+    cam = source_camera(c.source_distance, batch=len(rgba)).to(p.device, p.dtype)
+    return model.forward_planes(x, cam).float()
 
 
 class OpenLRMImageTo3D:
@@ -60,15 +76,6 @@ class OpenLRMImageTo3D:
         self.model = load_openlrm(resolve(c.model, c.revision, what="openlrm"), device=self.device, dtype=self.dtype)
         self.models = {"openlrm": model_record(c.model, c.revision, "openlrm")}
 
-    @torch.no_grad()
-    def planes(self, rgba: list[np.ndarray]) -> torch.Tensor:
-        from ..models.openlrm import source_camera
-
-        c = self.cfg.openlrm
-        x = torch.cat([openlrm_input(a, c.source_size) for a in rgba]).to(self.device, self.dtype)
-        cam = source_camera(c.source_distance, batch=len(rgba)).to(self.device, self.dtype)
-        return self.model.forward_planes(x, cam).float()
-
     def __call__(self, sources: list[str], output: str | Path, progress=None):
         from .common import Result, item_name, matte_input, write_summary
 
@@ -80,7 +87,7 @@ class OpenLRMImageTo3D:
             rgba = matte_input(self.matting, r)
             if rgba is not None:
                 t = time.perf_counter()
-                planes = self.planes([rgba])
+                planes = openlrm_planes(self.model, [rgba], self.cfg.openlrm)
                 r.meta["seconds"]["openlrm"] = round(time.perf_counter() - t, 3)
                 self._finish(r, output, rgba, planes, self.cfg.seed + i)
             if progress:
@@ -91,7 +98,6 @@ class OpenLRMImageTo3D:
     def _finish(self, r, output: Path, rgba, planes, seed: int) -> None:
         from PIL import Image
 
-        from ..geometry.cameras import Cameras, orbit_camera, pinhole_intrinsics
         from ..io import export
         from ..io.codec import to_uint8
         from .recon import TriplaneReconstruction
@@ -111,10 +117,8 @@ class OpenLRMImageTo3D:
             except ValueError as e:  # no surface at the threshold: recorded, the other outputs stand
                 r.meta["mesh_skipped"] = str(e)
         if out.turntable != "none":
-            n, size = out.turntable_frames, out.turntable_size
-            cams = Cameras(orbit_camera([out.turntable_elevation] * n, [360.0 * i / n for i in range(n)]),
-                           pinhole_intrinsics(size, size), size, size)
-            rgb, _ = recon.render(cams)
+            rgb, _ = recon.render(export.turntable_cameras(out.turntable_frames, out.turntable_size,
+                                                           out.turntable_elevation))
             export.write_turntable(to_uint8(rgb), folder / f"turntable.{out.turntable}")
             files.append(f"turntable.{out.turntable}")
         r.meta["seconds"]["exports"] = round(time.perf_counter() - t, 3)

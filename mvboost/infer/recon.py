@@ -1,10 +1,11 @@
 """One interface for what a reconstruction model returns, whatever it represents the object with.
 
 A :class:`Reconstruction` renders itself at any :class:`~mvboost.geometry.cameras.Cameras` of our world (OpenGL
-camera-to-world, Y up, the input view's camera on +Z) and gives a coloured mesh in that world. LGM's Gaussians
-(:class:`GaussianReconstruction`) and OpenLRM's triplane NeRF (:class:`TriplaneReconstruction`) implement it,
-so the exports (and, next, the evaluation) need not know which model made the object; a third model is one
-more class here.
+camera-to-world, Y up, the input view's camera on +Z) and gives a coloured mesh in that world. OpenLRM's
+triplane NeRF (:class:`TriplaneReconstruction`) implements it; the evaluation (``eval.score.evaluate_object``)
+scores Gaussians as they are and anything else through this interface, so a third model is one more class
+here. LGM's Gaussians do not go through it: the evaluation transforms them exactly and the exports write
+them as PLY.
 """
 from __future__ import annotations
 
@@ -22,26 +23,6 @@ class Reconstruction(Protocol):
 
     def mesh(self, resolution: int):
         """A ``trimesh.Trimesh`` with vertex colours, in our world frame."""
-
-
-class GaussianReconstruction:
-    """LGM's output: 3D Gaussians (already in our world frame)."""
-
-    def __init__(self, gaussians):
-        self.gaussians = gaussians
-
-    @torch.no_grad()
-    def render(self, cams: Cameras, background: float = 1.0):
-        from ..render import render
-
-        out = render(self.gaussians, cams.to(self.gaussians.means.device), background=(background,) * 3)
-        return (out.rgb[0].permute(0, 2, 3, 1).float().cpu().numpy(),
-                out.alpha[0].permute(0, 2, 3, 1).float().cpu().numpy())
-
-    def mesh(self, resolution: int):
-        from ..io.export import gaussians_mesh
-
-        return gaussians_mesh(self.gaussians.to("cpu"), resolution)
 
 
 #: OpenLRM's world (Z up, source camera on -Y, the object in [-1, 1]^3) -> ours (Y up, input camera on +Z, the

@@ -58,19 +58,25 @@ def write_glb(g: Gaussians, path: str | Path, resolution: int = 96, level: float
     return path
 
 
-def turntable_frames(g: Gaussians, frames: int = 36, size: int = 256, elevation: float = -15.0,
-                     camera: str = "pinhole") -> np.ndarray:
-    """(frames, size, size, 3) uint8: the object rendered on white around a full circle of azimuths."""
+def turntable_cameras(frames: int = 36, size: int = 256, elevation: float = -15.0, camera: str = "pinhole"):
+    """The turntable's cameras: a full circle of ``frames`` azimuths at ``elevation`` (pinhole at LGM's distance
+    and field of view, or Era3D's orthographic views)."""
     from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH, ORTHO_CAM_RADIUS, Cameras, orbit_camera, \
         ortho_intrinsics, pinhole_intrinsics
-    from ..render import render
 
     az = [360.0 * i / frames for i in range(frames)]
     if camera == "ortho":
-        cams = Cameras(orbit_camera([elevation] * frames, az, ORTHO_CAM_RADIUS),
+        return Cameras(orbit_camera([elevation] * frames, az, ORTHO_CAM_RADIUS),
                        ortho_intrinsics(size, size, ERA3D_ORTHO_WORLD_WIDTH), size, size, "ortho")
-    else:
-        cams = Cameras(orbit_camera([elevation] * frames, az), pinhole_intrinsics(size, size), size, size)
+    return Cameras(orbit_camera([elevation] * frames, az), pinhole_intrinsics(size, size), size, size)
+
+
+def turntable_frames(g: Gaussians, frames: int = 36, size: int = 256, elevation: float = -15.0,
+                     camera: str = "pinhole") -> np.ndarray:
+    """(frames, size, size, 3) uint8: the object rendered on white around a full circle of azimuths."""
+    from ..render import render
+
+    cams = turntable_cameras(frames, size, elevation, camera)
     with torch.no_grad():
         rgb = render(g[0], cams.to(g.means.device)).rgb[0]
     return to_uint8(rgb.permute(0, 2, 3, 1).cpu().numpy())

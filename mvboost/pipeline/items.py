@@ -152,7 +152,7 @@ def _read_asset_list(url: str) -> list[str]:
 def plan_assets(cfg) -> list[dict]:
     """Every asset under ``prompts.assets`` (or those ``prompts.asset_list`` names), sorted by name, is one item:
     key from the asset name, shard i // shard_size, seed from the name."""
-    from ..assets.gso import asset_key, list_assets
+    from ..assets.gso import MESH_SUFFIXES, asset_key, list_assets
 
     root = cfg.prompts.assets.rstrip("/")
     if root == "fixtures":  # the GSO-layout fixture objects (built once per machine), as the evaluation's
@@ -175,7 +175,7 @@ def plan_assets(cfg) -> list[dict]:
         found = [(n, kinds[n]) for n in sorted(names)]
     if not found:
         raise ConfigError(f"no assets under {root} (GSO-layout folders with meshes/model.obj, or "
-                          f"{'/'.join(s.lstrip('.').upper() for s in ('.obj', '.glb', '.gltf'))} files)")
+                          f"{'/'.join(s.lstrip('.').upper() for s in MESH_SUFFIXES)} files)")
     return [{"item_id": asset_key(name), "prompt_id": name, "index": i, "shard": i // cfg.job.shard_size,
              "prompt": name, "category": kind, "prompt_source": "assets", "seed": item_seed(cfg.job.seed, name),
              STATUS: OK, "reject_stage": "", "reject_reason": "", "asset_root": root, "asset": name,

@@ -70,7 +70,7 @@ class AssetRenderStage(Stage):
                 obj = load_asset(row["asset_root"], name, row["asset_kind"], cache)
             except AssetError as e:
                 return Reject(f"asset {name}: {e}")
-            except (FileNotFoundError, OSError) as e:
+            except OSError as e:
                 return Reject(f"asset {name}: unreadable ({type(e).__name__}: {str(e)[:200]})")
             rgb, alpha = self.renderer.render(obj, self.cams, self.config.supersample)
         finally:
