@@ -76,14 +76,14 @@ def bare_step_seconds(cfg, shards: Path, steps: int, device: torch.device, dtype
     from mvboost.io.shards import list_shards
     from mvboost.metrics.lpips import load_lpips
     from mvboost.train.data import ShardStream
-    from mvboost.train.loop import build_model, lgm_of
-    from mvboost.train.loss import lgm_loss, render_prediction
+    from mvboost.train.loop import build_model, base_of
+    from mvboost.train.loss import render_prediction, view_loss
 
     model = build_model(cfg, device).to(dtype)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     lp = load_lpips(cfg.train.lpips_net, device=device) if cfg.train.lambda_lpips > 0 else None
     batch = next(ShardStream(list_shards(str(shards)).urls).batches(cfg.deepspeed.micro_batch))
-    x = lgm_of(model).prepare_inputs(batch["inputs"]).to(device, dtype)
+    x = base_of(model).prepare_inputs(batch["inputs"]).to(device, dtype)
     cams = [c.to(device) for c in batch["cameras"]]
     target, mask = batch["target"].to(device), batch["mask"].to(device)
     times = []
@@ -92,7 +92,7 @@ def bare_step_seconds(cfg, shards: Path, steps: int, device: torch.device, dtype
             torch.cuda.synchronize()
         t = time.perf_counter()
         rgb, alpha = render_prediction(model(x).float(), cams)
-        loss, _ = lgm_loss(rgb, alpha, target, mask, lp, cfg.train.lambda_lpips, cfg.train.lpips_size)
+        loss, _ = view_loss(rgb, alpha, target, mask, lp, cfg.train.lambda_lpips, cfg.train.lpips_size)
         opt.zero_grad()
         loss.backward()
         opt.step()

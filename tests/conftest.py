@@ -49,6 +49,26 @@ def tiny_cache(tmp_path_factory):
 
 
 SMOKE = REPO / "ray_jobs" / "configs" / "generate_smoke.yaml"
+TRAIN_SMOKE = REPO / "train" / "configs" / "lora_smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def smoke_shards(tiny_cache, tmp_path_factory):
+    """Shards made by the generation job's smoke config (in-process), for the training tests."""
+    from mvboost.pipeline.job import load_job_config, run_in_process
+
+    out = tmp_path_factory.mktemp("shards") / "smoke"
+    s = run_in_process(load_job_config(SMOKE, [f"job.output={out}", "job.n=4", "job.progress=false"]))
+    assert s.accepted == 4
+    return out
+
+
+@pytest.fixture(scope="session")
+def ds_env(tmp_path_factory):
+    """DeepSpeed's JIT-built CPU ops land in a reusable folder."""
+    path = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "mvboost" / "torch_extensions"))
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
+    return path
 
 
 def shard_keys(out: Path) -> list[str]:

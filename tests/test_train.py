@@ -9,28 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SMOKE, is_loopback, watch_listeners
+from conftest import REPO, TRAIN_SMOKE, is_loopback, watch_listeners
 
-TRAIN_SMOKE = REPO / "train" / "configs" / "lora_smoke.yaml"
-
-
-@pytest.fixture(scope="session")
-def smoke_shards(tiny_cache, tmp_path_factory):
-    """Shards made by the generation job's smoke config (in-process)."""
-    from mvboost.pipeline.job import load_job_config, run_in_process
-
-    out = tmp_path_factory.mktemp("shards") / "smoke"
-    s = run_in_process(load_job_config(SMOKE, [f"job.output={out}", "job.n=4", "job.progress=false"]))
-    assert s.accepted == 4
-    return out
-
-
-@pytest.fixture(scope="session")
-def ds_env(tmp_path_factory):
-    """DeepSpeed's JIT-built CPU ops land in a reusable folder."""
-    path = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "mvboost" / "torch_extensions"))
-    os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
-    return path
 
 
 def test_lpips_uses_real_imagenet_weights():
@@ -314,3 +294,16 @@ def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_sha
     train_loop(cfg, local.ctx)
     last = local.history[-1]
     assert last["samples_from_source_0"] + last["samples_from_source_1"] == 4
+
+
+def test_local_data_paths_reach_ray_train_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run in another folder: ``--data outputs/smoke`` (the README's command) is made absolute
+    on the driver; URLs and brace patterns of URLs are left alone."""
+    from train.launch import absolute_sources
+
+    monkeypatch.chdir(tmp_path)
+    cfg = local_cfg("outputs/smoke", tmp_path, "data.sources=[{source: rel/a, weight: 0.7}, s3://b/x, other]")
+    absolute_sources(cfg)
+    assert cfg.data.source == str(tmp_path / "outputs" / "smoke")
+    assert cfg.data.sources == [{"source": str(tmp_path / "rel" / "a"), "weight": 0.7}, "s3://b/x",
+                                str(tmp_path / "other")]

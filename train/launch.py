@@ -42,6 +42,13 @@ def _worker(config: dict):
                                 load_step_hook(cfg.run.step_hook)))
 
 
+def worker_resources(run) -> dict | None:
+    """Ray Train's resources per worker: one CPU (or GPU) as by default, plus ``run.resources_per_worker``."""
+    if not run.resources_per_worker:
+        return None
+    return {("GPU" if run.use_gpu else "CPU"): 1, **run.resources_per_worker}
+
+
 def build_trainer(cfg, local: bool = False):
     """The TorchTrainer; ``local``: the embedded single-node Ray, whose process group needs no listener."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -51,13 +58,25 @@ def build_trainer(cfg, local: bool = False):
 
     return TorchTrainer(
         _worker, train_loop_config=dataclasses.asdict(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+                                     placement_strategy=cfg.run.placement_strategy,
+                                     resources_per_worker=worker_resources(cfg.run)),
         torch_config=(LocalTorchConfig if local else TorchConfig)(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(name=cfg.run.name, storage_path=os.path.abspath(os.path.expanduser(cfg.run.storage_path))
                              if "://" not in cfg.run.storage_path else cfg.run.storage_path,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep)),
     )
+
+
+def absolute_sources(cfg) -> None:
+    """Local data paths of ``data.source`` / ``data.sources`` made absolute (URLs stay as they are)."""
+    def absolute(url: str) -> str:
+        return url if "://" in url else os.path.abspath(os.path.expanduser(url))
+
+    cfg.data.source = absolute(cfg.data.source)
+    cfg.data.sources = [absolute(s) if isinstance(s, str) else {**s, "source": absolute(str(s.get("source", "")))}
+                        if isinstance(s, dict) and s.get("source") else s for s in cfg.data.sources]
 
 
 def main(argv=None) -> int:
@@ -79,6 +98,7 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(TrainConfig, a.config, overrides)
+        absolute_sources(cfg)  # Ray Train workers run in another folder
         # data problems are deterministic: found here, once, before Ray starts (not retried by workers)
         from mvboost.train.loop import data_sources
 

@@ -1,6 +1,10 @@
-"""Merge a LoRA adapter into LGM and write a plain checkpoint that ``load_lgm`` reads.
+"""Merge a LoRA adapter into its base model and write a plain checkpoint in the base's official layout.
 
     python -m train.merge --base ashawkey/LGM --adapter <run>/checkpoint_…/adapter --out merged/ [--dtype fp16]
+    python -m train.merge --base openlrm:zxhezexin/openlrm-mix-base-1.1 --adapter … --out merged/
+
+LGM: ``model.safetensors`` that ``load_lgm`` reads; OpenLRM (``--base openlrm:<source>``): ``config.json`` +
+``model.safetensors``, as the official checkpoints, that ``--model openlrm:merged/`` reads everywhere.
 """
 from __future__ import annotations
 
@@ -9,29 +13,49 @@ import sys
 
 
 def merge(base: str, adapter: str, preset: str | None = None, revision: str | None = None):
-    from mvboost.models.loading import load_lgm
+    """The base model (``lgm`` or ``openlrm:<source>``) with ``adapter`` merged into its weights."""
+    from mvboost.models.hub import model_ref, resolve
+    from mvboost.models.loading import load_lgm, load_openlrm
     from mvboost.train.lora import merge_adapter
 
-    return merge_adapter(load_lgm(base, preset=preset, revision=revision), adapter)
+    backend, source = model_ref(base)
+    if backend == "openlrm":
+        if preset:
+            raise ValueError("--preset is for LGM; an OpenLRM checkpoint carries its config.json")
+        model = load_openlrm(resolve(source, revision, what="openlrm"))
+    else:
+        model = load_lgm(source, preset=preset, revision=revision)
+    return merge_adapter(model, adapter)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.merge", description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", required=True, help="the base LGM: a path, a Hugging Face id, tiny:lgm or random:lgm")
+    p.add_argument("--base", required=True, help="the base model: an LGM path or Hugging Face id, tiny:lgm, "
+                                                 "random:lgm, or openlrm:<folder | Hub id | tiny | random>")
     p.add_argument("--revision", default=None, help="branch, tag or commit of a Hugging Face --base (default main)")
     p.add_argument("--adapter", required=True, help="a peft adapter folder (checkpoint_*/adapter)")
     p.add_argument("--out", required=True)
-    p.add_argument("--preset")
+    p.add_argument("--preset", help="LGM's preset (default: inferred from the checkpoint)")
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     a = p.parse_args(argv)
     import torch
 
     from mvboost.models.checkpoint import save_lgm
+    from mvboost.models.hub import ModelNotFound
+    from mvboost.models.openlrm import OpenLRM, save_openlrm
 
-    merged = merge(a.base, a.adapter, a.preset, a.revision)
+    try:
+        merged = merge(a.base, a.adapter, a.preset, a.revision)
+    except (ModelNotFound, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-    path = save_lgm(merged, a.out, dtype=dt)
-    print(f"merged LGM written to {path}")
+    if isinstance(merged, OpenLRM):
+        path = save_openlrm(merged, a.out, dtype=dt)
+        print(f"merged OpenLRM written to {path}")
+    else:
+        path = save_lgm(merged, a.out, dtype=dt)
+        print(f"merged LGM written to {path}")
     return 0
 
 

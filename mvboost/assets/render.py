@@ -13,12 +13,13 @@ orthographic by at most 0.87 / ORTHO_DISTANCE (0.9 %, a third of a pixel at 64 p
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from ..geometry.cameras import Cameras
+from ..geometry.cameras import PINHOLE_FOR_ORTHO, Cameras
 from .gso import GSOObject
 
 RENDERER = "pybullet ER_TINY_RENDERER (CPU, no GL), unlit albedo"
-ORTHO_DISTANCE = 100.0  # distance of the pinhole camera that stands in for an orthographic one
+ORTHO_DISTANCE = PINHOLE_FOR_ORTHO  # distance of the pinhole camera that stands in for an orthographic one
 
 
 def fovy_deg(cams: Cameras) -> float:
@@ -29,16 +30,10 @@ def fovy_deg(cams: Cameras) -> float:
 def pinhole_views(cams: Cameras) -> tuple[np.ndarray, float, float, float]:
     """(c2w (V,4,4) float64, fovy in degrees, near, far) of the pinhole cameras that render ``cams``; an
     orthographic camera becomes a distant pinhole on its axis (see the module's note)."""
-    c2w = cams.c2w.double().numpy().copy()
     if cams.model != "ortho":
-        return c2w, fovy_deg(cams), 0.01, 100.0
-    world_h = cams.height / float(cams.K[0, 1, 1])  # K's f: pixels per world unit
-    for m in c2w:
-        forward = -m[:3, 2]
-        closest = m[:3, 3] - forward * float(m[:3, 3] @ forward)  # the axis point nearest the origin
-        m[:3, 3] = closest - forward * ORTHO_DISTANCE
-    fovy = float(np.degrees(2 * np.arctan(0.5 * world_h / ORTHO_DISTANCE)))
-    return c2w, fovy, ORTHO_DISTANCE - 2.0, ORTHO_DISTANCE + 2.0
+        return cams.c2w.double().numpy().copy(), fovy_deg(cams), 0.01, 100.0
+    pin = cams.to(dtype=torch.float64).as_pinhole(ORTHO_DISTANCE)
+    return pin.c2w.numpy().copy(), fovy_deg(pin), ORTHO_DISTANCE - 2.0, ORTHO_DISTANCE + 2.0
 
 
 def downsample(img: np.ndarray, factor: int) -> np.ndarray:

@@ -86,18 +86,13 @@ def parse_model(text: str, mode: str) -> ModelSpec:
         raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
     if mode == "ply":
         return ModelSpec(name, rest)
-    backend = "lgm"
-    if rest.startswith("openlrm:"):
-        backend, rest = "openlrm", rest.removeprefix("openlrm:")
-        from ..infer.openlrm import openlrm_source
+    from ..models.hub import model_ref
 
-        rest = openlrm_source(rest)
-        if mode not in ("single", "thumbnail"):
-            raise ValueError(f"model {name}: OpenLRM takes one image: modes single or thumbnail, not {mode}")
     rest, _, lora = rest.partition("+")
-    if lora and backend == "openlrm":
-        raise ValueError(f"model {name}: LoRA adapters are for LGM models")
-    src, _, rev = rest.partition("@")
+    rest, _, rev = rest.partition("@")
+    backend, src = model_ref(rest)
+    if backend == "openlrm" and mode not in ("single", "thumbnail"):
+        raise ValueError(f"model {name}: OpenLRM takes one image: modes single or thumbnail, not {mode}")
     return ModelSpec(name, src, rev or "main", lora, backend)
 
 
@@ -221,8 +216,12 @@ class EvalWorker:
                     from ..models.hub import resolve
                     from ..models.loading import load_openlrm
 
-                    self.openlrms[s.name] = load_openlrm(resolve(s.source, s.revision, what="openlrm"),
-                                                         device=self.device)
+                    model = load_openlrm(resolve(s.source, s.revision, what="openlrm"))
+                    if s.lora:  # a training run's adapter (train.merge writes the same merged model)
+                        from ..train.lora import merge_adapter
+
+                        model = merge_adapter(model, s.lora)
+                    self.openlrms[s.name] = model.to(self.device).eval()
         if self.runner is not None:
             self.matting = self.runner.matting
         elif self.openlrms:

@@ -44,6 +44,11 @@ ZUP_TO_YUP = ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, -1.0, 0.0))
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 
 
+#: distance of the pinhole camera that stands in for an orthographic one in renderers that draw pinholes only
+#: (pybullet's TinyRenderer, OpenLRM's ray marcher): for the unit cube, within 0.9 % of orthographic
+PINHOLE_FOR_ORTHO = 100.0
+
+
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -154,6 +159,22 @@ class Cameras:
     def to(self, device=None, dtype=None) -> "Cameras":
         return Cameras(self.c2w.to(device=device, dtype=dtype), self.K.to(device=device, dtype=dtype),
                        self.width, self.height, self.model)
+
+    def as_pinhole(self, distance: float) -> "Cameras":
+        """Pinhole cameras that stand in for these: unchanged if already pinhole; an orthographic camera becomes a
+        pinhole ``distance`` from the origin on the same axis whose field of view spans the same world extent at
+        the origin. For geometry within ``r`` of the origin the magnification differs from orthographic by at most
+        r / distance (for renderers that draw pinhole cameras only)."""
+        if self.model != "ortho":
+            return self
+        c2w = self.c2w.clone()
+        forward = -c2w[:, :3, 2]
+        along = (c2w[:, :3, 3] * forward).sum(-1, keepdim=True)
+        c2w[:, :3, 3] = c2w[:, :3, 3] - forward * along - forward * distance  # the axis point nearest the origin,
+        k = self.K.clone()  # then back by ``distance``; K's f (pixels per world unit) -> a focal length in pixels
+        k[:, 0, 0] = k[:, 0, 0] * distance
+        k[:, 1, 1] = k[:, 1, 1] * distance
+        return Cameras(c2w, k, self.width, self.height, "pinhole")
 
     def to_json(self) -> dict:
         return {

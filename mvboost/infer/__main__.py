@@ -44,14 +44,12 @@ def main(argv=None) -> int:
 
     overrides = list(args.set)
     if args.model:
-        backend, sep, source = args.model.partition(":")
-        if not sep or backend not in ("lgm", "openlrm") or not source:
+        from ..models.hub import BACKENDS, model_ref
+
+        if args.model.partition(":")[0] not in BACKENDS or not args.model.partition(":")[2]:
             print(f"error: --model {args.model!r}: expected lgm:<source> or openlrm:<source>", file=sys.stderr)
             return 2
-        if backend == "openlrm":
-            from .openlrm import openlrm_source
-
-            source = openlrm_source(source)
+        backend, source = model_ref(args.model)
         overrides += [f"backend={backend}", f"{backend}.model={source}"]
     for flag, key in ((args.lgm, "lgm.model"), (args.lgm_revision, "lgm.revision"), (args.lora, "lora"),
                       (args.device, "device"), (args.seed, "seed")):

@@ -33,22 +33,10 @@ class InferOpenLRMConfig:
     mesh_threshold: float = 3.0
 
 
-def openlrm_source(source: str) -> str:
-    """``tiny`` / ``random`` -> the built ``tiny:openlrm`` / ``random:openlrm``; any other source unchanged."""
-    return {"tiny": "tiny:openlrm", "random": "random:openlrm"}.get(source, source)
-
-
-def openlrm_input(rgba: np.ndarray, size: int) -> torch.Tensor:
-    """RGBA uint8 (H, W, 4) -> (1, 3, size, size) RGB on white in [0, 1], resized bicubically (align_corners)."""
-    x = torch.from_numpy(np.ascontiguousarray(rgba)).float().permute(2, 0, 1)[None] / 255.0
-    x = x[:, :3] * x[:, 3:] + (1 - x[:, 3:])
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=True).clamp(0, 1)
-
-
 @torch.no_grad()
 def openlrm_planes(model, rgba: list[np.ndarray], c: InferOpenLRMConfig) -> torch.Tensor:
     """Matted RGBA inputs -> triplanes (B, 3, C, H, W) float32, from the canonical source camera."""
-    from ..models.openlrm import source_camera
+    from ..models.openlrm import openlrm_input, source_camera
 
     p = next(model.parameters())
     x = torch.cat([openlrm_input(a, c.source_size) for a in rgba]).to(p.device, p.dtype)

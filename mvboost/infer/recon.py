@@ -25,11 +25,6 @@ class Reconstruction(Protocol):
         """A ``trimesh.Trimesh`` with vertex colours, in our world frame."""
 
 
-#: OpenLRM's world (Z up, source camera on -Y, the object in [-1, 1]^3) -> ours (Y up, input camera on +Z, the
-#: object in about [-0.5, 0.5]^3, as LGM's): rotate Z-up to Y-up and scale by 1/2
-OPENLRM_SCALE = 0.5
-
-
 class TriplaneReconstruction:
     """OpenLRM's output: triplanes, rendered by the model's ray marcher, in our world frame."""
 
@@ -38,32 +33,19 @@ class TriplaneReconstruction:
         self.model, self.planes = model, planes[:1]
         self.samples_per_ray, self.chunk, self.mesh_threshold = samples_per_ray, chunk, mesh_threshold
 
-    def openlrm_cameras(self, cams: Cameras) -> torch.Tensor:
-        """Our pinhole cameras -> OpenLRM render cameras (1, V, 25): world rotated and scaled, intrinsics
-        normalised by the image size."""
-        if cams.model != "pinhole":
-            raise ValueError("OpenLRM renders pinhole cameras only")
-        to_lrm = torch.eye(4, dtype=torch.float64)
-        to_lrm[:3, :3] = torch.tensor(ZUP_TO_YUP, dtype=torch.float64).T / OPENLRM_SCALE
-        c2w = to_lrm @ cams.c2w.double()
-        c2w[:, :3, :3] = c2w[:, :3, :3] * OPENLRM_SCALE  # keep the camera axes orthonormal
-        k = cams.K.double().clone()
-        k[:, 0] /= cams.width
-        k[:, 1] /= cams.height
-        dev = self.planes.device
-        return torch.cat([c2w.reshape(-1, 16), k.reshape(-1, 9)], -1)[None].to(dev, self.planes.dtype)
-
     @torch.no_grad()
     def render(self, cams: Cameras, background: float = 1.0):
+        from ..models.openlrm import world_cameras
+
         if cams.width != cams.height:
             raise ValueError("OpenLRM renders square images")
-        out = self.model.render(self.planes, self.openlrm_cameras(cams), cams.width, background,
+        out = self.model.render(self.planes, world_cameras(cams)[None].to(self.planes.device, self.planes.dtype), cams.width, background,
                                 samples_per_ray=self.samples_per_ray, chunk=self.chunk)
         return (out["rgb"][0].permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy(),
                 out["alpha"][0].permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
 
     def mesh(self, resolution: int, threshold: float | None = None):
-        from ..models.openlrm import DEFAULT_MESH_THRESHOLD, extract_mesh
+        from ..models.openlrm import DEFAULT_MESH_THRESHOLD, OPENLRM_SCALE, extract_mesh
 
         threshold = self.mesh_threshold if threshold is None else threshold
         mesh = extract_mesh(self.model, self.planes, resolution,

@@ -32,6 +32,24 @@ DEFAULT_REVISION = "main"
 BUILDER_VERSION = "v2"
 
 
+#: the reconstruction backends a model reference can name (``<backend>:<source>``)
+BACKENDS = ("lgm", "openlrm")
+
+
+def model_ref(text: str, default: str = "lgm") -> tuple[str, str]:
+    """``lgm:<source>`` / ``openlrm:<source>`` -> (backend, source); a reference without a backend prefix is
+    ``default``'s (``tiny:lgm`` is an LGM source). For OpenLRM, ``tiny`` and ``random`` stand for ``tiny:openlrm``
+    and ``random:openlrm``. The one parser of the model references of inference, evaluation, training and merge."""
+    backend, sep, source = text.partition(":")
+    if not sep or backend not in BACKENDS:
+        backend, source = default, text
+    if not source:
+        raise ValueError(f"model reference {text!r}: expected <backend>:<source> with backend one of {BACKENDS}")
+    if backend == "openlrm":
+        source = {"tiny": "tiny:openlrm", "random": "random:openlrm"}.get(source, source)
+    return backend, source
+
+
 class ModelNotFound(FileNotFoundError):
     """A model reference that cannot be resolved locally; the message says how to get it."""
 

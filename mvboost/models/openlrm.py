@@ -10,7 +10,8 @@ written from the published description and module layout; spec ``shared/spec/ope
   (OpenGL axes, Z-up world) and fx, fy, cx, cy divided by the image size.
 * **transformer**: 3 x 32² learnt triplane tokens; each layer: ModLN (LayerNorm modulated by the camera
   embedding) -> cross-attention to the image tokens, ModLN -> self-attention, ModLN -> MLP (GELU); a final
-  LayerNorm. Attention layers are ``nn.MultiheadAttention`` without biases (the official parameter names).
+  LayerNorm. Attention is :class:`Attention`: ``nn.MultiheadAttention``'s maths and parameter names (without
+  biases) with q/k/v/out projections as ``nn.Linear`` modules, so LoRA (peft) wraps them like any linear layer.
 * **upsampler**: ConvTranspose2d(k=2, s=2): 3 planes of 32² -> 64², ``triplane_dim`` channels.
 * **synthesizer**: a 4-layer MLP on the three planes' bilinear features concatenated (xy, xz, zy planes of the
   [-1, 1]³ box) -> density (softplus(x - 1) when rendered) and colour (sigmoid widened by 0.001), volume-rendered
@@ -32,6 +33,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -243,21 +245,72 @@ class ModLN(nn.Module):
         return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
 
 
+class Attention(nn.Module):
+    """Multi-head attention without biases, ``nn.MultiheadAttention(dim, heads, bias=False, kdim, vdim,
+    batch_first=True)`` in value and in state-dict layout: its packed ``in_proj_weight`` (or ``q/k/v_proj_weight``
+    when keys are ``kdim`` wide) are ``q_proj``/``k_proj``/``v_proj`` Linear modules here, converted by state-dict
+    hooks, so a checkpoint of either reads into the other."""
+
+    def __init__(self, dim: int, heads: int, kdim: int | None = None):
+        super().__init__()
+        kdim = kdim or dim
+        self.heads, self.packed = heads, kdim == dim
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(kdim, dim, bias=False)
+        self.v_proj = nn.Linear(kdim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self._register_state_dict_hook(Attention._to_official)
+        self._register_load_state_dict_pre_hook(self._from_official)
+
+    PROJ = ("q_proj", "k_proj", "v_proj")
+
+    @staticmethod
+    def _to_official(module, state, prefix, local_metadata):
+        keys = [f"{prefix}{p}.weight" for p in Attention.PROJ]
+        if not all(k in state for k in keys):  # wrapped (LoRA): not the official layout anyway
+            return state
+        weights = [state.pop(k) for k in keys]
+        if module.packed:
+            state[f"{prefix}in_proj_weight"] = torch.cat(weights)
+        else:
+            state.update({f"{prefix}{p}_weight": w for p, w in zip(Attention.PROJ, weights)})
+        state[f"{prefix}out_proj.weight"] = state.pop(f"{prefix}out_proj.weight")  # keep the official order
+        return state
+
+    def _from_official(self, state, prefix, *args):
+        if f"{prefix}in_proj_weight" in state:
+            for p, w in zip(self.PROJ, state.pop(f"{prefix}in_proj_weight").chunk(3)):
+                state[f"{prefix}{p}.weight"] = w
+        for p in self.PROJ:
+            if f"{prefix}{p}_weight" in state:
+                state[f"{prefix}{p}.weight"] = state.pop(f"{prefix}{p}_weight")
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        n, t, d = x.shape
+
+        def heads(y):
+            return y.reshape(n, -1, self.heads, d // self.heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(context)),
+                                             heads(self.v_proj(context)))
+        return self.out_proj(out.transpose(1, 2).reshape(n, t, d))
+
+
 class CondModBlock(nn.Module):
     def __init__(self, dim: int, cond_dim: int, mod_dim: int, heads: int):
         super().__init__()
         self.norm1 = ModLN(dim, mod_dim)
-        self.cross_attn = nn.MultiheadAttention(dim, heads, bias=False, kdim=cond_dim, vdim=cond_dim, batch_first=True)
+        self.cross_attn = Attention(dim, heads, kdim=cond_dim)
         self.norm2 = ModLN(dim, mod_dim)
-        self.self_attn = nn.MultiheadAttention(dim, heads, bias=False, batch_first=True)
+        self.self_attn = Attention(dim, heads)
         self.norm3 = ModLN(dim, mod_dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(4 * dim, dim),
                                  nn.Dropout(0.0))
 
     def forward(self, x, cond, mod):
-        x = x + self.cross_attn(self.norm1(x, mod), cond, cond, need_weights=False)[0]
-        h = self.norm2(x, mod)
-        x = x + self.self_attn(h, h, h, need_weights=False)[0]
+        x = x + self.cross_attn(self.norm1(x, mod), cond)
+        x = x + self.self_attn(self.norm2(x, mod))
         return x + self.mlp(self.norm3(x, mod))
 
 
@@ -472,6 +525,13 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, n: int, stoch
     return (bin_lo + (u - cdf_lo) / denom * (bin_hi - bin_lo)).reshape(*shape, n)
 
 
+def openlrm_input(rgba: np.ndarray, size: int) -> torch.Tensor:
+    """RGBA uint8 (H, W, 4) -> (1, 3, size, size) RGB on white in [0, 1], resized bicubically (align_corners)."""
+    x = torch.from_numpy(np.ascontiguousarray(rgba)).float().permute(2, 0, 1)[None] / 255.0
+    x = x[:, :3] * x[:, 3:] + (1 - x[:, 3:])
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=True).clamp(0, 1)
+
+
 # ---- cameras ----------------------------------------------------------------------------------------------------
 def source_camera(distance: float = DEFAULT_SOURCE_DISTANCE, focal: float = DEFAULT_FOCAL,
                   batch: int = 1) -> torch.Tensor:
@@ -486,6 +546,29 @@ def render_camera(c2w: torch.Tensor, focal: float = DEFAULT_FOCAL) -> torch.Tens
     """(V, 4, 4) OpenGL camera-to-world in OpenLRM's Z-up world -> (V, 25) render cameras (normalised intrinsics)."""
     k = torch.tensor([[focal, 0, 0.5], [0, focal, 0.5], [0, 0, 1.0]], dtype=c2w.dtype)
     return torch.cat([c2w.reshape(-1, 16), k.reshape(1, 9).expand(c2w.shape[0], 9)], -1)
+
+
+#: OpenLRM's world (Z up, source camera on -Y, the object in [-1, 1]^3) -> ours (Y up, input camera on +Z, the
+#: object in about [-0.5, 0.5]^3, as LGM's): rotate Z-up to Y-up and scale by 1/2
+OPENLRM_SCALE = 0.5
+
+
+def world_cameras(cams) -> torch.Tensor:
+    """Our :class:`~mvboost.geometry.cameras.Cameras` (world Y up, input view on +Z) -> OpenLRM render cameras
+    (V, 25): world rotated and scaled, intrinsics normalised by the image size. Orthographic cameras (Era3D's
+    views) are rendered as distant pinholes (``Cameras.as_pinhole`` at ``PINHOLE_FOR_ORTHO``)."""
+    from ..geometry.cameras import PINHOLE_FOR_ORTHO, ZUP_TO_YUP
+
+    dtype = cams.c2w.dtype
+    cams = cams.to(dtype=torch.float64).as_pinhole(PINHOLE_FOR_ORTHO)
+    to_lrm = torch.eye(4, dtype=torch.float64)
+    to_lrm[:3, :3] = torch.tensor(ZUP_TO_YUP, dtype=torch.float64).T / OPENLRM_SCALE
+    c2w = to_lrm @ cams.c2w
+    c2w[:, :3, :3] = c2w[:, :3, :3] * OPENLRM_SCALE  # keep the camera axes orthonormal
+    k = cams.K.clone()
+    k[:, 0] /= cams.width
+    k[:, 1] /= cams.height
+    return torch.cat([c2w.reshape(-1, 16), k.reshape(-1, 9)], -1).to(dtype)
 
 
 # ---- mesh -------------------------------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ render and refine. Member names and decoding come from :mod:`mvboost.io.sample`.
 """
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
 import torch
 
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS
-from ..io.sample import VIEW_MEMBERS, decode_cameras, decode_views, iter_tar
+from ..io.sample import INPUT, VIEW_MEMBERS, decode_cameras, decode_views, iter_tar
 from ..io.shards import ShardDataError, ShardList, ShardManifest, list_shards, verify_shard_url
 
 __all__ = ["ShardDataError", "ShardList", "ShardStream", "decode_sample", "foreground_mask", "iter_samples",
@@ -40,6 +41,15 @@ def foreground_mask(img: np.ndarray, threshold: float = 0.98) -> np.ndarray:
     return np.clip(dist / (1.0 - threshold), 0.0, 1.0)
 
 
+def input_rgba(fields: dict) -> np.ndarray | None:
+    """The sample's input view (``input.png``) as RGBA uint8 (H, W, 4); opaque if it has no alpha; None if absent."""
+    if INPUT not in fields:
+        return None
+    from PIL import Image
+
+    return np.array(Image.open(io.BytesIO(fields[INPUT])).convert("RGBA"))
+
+
 def decode_sample(fields: dict) -> dict:
     views = decode_views(fields, VIEW_MEMBERS["views"])
     refined = decode_views(fields, VIEW_MEMBERS["refined"])
@@ -49,6 +59,7 @@ def decode_sample(fields: dict) -> dict:
         "target": torch.from_numpy(refined).permute(0, 3, 1, 2),  # (6,3,H,W)
         "mask": torch.from_numpy(foreground_mask(refined))[:, None],  # (6,1,H,W)
         "cameras": cams,
+        "input_rgba": input_rgba(fields),  # (H,W,4) uint8: OpenLRM's single input
     }
 
 
@@ -105,7 +116,8 @@ def batches_of(samples, batch_size: int, skip_batches: int = 0):
         yield {"inputs": torch.stack([x["inputs"] for x in items]),
                "target": torch.stack([x["target"] for x in items]),
                "mask": torch.stack([x["mask"] for x in items]),
-               "cameras": [x["cameras"] for x in items]}
+               "cameras": [x["cameras"] for x in items],
+               "input_rgba": [x["input_rgba"] for x in items]}
 
 
 class MixedStream:

@@ -5,9 +5,11 @@ resume from and a ``report(metrics, checkpoint_dir)`` callback: Ray Train's in `
 a local one in :class:`LocalContext`. DeepSpeed runs inside the loop (ZeRO stage, precision and
 micro-batch from config; bf16 on GPU, fp32 on CPU; gloo on CPU).
 
-Per step: LGM+LoRA on C^pi (Era3D views 0,2,3,4 + default rays) -> Gaussians -> render at the sample's
-6 orthographic cameras on white -> loss = MSE(rgb) + MSE(alpha) + lambda * LPIPS-VGG against C-up^pi.
-Checkpoints hold the DeepSpeed state (model, optimizer, step) and the LoRA adapter in peft format.
+Per step (LGM): LGM+LoRA on C^pi (Era3D views 0,2,3,4 + default rays) -> Gaussians -> render at the sample's
+6 orthographic cameras on white -> loss = MSE(rgb) + MSE(alpha) + lambda * LPIPS-VGG against C-up^pi. OpenLRM
+(``model.checkpoint: openlrm:<source>``) takes the sample's input view instead and ray-marches its triplanes at the
+same cameras (:mod:`mvboost.train.backends`). Checkpoints hold the DeepSpeed state (model, optimizer, step) and the
+LoRA adapter in peft format (or the whole model, ``lora.mode: full``).
 """
 from __future__ import annotations
 
@@ -24,31 +26,32 @@ from pathlib import Path
 
 import torch
 
-from .lora import DEFAULT_TARGET
+from .backends import OpenLRMSection, backend_for
 
 log = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"  # LoRA checkpoints: the peft adapter (train.merge folds it into the base)
-MODEL_DIR = "model"  # full-parameter checkpoints: the whole LGM in the official layout (load_lgm reads it)
+MODEL_DIR = "model"  # full-parameter checkpoints: the whole model in its official layout (its loader reads it)
 STATE_FILE = "train_state.json"
 MODES = ("lora", "full")
 
 
 @dataclass
 class ModelSection:
-    checkpoint: str = "ashawkey/LGM"  # a path, a Hugging Face id (at revision) or tiny:lgm / random:lgm
+    # LGM: a path, a Hugging Face id (at revision) or tiny:lgm / random:lgm; OpenLRM: openlrm:<the same | tiny>
+    checkpoint: str = "ashawkey/LGM"
     revision: str = "main"
-    preset: str = ""  # "": inferred from the checkpoint
+    preset: str = ""  # LGM's preset; "": inferred from the checkpoint
 
 
 @dataclass
 class LoraSection:
-    # lora: freeze LGM, train adapters on lora.target (the paper's boosting); full: train every parameter (LGM's
-    # own recipe; checkpoints hold the whole model)
+    # lora: freeze the model, train adapters on lora.target (the paper's boosting); full: train every parameter
+    # (LGM's own recipe; checkpoints hold the whole model)
     mode: str = "lora"
     rank: int = 32
     alpha: float = 32.0
     dropout: float = 0.0
-    target: str = DEFAULT_TARGET
+    target: str = ""  # a regex of module names; "": the backend's (LGM: attns.*.attn.qkv|proj; OpenLRM: attention)
 
 
 @dataclass
@@ -119,6 +122,11 @@ class RunSection:
     use_gpu: bool = False
     max_failures: int = 2
     num_to_keep: int = 2
+    # where the workers go: Ray Train's placement strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD: one worker
+    # per node) and custom resources each worker needs besides its CPU/GPU (e.g. {mvboost_train: 1} pins the
+    # workers to the node group that declares it, cluster/aws.yaml)
+    placement_strategy: str = "PACK"
+    resources_per_worker: dict = field(default_factory=dict)
     # "module:function" called as function(step, ctx, metrics) on every worker after each optimizer step, before
     # the step's checkpoint (profilers, progress hooks; the tests inject worker failures with it). "": none
     step_hook: str = ""
@@ -133,6 +141,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     data: DataSection = field(default_factory=DataSection)
     run: RunSection = field(default_factory=RunSection)
+    openlrm: OpenLRMSection = field(default_factory=OpenLRMSection)  # used when model.checkpoint is openlrm:…
 
 
 @dataclass
@@ -180,36 +189,34 @@ def ds_config(cfg: TrainConfig, device: torch.device) -> dict:
 
 
 def build_model(cfg: TrainConfig, device):
-    """The model to train: LGM with LoRA adapters (``lora.mode: lora``) or LGM itself (``full``)."""
-    from ..models.loading import load_lgm
+    """The model to train: the base model with LoRA adapters (``lora.mode: lora``) or itself (``full``)."""
     from .lora import add_lora
 
     if cfg.lora.mode not in MODES:
         raise ValueError(f"lora.mode must be one of {', '.join(MODES)}, got {cfg.lora.mode!r}")
-    base = load_lgm(cfg.model.checkpoint, revision=cfg.model.revision, preset=cfg.model.preset or None, device=device)
+    backend, source = backend_for(cfg)
+    base = backend.load(source, cfg, device)
     if cfg.lora.mode == "full":
         return base.train()
-    return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target)
+    return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target or backend.lora_target(base))
 
 
-def lgm_of(model):
-    """The LGM inside what ``build_model`` returned (a peft wrapper in LoRA mode)."""
+def base_of(model):
+    """The model inside what ``build_model`` returned (a peft wrapper in LoRA mode)."""
     return model.base_model.model if hasattr(model, "base_model") else model
 
 
-def save_full(engine, folder: Path, zero_stage: int) -> int:
-    """Write the whole trained LGM (fp32, official layout: ``load_lgm(folder)`` and every LGM consumer read
-    it); returns the tensor count."""
-    from ..models.checkpoint import save_lgm
-
+def save_full(engine, folder: Path, zero_stage: int, backend) -> int:
+    """Write the whole trained model (fp32, its official layout: its loader and every consumer read it); returns
+    the tensor count."""
     model = engine.module
     if zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            save_lgm(model, folder, dtype=torch.float32, with_config=True)
+            backend.save(model, folder)
     else:
-        save_lgm(model, folder, dtype=torch.float32, with_config=True)
+        backend.save(model, folder)
     return len(model.state_dict())
 
 
@@ -237,14 +244,16 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
 
     from ..metrics.lpips import load_lpips
     from .data import MixedStream, ShardStream, list_shards
-    from .loss import lgm_loss, render_prediction
+    from .loss import view_loss
     from .lora import trainable_parameters
 
     torch.manual_seed(cfg.train.seed)
+    backend, _ = backend_for(cfg)
     model = build_model(cfg, ctx.device)
     if ctx.rank == 0:
-        what = "full-parameter" if cfg.lora.mode == "full" else f"LoRA r={cfg.lora.rank} on {cfg.lora.target}"
-        print(f"{what}: {trainable_parameters(model):,} trainable parameters", flush=True)
+        what = "full-parameter" if cfg.lora.mode == "full" else \
+            f"LoRA r={cfg.lora.rank} on {cfg.lora.target or backend.lora_target(base_of(model))}"
+        print(f"{backend.name} {what}: {trainable_parameters(model):,} trainable parameters", flush=True)
     lpips = load_lpips(cfg.train.lpips_net, ctx.device) if cfg.train.lambda_lpips > 0 else None
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=ds_config(cfg, ctx.device))
@@ -264,7 +273,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
                                        for (url, w, _), ls in zip(sources, listings)), flush=True)
     batches = mixed.batches(cfg.deepspeed.micro_batch, skip_batches=step * cfg.deepspeed.grad_accum)
     skipped = [s for ls in listings for s in ls.skipped]
-    lgm = lgm_of(engine.module)
+    base = base_of(engine.module)
     dtype = next(p for p in engine.module.parameters()).dtype
     metrics: dict = {"skipped_shards": len(skipped)}
     while step < cfg.train.steps:
@@ -273,17 +282,15 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         for _ in range(cfg.deepspeed.grad_accum):
             t = time.perf_counter()
             batch = next(batches)
-            x = lgm.prepare_inputs(batch["inputs"].to(ctx.device)).to(dtype)
             timing["data"] += time.perf_counter() - t
             t = time.perf_counter()
-            gaussians = engine(x).float()
+            output = backend.forward(base, engine, batch, ctx.device, dtype)
             timing["forward"] += time.perf_counter() - t
             t = time.perf_counter()
-            rgb, alpha = render_prediction(gaussians, [c.to(ctx.device) for c in batch["cameras"]])
+            rgb, alpha, target, mask = backend.render(base, output, batch, ctx.device)
             timing["render"] += time.perf_counter() - t
             t = time.perf_counter()
-            loss, parts = lgm_loss(rgb, alpha, batch["target"].to(ctx.device), batch["mask"].to(ctx.device), lpips,
-                                   cfg.train.lambda_lpips, cfg.train.lpips_size)
+            loss, parts = view_loss(rgb, alpha, target, mask, lpips, cfg.train.lambda_lpips, cfg.train.lpips_size)
             timing["loss"] += time.perf_counter() - t
             t = time.perf_counter()
             engine.backward(loss)
@@ -302,7 +309,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
                 engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step})
                 if ctx.rank == 0:
                     if cfg.lora.mode == "full":
-                        metrics["model_tensors"] = save_full(engine, Path(d) / MODEL_DIR, cfg.deepspeed.zero_stage)
+                        metrics["model_tensors"] = save_full(engine, Path(d) / MODEL_DIR, cfg.deepspeed.zero_stage,
+                                                             backend)
                     else:
                         metrics["adapter_tensors"] = save_adapter(engine, Path(d) / ADAPTER_DIR,
                                                                   cfg.deepspeed.zero_stage)
@@ -334,20 +342,21 @@ class LocalContext:
             shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
 
 
-def _latest(run_dir: str | Path, folder: str, file: str, what: str) -> Path:
-    """``checkpoint_*/<folder>`` of the newest checkpoint that holds ``<folder>/<file>``."""
+def _latest(run_dir: str | Path, folder: str, files: tuple[str, ...], what: str) -> Path:
+    """``checkpoint_*/<folder>`` of the newest checkpoint that holds one of ``<folder>/<files>``."""
     for c in reversed(sorted(Path(run_dir).glob("checkpoint_*"))):
-        if (c / folder / file).is_file():
+        if any((c / folder / f).is_file() for f in files):
             return c / folder
     raise FileNotFoundError(f"no checkpoint with {what} under {run_dir}")
 
 
 def latest_model(run_dir: str | Path) -> Path:
-    """The newest full-parameter checkpoint's model folder (``load_lgm`` and every LGM consumer read it)."""
+    """The newest full-parameter checkpoint's model folder (LGM's or OpenLRM's layout: its loader reads it)."""
     from ..models.checkpoint import LGM_FILENAME
+    from ..models.openlrm import WEIGHTS_FILENAME
 
-    return _latest(run_dir, MODEL_DIR, LGM_FILENAME, "a full model")
+    return _latest(run_dir, MODEL_DIR, (LGM_FILENAME, WEIGHTS_FILENAME), "a full model")
 
 
 def latest_adapter(run_dir: str | Path) -> Path:
-    return _latest(run_dir, ADAPTER_DIR, "adapter_model.safetensors", "an adapter")
+    return _latest(run_dir, ADAPTER_DIR, ("adapter_model.safetensors",), "an adapter")
