@@ -245,13 +245,8 @@ def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_pa
     assert 4 in after
     for k, v in first[2].items():  # the step-2 adapter is kept unchanged
         torch.testing.assert_close(after[2][k], v)
-    # the interrupted, resumed run reproduces an uninterrupted one (same data order, optimizer state, seed)
-    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=4", "--set", "run.name=straight")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    straight = adapters(tmp_path / "runs" / "straight")
-    assert set(straight[4]) == set(after[4])
-    for k, v in straight[4].items():
-        torch.testing.assert_close(after[4][k], v, rtol=1e-4, atol=1e-5)
+    # that the resumed run reproduces an uninterrupted one (same data order, optimizer state, seed) is checked
+    # across a lost node in tests/test_multinode.py (to the same tolerance)
 
 
 def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_shards, tmp_path, ds_env):

@@ -1,0 +1,193 @@
+"""The jobs on a real multi-node Ray: a head without GPUs and three GPU worker nodes, each its own raylet and
+object store, on loopback with token authentication (``ray_jobs.local_cluster``); shared output on a local S3
+(moto's server). Generation across nodes equals a single-node run sample for sample; a GPU node killed mid-run
+loses nothing; training survives the loss of one of its two nodes."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, verified
+
+pytestmark = pytest.mark.ray
+
+CONFIG = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
+#: the production layout (fused GPU group, text-to-image beside it) pinned to the GPU node group by its custom
+#: resource, as cluster/aws.yaml's worker group declares it
+PLACEMENT = ["--set", "text_to_image.resources.custom={mvboost_gpu: 0.25}",
+             "--set", "era3d.resources.custom={mvboost_gpu: 0.75}", "--set", "job.progress=false",
+             "--set", "ray.check_layout=strict"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tiny_cache):
+    from ray_jobs.local_cluster import LocalCluster
+
+    d = tmp_path_factory.mktemp("cluster")
+    with LocalCluster(workers=3, worker_gpus=1, worker_cpus=2, head_cpus=1, resources={"mvboost_gpu": 1},
+                      token_file=d / "token", log=d / "cluster.log") as c:
+        yield c
+
+
+def job_env(cluster, cache):
+    return dict(cluster.env, MVBOOST_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
+
+
+def generate_cmd(out, opts, *extra):
+    return [sys.executable, "-m", "ray_jobs.generate", "--config", str(CONFIG), "--output", out,
+            "--set", f"job.storage_options={json.dumps(opts)}", *PLACEMENT, *extra]
+
+
+def store_of(url, opts):
+    from mvboost.io.shards import OutputStore
+
+    return OutputStore(url, opts)
+
+
+def samples(url, opts) -> dict[str, dict[str, bytes]]:
+    """key -> {member: bytes} of every committed shard, meta.json without its timings."""
+    import fsspec
+
+    from mvboost.io.sample import iter_tar
+
+    fs, root = fsspec.core.url_to_fs(url, **opts)
+    fs.invalidate_cache()  # s3fs instances are shared: a listing cached while the job ran is stale
+    out = {}
+    for tar in sorted(p for p in fs.ls(root, detail=False) if p.endswith(".tar")):
+        with fs.open(tar, "rb") as f:
+            for key, fields in iter_tar(f):
+                meta = json.loads(fields["meta.json"])
+                meta.pop("stage_seconds")
+                fields["meta.json"] = json.dumps(meta, sort_keys=True).encode()
+                assert key not in out, f"duplicate key {key}"
+                out[key] = fields
+    return out
+
+
+def test_multinode_generation_to_s3_equals_a_single_node_run(cluster, moto_s3, tiny_cache, tmp_path):
+    """The production layout across three GPU nodes, commits as Ray tasks anywhere, shards on S3: equal, key for
+    key, member for member, byte for byte (timings aside) to the same plan run in one process."""
+    from mvboost.pipeline.job import load_job_config, run_in_process
+
+    # one item per model call on both sides: an item's output does not depend on the other items of its batch
+    # (checked in tests/test_era3d.py), but the batch size changes CPU float rounding (~2e-6), which the tiny
+    # random UNet amplifies over its steps; so the comparison holds the batch size, and the torch threads, equal
+    one = ["text_to_image.resources.batch_size=1", "era3d.resources.batch_size=1"]
+    r = subprocess.run(generate_cmd("s3://bkt/multi", moto_s3, *[a for o in one for a in ("--set", o)]), cwd=REPO,
+                       env=job_env(cluster, tiny_cache), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "accepted 8, rejected 0" in r.stdout
+    cfg = load_job_config(CONFIG, [f"job.output={tmp_path / 'single'}", "job.progress=false", *one])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each Ray worker uses (one thread per reserved CPU, at least one)
+    try:
+        assert run_in_process(cfg).accepted == 8
+    finally:
+        torch.set_num_threads(threads)
+    multi, single = samples("s3://bkt/multi", moto_s3), samples(str(tmp_path / "single"), {})
+    assert sorted(multi) == sorted(single) and len(multi) == 8
+    for key in single:
+        assert multi[key].keys() == single[key].keys()
+        for member in single[key]:
+            assert multi[key][member] == single[key][member], f"{key}.{member} differs"
+    store = store_of("s3://bkt/multi", moto_s3)
+    assert all(verified(store, s) for s in range(2))
+
+
+def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache):
+    """A GPU node SIGKILLed (raylet and workers) once the first shard is committed: the job finishes on the two
+    nodes left (Ray Data restarts the lost actors elsewhere and re-runs their tasks; a commit task lost with its
+    node is retried, and a commit is idempotent), every planned item accepted exactly once, every manifest valid,
+    nothing staged left visible. A replacement node joins for the next test."""
+    import fsspec
+
+    out, n = "s3://bkt/loss", 16
+    batches = [a for st in ("text_to_image", "matting", "era3d", "write") for a in
+               ("--set", f"{st}.resources.batch_size=2")]
+    proc = subprocess.Popen(generate_cmd(out, moto_s3, "--n", str(n), "--set", "job.shard_size=2", *batches),
+                            cwd=REPO, env=job_env(cluster, tiny_cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    fs, root = fsspec.core.url_to_fs(out, **moto_s3)
+    victim = cluster.workers[0]
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            fs.invalidate_cache()
+            if fs.exists(root) and any(p.endswith(".json") and "shard-" in p for p in fs.ls(root, detail=False)):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the job ended before a node could be killed"
+        cluster.kill(victim)
+        log, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster.add()  # the replacement, as an autoscaler would bring one
+    assert proc.returncode == 0, log[-4000:]
+    assert f"accepted {n}, rejected 0" in log
+    keys = list(samples(out, moto_s3))  # raises on a duplicate key
+    from mvboost.pipeline.job import load_job_config, plan_items
+
+    planned = [it["item_id"] for it in plan_items(load_job_config(CONFIG, [f"job.output={out}", f"job.n={n}"]))]
+    assert sorted(keys) == sorted(planned)
+    store = store_of(out, moto_s3)
+    assert all(verified(store, s) for s in range(n // 2))
+    fs.invalidate_cache()
+    leftovers = [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p]
+    assert leftovers == []
+
+
+def train(cluster, cache, shards, opts, out, *extra, wait=True):
+    cmd = [sys.executable, "-m", "train.launch", "--config", str(REPO / "train" / "configs" / "lora_smoke.yaml"),
+           "--data", shards, "--output", str(out), "--set", f"data.storage_options={json.dumps(opts)}",
+           "--set", "train.steps=4", "--set", "train.checkpoint_every=2", "--set", "run.max_failures=2",
+           "--set", "run.placement_strategy=STRICT_SPREAD", "--set", "run.resources_per_worker={mvboost_gpu: 1}",
+           *extra]
+    env = dict(job_env(cluster, cache), TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", ""))
+    if wait:
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_node_loss_during_training_resumes_on_the_remaining_nodes(cluster, moto_s3, smoke_shards, ds_env,
+                                                                    tiny_cache, tmp_path):
+    """Two Ray Train workers, one per GPU node (STRICT_SPREAD), shards read from S3. The node of worker 1 is
+    SIGKILLed during step 3: Ray Train restarts the worker group on the nodes left and resumes from the step-2
+    checkpoint; the final adapter equals an uninterrupted run's to the resume tolerance of the single-node test
+    (rtol 1e-4, atol 1e-5)."""
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs("s3://bkt/shards", **moto_s3)
+    fs.put(f"{smoke_shards}/", "bkt/shards/", recursive=True)
+    runs = tmp_path / "runs"
+    lost = train(cluster, tiny_cache, "s3://bkt/shards", moto_s3, runs, "--set", "run.name=lost",
+                 "--set", "run.step_hook=tests.faults:record_node_and_pause_once_at_step_3", wait=False)
+    try:
+        marker = runs / "lost" / ".node-rank1"
+        deadline = time.time() + 400
+        while time.time() < deadline and lost.poll() is None and not marker.exists():
+            time.sleep(0.5)
+        assert lost.poll() is None and marker.exists(), "training ended before a node could be killed"
+        time.sleep(0.5)
+        victim = marker.read_text().strip()
+        assert victim in cluster.workers
+        cluster.kill(victim)
+        log, _ = lost.communicate(timeout=600)
+    finally:
+        if lost.poll() is None:
+            lost.kill()
+        cluster.add()
+    assert lost.returncode == 0, log[-4000:]
+    assert "resumed from step 2" in log and "done: step 4" in log
+    straight = train(cluster, tiny_cache, "s3://bkt/shards", moto_s3, runs, "--set", "run.name=straight")
+    assert straight.returncode == 0, (straight.stdout + straight.stderr)[-4000:]
+    from test_train import adapters
+
+    a, b = adapters(runs / "lost"), adapters(runs / "straight")
+    assert set(a[4]) == set(b[4])
+    for k, v in b[4].items():
+        torch.testing.assert_close(a[4][k], v, rtol=1e-4, atol=1e-5)
