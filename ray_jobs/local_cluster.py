@@ -45,8 +45,10 @@ def _serve(a) -> int:
     resources = json.loads(a.resources)
     common = {"node_ip_address": "127.0.0.1", "include_dashboard": False,
               "object_store_memory": int(a.object_store_mb * 2 ** 20)}
-    cluster = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": a.head_cpus, "num_gpus": 0,
-                                                             "_system_config": SYSTEM_CONFIG})
+    head = {**common, "num_cpus": a.head_cpus, "num_gpus": 0, "_system_config": SYSTEM_CONFIG}
+    if a.dashboard_port:  # the dashboard (Ray's state API) on loopback
+        head.update(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=a.dashboard_port)
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     workers = {}
 
     def add():
@@ -89,12 +91,14 @@ class LocalCluster:
 
     def __init__(self, workers: int = 3, worker_gpus: float = 1, worker_cpus: float = 2, head_cpus: float = 1,
                  resources: dict | None = None, token_file: str | Path | None = None, object_store_mb: int = 150,
-                 log: str | Path | None = None):
+                 log: str | Path | None = None, dashboard_port: int = 0):
         self.args = ["--workers", str(workers), "--worker-gpus", str(worker_gpus), "--worker-cpus", str(worker_cpus),
                      "--head-cpus", str(head_cpus), "--resources", json.dumps(resources or {}),
                      "--object-store-mb", str(object_store_mb)]
         if token_file:
             self.args += ["--token-file", str(token_file)]
+        if dashboard_port:
+            self.args += ["--dashboard-port", str(dashboard_port)]
         self.token_file, self.log = token_file, log
 
     def __enter__(self):
@@ -158,6 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--resources", default="{}", help="custom resources of every worker node, JSON")
     p.add_argument("--object-store-mb", type=float, default=150)
     p.add_argument("--token-file", help="token authentication with this token file (created if missing)")
+    p.add_argument("--dashboard-port", type=int, default=0, help="start the dashboard on 127.0.0.1:<port> (0: none)")
     a = p.parse_args(argv)
     if a.token_file and not Path(a.token_file).is_file():
         import secrets
