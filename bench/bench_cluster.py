@@ -126,8 +126,9 @@ def main(argv=None) -> int:
                      node_busy={k[:8]: round(v / span / (GPUS // NODES), 3) if span else 0 for k, v in busy.items()},
                      accepted=s.get("accepted"))
             rows.append(r)
-            print(f"n={n:,}: wall {r['wall_s']:.1f} s (incl. Ray start-up and the job's set-up), {achieved:.1f} items/s "
-                  f"= {r['ratio']:.2f} of ideal; synthetic span {span:.1f} s -> {steady:.1f} items/s = "
+            print(f"n={n:,}: wall {r['wall_s']:.1f} s (incl. Ray start-up and the job's set-up), "
+                  f"{achieved:.1f} items/s = {r['ratio']:.2f} of ideal; synthetic span {span:.1f} s -> "
+                  f"{steady:.1f} items/s = "
                   f"{r['steady_ratio']:.2f} of ideal [>= 0.9 at n >= 2,000]; driver peak RSS "
                   f"{r['driver_peak_rss_mib']:.0f} MiB; spilled {r['spilled_mib']:.0f} MiB [0]; accepted "
                   f"{r['accepted']}; per-node busy (share of its 2 GPUs over the span) {r['node_busy']}"

@@ -12,7 +12,6 @@ import torch
 from conftest import REPO, TRAIN_SMOKE, is_loopback, watch_listeners
 
 
-
 def test_lpips_uses_real_imagenet_weights():
     from skimage import data, transform
 

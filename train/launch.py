@@ -62,18 +62,19 @@ def build_trainer(cfg, local: bool = False):
                                      placement_strategy=cfg.run.placement_strategy,
                                      resources_per_worker=worker_resources(cfg.run)),
         torch_config=(LocalTorchConfig if local else TorchConfig)(backend="nccl" if cfg.run.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.run.name, storage_path=os.path.abspath(os.path.expanduser(cfg.run.storage_path))
-                             if "://" not in cfg.run.storage_path else cfg.run.storage_path,
+        run_config=RunConfig(name=cfg.run.name, storage_path=absolute(cfg.run.storage_path),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep)),
     )
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (``~`` expanded); a URL unchanged. Ray Train workers run in another folder."""
+    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
+
+
 def absolute_sources(cfg) -> None:
     """Local data paths of ``data.source`` / ``data.sources`` made absolute (URLs stay as they are)."""
-    def absolute(url: str) -> str:
-        return url if "://" in url else os.path.abspath(os.path.expanduser(url))
-
     cfg.data.source = absolute(cfg.data.source)
     cfg.data.sources = [absolute(s) if isinstance(s, str) else {**s, "source": absolute(str(s.get("source", "")))}
                         if isinstance(s, dict) and s.get("source") else s for s in cfg.data.sources]

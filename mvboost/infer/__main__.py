@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     if args.model:
         from ..models.hub import BACKENDS, model_ref
 
-        if args.model.partition(":")[0] not in BACKENDS or not args.model.partition(":")[2]:
+        prefix, _, rest = args.model.partition(":")
+        if prefix not in BACKENDS or not rest:
             print(f"error: --model {args.model!r}: expected lgm:<source> or openlrm:<source>", file=sys.stderr)
             return 2
         backend, source = model_ref(args.model)

@@ -39,8 +39,9 @@ class TriplaneReconstruction:
 
         if cams.width != cams.height:
             raise ValueError("OpenLRM renders square images")
-        out = self.model.render(self.planes, world_cameras(cams)[None].to(self.planes.device, self.planes.dtype), cams.width, background,
-                                samples_per_ray=self.samples_per_ray, chunk=self.chunk)
+        cameras = world_cameras(cams)[None].to(self.planes.device, self.planes.dtype)
+        out = self.model.render(self.planes, cameras, cams.width, background, samples_per_ray=self.samples_per_ray,
+                                chunk=self.chunk)
         return (out["rgb"][0].permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy(),
                 out["alpha"][0].permute(0, 2, 3, 1).float().clamp(0, 1).cpu().numpy())
 

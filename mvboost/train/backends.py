@@ -39,10 +39,11 @@ class LGMBackend:
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def load(self, source: str, cfg, device):
+    def load(self, source: str, device):
         from ..models.loading import load_lgm
 
-        return load_lgm(source, revision=cfg.model.revision, preset=cfg.model.preset or None, device=device)
+        m = self.cfg.model
+        return load_lgm(source, revision=m.revision, preset=m.preset or None, device=device)
 
     def lora_target(self, model) -> str:
         return DEFAULT_TARGET
@@ -61,11 +62,6 @@ class LGMBackend:
 
         save_lgm(model, folder, dtype=torch.float32, with_config=True)
 
-    def weights_file(self) -> str:
-        from ..models.checkpoint import LGM_FILENAME
-
-        return LGM_FILENAME
-
 
 class OpenLRMBackend:
     name = "openlrm"
@@ -75,10 +71,11 @@ class OpenLRMBackend:
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def load(self, source: str, cfg, device):
+    def load(self, source: str, device):
         from ..models.hub import resolve
         from ..models.loading import load_openlrm
 
+        cfg = self.cfg
         if cfg.model.preset:
             raise ValueError("model.preset is for LGM; an OpenLRM checkpoint carries its config.json")
         if cfg.openlrm.source_size % 14:
@@ -115,11 +112,6 @@ class OpenLRMBackend:
         from ..models.openlrm import save_openlrm
 
         save_openlrm(model, folder, dtype=torch.float32)
-
-    def weights_file(self) -> str:
-        from ..models.openlrm import WEIGHTS_FILENAME
-
-        return WEIGHTS_FILENAME
 
 
 def backend_for(cfg):

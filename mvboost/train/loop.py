@@ -195,10 +195,11 @@ def build_model(cfg: TrainConfig, device):
     if cfg.lora.mode not in MODES:
         raise ValueError(f"lora.mode must be one of {', '.join(MODES)}, got {cfg.lora.mode!r}")
     backend, source = backend_for(cfg)
-    base = backend.load(source, cfg, device)
+    base = backend.load(source, device)
     if cfg.lora.mode == "full":
         return base.train()
-    return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target or backend.lora_target(base))
+    target = cfg.lora.target or backend.lora_target(base)
+    return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, target)
 
 
 def base_of(model):

@@ -1,4 +1,5 @@
-"""MVBoost's LoRA loss (paper Eq. 6, LGM's recipe §1.6): MSE(rgb) + MSE(alpha) + lambda * LPIPS-VGG, for every backend."""
+"""MVBoost's LoRA loss (paper Eq. 6, LGM's recipe §1.6), for every backend: MSE(rgb) + MSE(alpha) + lambda *
+LPIPS-VGG."""
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ def render_prediction(gaussians: torch.Tensor, cameras, background=(1.0, 1.0, 1.
 
 
 def view_loss(pred_rgb, pred_alpha, target, mask, lpips_model=None, lambda_lpips: float = 1.0,
-             lpips_size: int = 256):
+              lpips_size: int = 256):
     """Returns (loss, parts). Targets are re-composited on white with their mask, as in LGM."""
     target = target * mask + (1 - mask)
     mse_rgb = F.mse_loss(pred_rgb, target)
