@@ -133,7 +133,9 @@ class RaySection:
     num_cpus: int | None = None  # for the local Ray only
     num_gpus: float | None = None  # for the local Ray only (fake GPUs schedule, torch still uses the CPU)
     max_tasks_in_flight_per_actor: int = 2
-    no_progress_timeout_s: float = 0.0  # 0: off; else fail a stalled run (Ray Data's execution timeout)
+    # stop a run in which nothing moved for this long (Ray Data's execution_no_progress_timeout_s), e.g. waiting
+    # for GPU capacity that never comes; 0: Ray Data's default (30 min in Ray 2.60); -1: wait forever
+    no_progress_timeout_s: float = 0.0
     # refuse at start a layout whose actor pools cannot all start on the cluster's nodes:
     # auto = on for the embedded local Ray (fixed size), a warning on a cluster (an autoscaler may add nodes)
     check_layout: str = "auto"  # auto | strict | warn | off

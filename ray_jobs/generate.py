@@ -209,6 +209,10 @@ def init_ray(cfg) -> bool:
     return connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
 
 
+class JobStalled(RuntimeError):
+    """Ray Data made no progress for ``ray.no_progress_timeout_s`` (e.g. GPU capacity that never came)."""
+
+
 def run_on_ray(cfg):
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -235,8 +239,8 @@ def run_on_ray(cfg):
     if state.pending:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = bool(cfg.job.progress)
-        if cfg.ray.no_progress_timeout_s > 0:
-            ctx.execution_options.no_progress_timeout_s = cfg.ray.no_progress_timeout_s  # type: ignore[attr-defined]
+        if cfg.ray.no_progress_timeout_s:
+            ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
         ds = ray.data.from_items(state.pending, override_num_blocks=num_blocks(len(state.pending), units))
         for unit in units:
             res = unit.resources
@@ -250,14 +254,25 @@ def run_on_ray(cfg):
             else:
                 ds = ds.map_batches(named_task(unit.name), fn_args=(unit,),
                                     batch_size=res.batch_size, num_cpus=res.num_cpus, **ray_resource_args(res))
+        from ray.data.exceptions import ExecutionTimeoutError
+
         with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
                   disable=not cfg.job.progress) as bar:
             left = len(state.pending)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                n = state.consume(batch, on_row=metrics.item, on_commit=metrics.shard)
-                left -= n
-                metrics.pending(left)
-                bar.update(n)
+            try:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    n = state.consume(batch, on_row=metrics.item, on_commit=metrics.shard)
+                    left -= n
+                    metrics.pending(left)
+                    bar.update(n)
+            except ExecutionTimeoutError as e:
+                state.committer.wait()  # the shards already handed to commits are kept
+                sampler.stop()
+                stalled = [ln.strip()[2:].split(":")[0] for ln in str(e).splitlines() if ln.startswith("  - ")]
+                raise JobStalled(f"stopped: nothing moved for {ctx.execution_no_progress_timeout_s:.0f} s "
+                                 f"(ray.no_progress_timeout_s; still running: {', '.join(stalled) or '?'}), "
+                                 f"{left} of {len(state.pending)} items not done; the committed shards are kept: "
+                                 "run the same command again to finish") from None
     state.committer.wait()
     state.gpu_seconds_held = sampler.stop()
     return state.finish()
@@ -287,6 +302,9 @@ def main(argv=None) -> int:
     except (ConfigError, OutputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except JobStalled as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     print(summary.format())
     return 0
 

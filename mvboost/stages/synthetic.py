@@ -18,6 +18,9 @@ class SyntheticConfig:
     bytes: int = 1_000_000  # payload per item
     seconds: float = 0.0  # simulated work per item
     reject_every: int = 0  # reject items whose plan index % reject_every == reject_every - 1 (0: never)
+    # run as an actor pool, as the GPU stages do; as tasks, a stage holding GPUs gets a new worker process per
+    # batch (Ray does not reuse a GPU task's worker), which no production GPU stage pays
+    actor: bool = False
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=8))
 
 
@@ -26,7 +29,10 @@ class SyntheticStage(Stage):
     Config = SyntheticConfig
     inputs = ("item_id", "seed", "index")
     outputs = ("payload",)
-    uses_actor = False
+
+    @property
+    def uses_actor(self) -> bool:  # type: ignore[override]
+        return bool(self.config.actor)
 
     def process(self, rows):
         c = self.config
