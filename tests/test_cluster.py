@@ -141,9 +141,10 @@ def test_a_typo_in_a_manifest_is_caught():
         jsonschema.validate(cr["spec"], RAYCLUSTER_SPEC)
 
 
-def _fake_autoscaling_cluster(worker_types: dict, head: dict):
+def _fake_autoscaling_cluster(worker_types: dict, head: dict, provider: dict | None = None):
     """Ray's AutoscalingCluster with its fake multi-node provider config given inline (the PyPI wheel does
-    not ship the example.yaml it reads). start() and shutdown() run `ray stop --force`."""
+    not ship the example.yaml it reads), or ``provider`` in its place. start() and shutdown() run
+    `ray stop --force`."""
     from ray.cluster_utils import AutoscalingCluster
 
     class InlineAutoscalingCluster(AutoscalingCluster):
@@ -151,7 +152,7 @@ def _fake_autoscaling_cluster(worker_types: dict, head: dict):
             cfg = {"cluster_name": "fake_multinode", "max_workers": 8, "idle_timeout_minutes": 0.05,
                    "upscaling_speed": 1.0, "head_node_type": "ray.head.default",
                    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                                "disable_launch_config_check": True},
+                                "disable_launch_config_check": True, **(provider or {})},
                    "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
                    "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
                    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
@@ -164,44 +165,86 @@ def _fake_autoscaling_cluster(worker_types: dict, head: dict):
 
 
 @pytest.mark.ray
-def test_gpu_stages_scale_gpu_nodes_up_from_zero_and_back(tmp_path, tiny_cache):
-    """A head with no GPU and a GPU node type at min 0: the production layout's GPU pools make the
-    autoscaler start GPU nodes, the job completes, and the idle GPU nodes go away."""
+def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp_path, tiny_cache, moto_s3):
+    """A head without GPUs and a spot GPU node group (min 0, max 1) on Ray's fake multi-node provider, shards on
+    S3. The production layout's GPU pools make the autoscaler start a GPU node (the job warns, it does not refuse:
+    an autoscaler may add nodes). Once the first shard is committed, the provider reclaims that node
+    (``tests/spot_provider.py``: the instance is terminated and no longer listed, as after a cloud's preemption).
+    All GPU capacity is gone; Ray Data restarts the actors that ran there, which wait for resources; the
+    autoscaler sees that demand and launches a new node; the job finishes there: every planned item accepted
+    exactly once, every manifest valid, nothing staged left. Then the idle GPU node goes away."""
+    import json as js
     import os
     import subprocess
     import sys
     import time
 
+    import fsspec
     import ray
 
-    cluster = _fake_autoscaling_cluster({"gpu_node": {"resources": {"CPU": 1, "GPU": 1, "mvboost_gpu": 1},
-                                                      "node_config": {}, "min_workers": 0, "max_workers": 2}},
-                                        head={"CPU": 2})
+    from mvboost.pipeline.job import load_job_config, plan_items
+    from test_multinode import samples, store_of
+    from conftest import verified
+
+    spot = tmp_path / "spot"
+    spot.mkdir()
+    cluster = _fake_autoscaling_cluster({"gpu_spot": {"resources": {"CPU": 1, "GPU": 1, "mvboost_gpu": 1},
+                                                      "node_config": {}, "min_workers": 0, "max_workers": 1}},
+                                        head={"CPU": 2}, provider={"type": "external", "spot_dir": str(spot),
+                                                                   "module": "spot_provider.SpotProvider"})
     env = dict(os.environ, MVBOOST_CACHE=str(tiny_cache), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO))
     env.pop("RAY_ADDRESS", None)
-    cluster.start(override_env={"RAY_AUTH_MODE": "disabled"})
+    cluster.start(override_env={"RAY_AUTH_MODE": "disabled", "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"})
+    out, n = "s3://bkt/spot", 8
+    config = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
+    opts = ["ray.address=auto", "job.progress=false", f"job.storage_options={js.dumps(moto_s3)}", "job.shard_size=2",
+            "text_to_image.resources.custom={mvboost_gpu: 0.25}", "era3d.resources.custom={mvboost_gpu: 0.75}",
+            *(f"{st}.resources.batch_size=2" for st in ("text_to_image", "matting", "era3d", "write"))]
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(config), "--output", out, "--n", str(n),
+           *(a for o in opts for a in ("--set", o))]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fs, root = fsspec.core.url_to_fs(out, **moto_s3)
     try:
-        out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "ray_jobs.generate", "--config",
-               str(REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"), "--output", str(out), "--n", "4",
-               "--set", "ray.address=auto", "--set", "era3d.resources.custom={mvboost_gpu: 0.75}"]
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-        assert "accepted 4, rejected 0" in r.stdout
-        assert "cannot be scheduled" in r.stderr  # warned (no GPU yet), not refused: an autoscaler may add nodes
-        ray.init(address="auto")
-        try:
-            deadline, alive = time.time() + 120, None
-            while time.time() < deadline:
-                alive = [n for n in ray.nodes() if n["Alive"]]
-                if len(alive) == 1:
-                    break
-                time.sleep(3)
-            assert len(alive) == 1 and not alive[0]["Resources"].get("GPU")  # only the head is left
-        finally:
-            ray.shutdown()
-        summary = __import__("json").loads((out / "summary.json").read_text())
-        assert summary["gpu_seconds_held"] > 0  # GPUs were held on the started nodes
+        ray.init(address="auto", log_to_driver=False)
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            fs.invalidate_cache()
+            if fs.exists(root) and any(p.endswith(".json") and "shard-" in p for p in fs.ls(root, detail=False)):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the job ended before the node could be reclaimed"
+        gpu_nodes = [x["NodeID"] for x in ray.nodes() if x["Alive"] and x["Resources"].get("GPU")]
+        assert len(gpu_nodes) == 1
+        (spot / "reclaim").write_text(gpu_nodes[0])
+        log, _ = proc.communicate(timeout=600)
+        reclaimed = [js.loads(line) for line in (spot / "reclaimed").read_text().splitlines()]
+        assert reclaimed == [{"node_id": gpu_nodes[0], "terminated": True, "time": reclaimed[0]["time"]}]
+        workers = {x["NodeID"]: x for x in ray.nodes() if "node:__internal_head__" not in x["Resources"]}
+        assert not workers[gpu_nodes[0]]["Alive"]
+        (replacement,) = set(workers) - {gpu_nodes[0]}  # the one node launched after the reclaim
+        deadline, alive = time.time() + 120, None  # ... and let go of once idle
+        while time.time() < deadline:
+            alive = [x for x in ray.nodes() if x["Alive"]]
+            if len(alive) == 1:
+                break
+            time.sleep(2)
+        assert len(alive) == 1 and not alive[0]["Resources"].get("GPU")  # only the head is left
     finally:
+        ray.shutdown()
+        if proc.poll() is None:
+            proc.kill()
         cluster.shutdown()
+    assert proc.returncode == 0, log[-4000:]
+    assert f"accepted {n}, rejected 0" in log
+    assert "cannot be scheduled" in log  # warned (no GPU node yet), not refused
+    print(f"reclaimed {gpu_nodes[0][-5:]}, replaced by {replacement[-5:]}")
+    keys = list(samples(out, moto_s3))  # raises on a duplicate key
+    planned = [it["item_id"] for it in plan_items(load_job_config(config, [f"job.output={out}", f"job.n={n}"]))]
+    assert sorted(keys) == sorted(planned)
+    store = store_of(out, moto_s3)
+    assert all(verified(store, s) for s in range(n // 2))
+    fs.invalidate_cache()
+    assert [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p] == []
+    summary = js.loads(fs.cat(f"{root}/summary.json"))
+    assert summary["gpu_seconds_held"] > 0  # GPUs were held on the nodes started
