@@ -76,20 +76,20 @@ def test_multinode_generation_to_s3_equals_a_single_node_run(cluster, moto_s3, t
     # one item per model call on both sides: an item's output does not depend on the other items of its batch
     # (checked in tests/test_era3d.py), but the batch size changes CPU float rounding (~2e-6), which the tiny
     # random UNet amplifies over its steps; so the comparison holds the batch size, and the torch threads, equal
-    one = ["text_to_image.resources.batch_size=1", "era3d.resources.batch_size=1"]
+    one = ["text_to_image.resources.batch_size=1", "era3d.resources.batch_size=1", "job.n=4", "job.shard_size=2"]
     r = subprocess.run(generate_cmd("s3://bkt/multi", moto_s3, *[a for o in one for a in ("--set", o)]), cwd=REPO,
                        env=job_env(cluster, tiny_cache), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "accepted 8, rejected 0" in r.stdout
+    assert "accepted 4, rejected 0" in r.stdout
     cfg = load_job_config(CONFIG, [f"job.output={tmp_path / 'single'}", "job.progress=false", *one])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what each Ray worker uses (one thread per reserved CPU, at least one)
     try:
-        assert run_in_process(cfg).accepted == 8
+        assert run_in_process(cfg).accepted == 4
     finally:
         torch.set_num_threads(threads)
     multi, single = samples("s3://bkt/multi", moto_s3), samples(str(tmp_path / "single"), {})
-    assert sorted(multi) == sorted(single) and len(multi) == 8
+    assert sorted(multi) == sorted(single) and len(multi) == 4
     for key in single:
         assert multi[key].keys() == single[key].keys()
         for member in single[key]:
@@ -105,7 +105,7 @@ def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache)
     nothing staged left visible. A replacement node joins for the next test."""
     import fsspec
 
-    out, n = "s3://bkt/loss", 16
+    out, n = "s3://bkt/loss", 8
     batches = [a for st in ("text_to_image", "matting", "era3d", "write") for a in
                ("--set", f"{st}.resources.batch_size=2")]
     proc = subprocess.Popen(generate_cmd(out, moto_s3, "--n", str(n), "--set", "job.shard_size=2", *batches),
