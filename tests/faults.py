@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 
 def worker_exits_once_after_step_3(step: int, ctx, metrics: dict) -> None:
@@ -10,11 +9,10 @@ def worker_exits_once_after_step_3(step: int, ctx, metrics: dict) -> None:
     replace it and resume from the last checkpoint."""
     if step != 3 or ctx.rank != min(1, ctx.world - 1):
         return
-    marker = Path(ctx.storage_dir) / f".injected-failure-{step}"
-    if marker.exists():
+    fs, marker = _marker(ctx, f".injected-failure-{step}")
+    if fs.exists(marker):
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("worker killed on purpose (tests.faults)\n")
+    fs.pipe(marker, b"worker killed on purpose (tests.faults)\n")
     print(f"fault injection: worker {ctx.rank} exits at step {step}", flush=True)
     os._exit(1)
 
@@ -24,14 +22,22 @@ def record_node_and_pause_once_at_step_3(step: int, ctx, metrics: dict) -> None:
     to 120 s: the window in which a test kills a node under a running step."""
     if step != 3:
         return
-    marker = Path(ctx.storage_dir) / f".node-rank{ctx.rank}"
-    if marker.exists():
+    fs, marker = _marker(ctx, f".node-rank{ctx.rank}")
+    if fs.exists(marker):
         return
     import ray
 
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(ray.get_runtime_context().get_node_id())
+    fs.pipe(marker, ray.get_runtime_context().get_node_id().encode())
     print(f"fault injection: worker {ctx.rank} waits at step {step}", flush=True)
     import time
 
     time.sleep(120)
+
+
+def _marker(ctx, name: str):
+    """(filesystem, path) of a marker file in the run's folder, local or on an object store."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(f"{ctx.storage_dir}/{name}", **ctx.storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    return fs, path

@@ -144,6 +144,7 @@ def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache)
 def train(cluster, cache, shards, opts, out, *extra, wait=True):
     cmd = [sys.executable, "-m", "train.launch", "--config", str(REPO / "train" / "configs" / "lora_smoke.yaml"),
            "--data", shards, "--output", str(out), "--set", f"data.storage_options={json.dumps(opts)}",
+           "--set", f"run.storage_options={json.dumps(opts)}",
            "--set", "train.steps=4", "--set", "train.checkpoint_every=2", "--set", "run.max_failures=2",
            "--set", "run.placement_strategy=STRICT_SPREAD", "--set", "run.resources_per_worker={mvboost_gpu: 1}",
            *extra]
@@ -155,25 +156,28 @@ def train(cluster, cache, shards, opts, out, *extra, wait=True):
 
 def test_node_loss_during_training_resumes_on_the_remaining_nodes(cluster, moto_s3, smoke_shards, ds_env,
                                                                     tiny_cache, tmp_path):
-    """Two Ray Train workers, one per GPU node (STRICT_SPREAD), shards read from S3. The node of worker 1 is
-    SIGKILLed during step 3: Ray Train restarts the worker group on the nodes left and resumes from the step-2
-    checkpoint; the final adapter equals an uninterrupted run's to the resume tolerance of the single-node test
-    (rtol 1e-4, atol 1e-5)."""
+    """Two Ray Train workers, one per GPU node (STRICT_SPREAD), shards read from S3 and checkpoints written to S3
+    (nodes share no disk). The node of worker 1 is SIGKILLed during step 3: Ray Train restarts the worker group on
+    the nodes left and resumes from the step-2 checkpoint on S3; the final adapter equals an uninterrupted run's to
+    the resume tolerance of the single-node test (rtol 1e-4, atol 1e-5)."""
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs("s3://bkt/shards", **moto_s3)
     fs.put(f"{smoke_shards}/", "bkt/shards/", recursive=True)
-    runs = tmp_path / "runs"
+    runs = "s3://bkt/runs"
     lost = train(cluster, tiny_cache, "s3://bkt/shards", moto_s3, runs, "--set", "run.name=lost",
                  "--set", "run.step_hook=tests.faults:record_node_and_pause_once_at_step_3", wait=False)
     try:
-        marker = runs / "lost" / ".node-rank1"
+        marker = "bkt/runs/lost/.node-rank1"
         deadline = time.time() + 400
-        while time.time() < deadline and lost.poll() is None and not marker.exists():
+        while time.time() < deadline and lost.poll() is None:
+            fs.invalidate_cache()
+            if fs.exists(marker):
+                break
             time.sleep(0.5)
-        assert lost.poll() is None and marker.exists(), "training ended before a node could be killed"
+        assert lost.poll() is None and fs.exists(marker), "training ended before a node could be killed"
         time.sleep(0.5)
-        victim = marker.read_text().strip()
+        victim = fs.cat(marker).decode().strip()
         assert victim in cluster.workers
         cluster.kill(victim)
         log, _ = lost.communicate(timeout=600)
@@ -182,12 +186,15 @@ def test_node_loss_during_training_resumes_on_the_remaining_nodes(cluster, moto_
             lost.kill()
         cluster.add()
     assert lost.returncode == 0, log[-4000:]
-    assert "resumed from step 2" in log and "done: step 4" in log
+    assert "resumed from step 2" in log and "done: step 4" in log and "checkpoint s3://bkt/runs/lost/" in log
     straight = train(cluster, tiny_cache, "s3://bkt/shards", moto_s3, runs, "--set", "run.name=straight")
     assert straight.returncode == 0, (straight.stdout + straight.stderr)[-4000:]
     from test_train import adapters
 
-    a, b = adapters(runs / "lost"), adapters(runs / "straight")
-    assert set(a[4]) == set(b[4])
+    fs.invalidate_cache()
+    for name in ("lost", "straight"):
+        fs.get(f"bkt/runs/{name}/", str(tmp_path / name), recursive=True)
+    a, b = adapters(tmp_path / "lost"), adapters(tmp_path / "straight")
+    assert 4 in a and set(a[4]) == set(b[4])
     for k, v in b[4].items():
         torch.testing.assert_close(a[4][k], v, rtol=1e-4, atol=1e-5)

@@ -37,9 +37,9 @@ def _worker(config: dict):
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    storage = os.path.join(os.path.expanduser(cfg.run.storage_path), cfg.run.name)
+    storage = f"{absolute(cfg.run.storage_path).rstrip('/')}/{cfg.run.name}"
     train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage,
-                                load_step_hook(cfg.run.step_hook)))
+                                load_step_hook(cfg.run.step_hook), dict(cfg.run.storage_options)))
 
 
 def worker_resources(run) -> dict | None:
@@ -62,10 +62,24 @@ def build_trainer(cfg, local: bool = False):
                                      placement_strategy=cfg.run.placement_strategy,
                                      resources_per_worker=worker_resources(cfg.run)),
         torch_config=(LocalTorchConfig if local else TorchConfig)(backend="nccl" if cfg.run.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.run.name, storage_path=absolute(cfg.run.storage_path),
+        run_config=RunConfig(name=cfg.run.name, **storage_args(cfg.run),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep)),
     )
+
+
+def storage_args(run) -> dict:
+    """RunConfig's storage: a local folder made absolute; a URL as it is (Ray Train resolves its filesystem), or,
+    with ``run.storage_options``, that fsspec filesystem handed to Ray Train as a pyarrow one (workers get it
+    pickled, endpoint and credentials included, whatever their node's environment)."""
+    path = absolute(run.storage_path)
+    if "://" not in path or not run.storage_options:
+        return {"storage_path": path}
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, root = fsspec.core.url_to_fs(path, **run.storage_options)
+    return {"storage_path": root, "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
 
 
 def absolute(url: str) -> str:
@@ -126,8 +140,12 @@ def main(argv=None) -> int:
     if result.error:
         print(f"error: training failed: {str(result.error).strip().splitlines()[0][:500]}", file=sys.stderr)
         return 1
+    where = result.checkpoint.path if result.checkpoint else None
+    scheme = cfg.run.storage_path.partition("://")[0] if "://" in cfg.run.storage_path else ""
+    if where and scheme and "://" not in where:  # a path inside the filesystem handed to Ray Train
+        where = f"{scheme}://{where}"
     print(f"done: step {result.metrics.get('step')}, loss {result.metrics.get('loss', float('nan')):.4f}; "
-          f"checkpoint {result.checkpoint.path if result.checkpoint else None}")
+          f"checkpoint {where}")
     return 0
 
 

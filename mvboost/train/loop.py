@@ -117,7 +117,11 @@ def data_sources(data: DataSection) -> list[tuple[str, float, dict]]:
 @dataclass
 class RunSection:
     name: str = "mvboost-lora"
+    # checkpoints: a folder, or a URL every node reaches (s3://bucket/runs: nodes do not share a disk)
     storage_path: str = "outputs/train"
+    # fsspec options for a URL storage_path (e.g. {client_kwargs: {endpoint_url: ...}} for an S3-compatible store);
+    # {}: the filesystem from the URL and the environment, as Ray Train resolves it
+    storage_options: dict = field(default_factory=dict)
     num_workers: int = 2
     use_gpu: bool = False
     max_failures: int = 2
@@ -151,8 +155,9 @@ class LoopContext:
     device: torch.device
     checkpoint_dir: str | None  # resume from here (None: fresh)
     report: object  # callable(metrics: dict, checkpoint_dir: str | None)
-    storage_dir: str  # the run's folder
+    storage_dir: str  # the run's folder: a local path or a URL (see RunSection.storage_path)
     on_step: Callable[[int, LoopContext, dict], None] | None = None  # see RunSection.step_hook
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a URL storage_dir
 
 
 def load_step_hook(spec: str) -> Callable[[int, LoopContext, dict], None] | None:
