@@ -182,9 +182,7 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
     import fsspec
     import ray
 
-    from mvboost.pipeline.job import load_job_config, plan_items
-    from test_multinode import samples, store_of
-    from conftest import verified
+    from test_multinode import assert_every_item_once, wait_for_first_commit
 
     spot = tmp_path / "spot"
     spot.mkdir()
@@ -207,17 +205,12 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
     fs, root = fsspec.core.url_to_fs(out, **moto_s3)
     try:
         ray.init(address="auto", log_to_driver=False)
-        deadline = time.time() + 400
-        while time.time() < deadline and proc.poll() is None:
-            fs.invalidate_cache()
-            if fs.exists(root) and any(p.endswith(".json") and "shard-" in p for p in fs.ls(root, detail=False)):
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the job ended before the node could be reclaimed"
+        wait_for_first_commit(proc, fs, root)
         gpu_nodes = [x["NodeID"] for x in ray.nodes() if x["Alive"] and x["Resources"].get("GPU")]
         assert len(gpu_nodes) == 1
         (spot / "reclaim").write_text(gpu_nodes[0])
         log, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, log[-4000:]
         reclaimed = [js.loads(line) for line in (spot / "reclaimed").read_text().splitlines()]
         assert reclaimed == [{"node_id": gpu_nodes[0], "terminated": True, "time": reclaimed[0]["time"]}]
         workers = {x["NodeID"]: x for x in ray.nodes() if "node:__internal_head__" not in x["Resources"]}
@@ -235,16 +228,8 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
         if proc.poll() is None:
             proc.kill()
         cluster.shutdown()
-    assert proc.returncode == 0, log[-4000:]
-    assert f"accepted {n}, rejected 0" in log
+    assert_every_item_once(proc, log, out, moto_s3, config, n, 2)
     assert "cannot be scheduled" in log  # warned (no GPU node yet), not refused
     print(f"reclaimed {gpu_nodes[0][-5:]}, replaced by {replacement[-5:]}")
-    keys = list(samples(out, moto_s3))  # raises on a duplicate key
-    planned = [it["item_id"] for it in plan_items(load_job_config(config, [f"job.output={out}", f"job.n={n}"]))]
-    assert sorted(keys) == sorted(planned)
-    store = store_of(out, moto_s3)
-    assert all(verified(store, s) for s in range(n // 2))
-    fs.invalidate_cache()
-    assert [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p] == []
     summary = js.loads(fs.cat(f"{root}/summary.json"))
     assert summary["gpu_seconds_held"] > 0  # GPUs were held on the nodes started

@@ -68,6 +68,35 @@ def samples(url, opts) -> dict[str, dict[str, bytes]]:
     return out
 
 
+def wait_for_first_commit(proc, fs, root: str, timeout: float = 400) -> None:
+    """Until the running job ``proc`` has committed a shard manifest under ``root``; it must still be running."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        fs.invalidate_cache()
+        if fs.exists(root) and any(p.endswith(".json") and "shard-" in p for p in fs.ls(root, detail=False)):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the job ended before its node could be taken away"
+
+
+def assert_every_item_once(proc, log: str, out: str, opts: dict, config, n: int, shard_size: int) -> None:
+    """The job ended well: every planned item accepted exactly once, every manifest valid, nothing staged left."""
+    import fsspec
+
+    from mvboost.pipeline.job import load_job_config, plan_items
+
+    assert proc.returncode == 0, log[-4000:]
+    assert f"accepted {n}, rejected 0" in log
+    keys = list(samples(out, opts))  # raises on a duplicate key
+    planned = [it["item_id"] for it in plan_items(load_job_config(config, [f"job.output={out}", f"job.n={n}"]))]
+    assert sorted(keys) == sorted(planned)
+    store = store_of(out, opts)
+    assert all(verified(store, s) for s in range(n // shard_size))
+    fs, root = fsspec.core.url_to_fs(out, **opts)
+    fs.invalidate_cache()
+    assert [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p] == []
+
+
 def test_multinode_generation_to_s3_equals_a_single_node_run(cluster, moto_s3, tiny_cache, tmp_path):
     """The production layout across three GPU nodes, commits as Ray tasks anywhere, shards on S3: equal, key for
     key, member for member, byte for byte (timings aside) to the same plan run in one process."""
@@ -114,31 +143,14 @@ def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache)
     fs, root = fsspec.core.url_to_fs(out, **moto_s3)
     victim = cluster.workers[0]
     try:
-        deadline = time.time() + 400
-        while time.time() < deadline and proc.poll() is None:
-            fs.invalidate_cache()
-            if fs.exists(root) and any(p.endswith(".json") and "shard-" in p for p in fs.ls(root, detail=False)):
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the job ended before a node could be killed"
+        wait_for_first_commit(proc, fs, root)
         cluster.kill(victim)
         log, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
         cluster.add()  # the replacement, as an autoscaler would bring one
-    assert proc.returncode == 0, log[-4000:]
-    assert f"accepted {n}, rejected 0" in log
-    keys = list(samples(out, moto_s3))  # raises on a duplicate key
-    from mvboost.pipeline.job import load_job_config, plan_items
-
-    planned = [it["item_id"] for it in plan_items(load_job_config(CONFIG, [f"job.output={out}", f"job.n={n}"]))]
-    assert sorted(keys) == sorted(planned)
-    store = store_of(out, moto_s3)
-    assert all(verified(store, s) for s in range(n // 2))
-    fs.invalidate_cache()
-    leftovers = [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p]
-    assert leftovers == []
+    assert_every_item_once(proc, log, out, moto_s3, CONFIG, n, 2)
 
 
 def train(cluster, cache, shards, opts, out, *extra, wait=True):
