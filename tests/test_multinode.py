@@ -17,10 +17,12 @@ pytestmark = pytest.mark.ray
 
 CONFIG = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
 #: the production layout (fused GPU group, text-to-image beside it) pinned to the GPU node group by its custom
-#: resource, as cluster/aws.yaml's worker group declares it
+#: resource, as cluster/aws.yaml's worker group declares it; one text-to-image actor and one matting task per node
+#: at a time (each process holds torch, ~350-700 MB: the test stays near 4 GB)
 PLACEMENT = ["--set", "text_to_image.resources.custom={mvboost_gpu: 0.25}",
-             "--set", "era3d.resources.custom={mvboost_gpu: 0.75}", "--set", "job.progress=false",
-             "--set", "ray.check_layout=strict"]
+             "--set", "text_to_image.resources.max_actors=1",
+             "--set", "era3d.resources.custom={mvboost_gpu: 0.75}", "--set", "matting.resources.num_cpus=1",
+             "--set", "job.progress=false", "--set", "ray.check_layout=strict"]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,13 @@ def cluster(tmp_path_factory, tiny_cache):
     from ray_jobs.local_cluster import LocalCluster
 
     d = tmp_path_factory.mktemp("cluster")
-    with LocalCluster(workers=3, worker_gpus=1, worker_cpus=2, head_cpus=1, resources={"mvboost_gpu": 1},
-                      token_file=d / "token", log=d / "cluster.log") as c:
-        yield c
+    # the raylets stop idle workers at once instead of keeping one per CPU: a task worker that ran the matting
+    # holds torch (~400 MB) while idle, and the test must stay under 4 GB
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_num_workers_soft_limit", "0")
+        with LocalCluster(workers=3, worker_gpus=1, worker_cpus=2, head_cpus=1, resources={"mvboost_gpu": 1},
+                          token_file=d / "token", log=d / "cluster.log") as c:
+            yield c
 
 
 def job_env(cluster, cache):
