@@ -236,6 +236,7 @@ def run_on_ray(cfg):
     metrics = JobMetrics(stage_names(units), gpu_shares(units), cfg.job.gpu_hour_usd)
     metrics.pending(len(state.pending))
     sampler = GpuHeldSampler(on_sample=metrics.held).start()
+    stalled = None  # the operators still running when Ray Data gave up (ray.no_progress_timeout_s)
     if state.pending:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = bool(cfg.job.progress)
@@ -266,15 +267,14 @@ def run_on_ray(cfg):
                     metrics.pending(left)
                     bar.update(n)
             except ExecutionTimeoutError as e:
-                state.committer.wait()  # the shards already handed to commits are kept
-                sampler.stop()
                 stalled = [ln.strip()[2:].split(":")[0] for ln in str(e).splitlines() if ln.startswith("  - ")]
-                raise JobStalled(f"stopped: nothing moved for {ctx.execution_no_progress_timeout_s:.0f} s "
-                                 f"(ray.no_progress_timeout_s; still running: {', '.join(stalled) or '?'}), "
-                                 f"{left} of {len(state.pending)} items not done; the committed shards are kept: "
-                                 "run the same command again to finish") from None
-    state.committer.wait()
+    state.committer.wait()  # a stalled run keeps the shards already handed to commits too
     state.gpu_seconds_held = sampler.stop()
+    if stalled is not None:
+        raise JobStalled(f"stopped: nothing moved for {ctx.execution_no_progress_timeout_s:.0f} s "
+                         f"(ray.no_progress_timeout_s; still running: {', '.join(stalled) or '?'}), "
+                         f"{left} of {len(state.pending)} items not done; the committed shards are kept: "
+                         "run the same command again to finish")
     return state.finish()
 
 
