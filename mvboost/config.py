@@ -125,6 +125,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data)
 
 
+def absolute_path(url: str, key: str = "", cwd: str | None = None) -> str:
+    """A local path made absolute (``~`` expanded, against ``cwd``); a URL unchanged. With ``key`` (the config key
+    of a path the job writes to), a relative path inside Ray's copy of a submitted working directory is refused:
+    what the job wrote there would land in Ray's session cache, which Ray deletes."""
+    import os
+
+    if "://" in str(url):
+        return str(url)
+    cwd = cwd or os.getcwd()
+    path = os.path.abspath(os.path.join(cwd, os.path.expanduser(str(url))))
+    if key and not os.path.isabs(os.path.expanduser(str(url))) and "/runtime_resources/working_dir_files/" in cwd:
+        raise ConfigError(f"{key} {url!r} is relative and this job runs in Ray's copy of the working directory "
+                          f"({cwd}): what it writes would land in Ray's session cache and be deleted with it. Pass "
+                          "--output with an absolute path on shared storage or a URL (s3://…, gs://…)")
+    return path
+
+
 @dataclass
 class RaySection:
     """How a job reaches Ray (the generation, evaluation and training jobs share it)."""

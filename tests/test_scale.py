@@ -71,15 +71,17 @@ def test_production_config_reserves_memory_and_fits_a_gpu_node():
 
 
 def test_outputs_are_absolute_and_a_relative_one_in_rays_working_dir_copy_is_refused(tmp_path, monkeypatch):
-    from mvboost.pipeline.config import absolute_output
+    from mvboost.config import absolute_path
 
     monkeypatch.chdir(tmp_path)
     assert load_job_config(SMOKE).job.output == str(tmp_path / "outputs" / "smoke")
-    assert absolute_output("s3://b/x") == "s3://b/x" and absolute_output("/abs/p") == "/abs/p"
+    assert absolute_path("s3://b/x", "job.output") == "s3://b/x"
+    assert absolute_path("/abs/p", "job.output") == "/abs/p"
     copy = "/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_abc"
-    with pytest.raises(ConfigError, match="Ray's session cache"):
-        absolute_output("outputs/smoke", cwd=copy)
-    assert absolute_output("/data/out", cwd=copy) == "/data/out"
+    with pytest.raises(ConfigError, match="job.output 'outputs/smoke' is relative .* Ray's session cache"):
+        absolute_path("outputs/smoke", "job.output", cwd=copy)
+    assert absolute_path("/data/out", "job.output", cwd=copy) == "/data/out"
+    assert absolute_path("data/in", cwd=copy) == f"{copy}/data/in"  # a path only read is not refused
 
 
 def test_streamed_commit_equals_one_tar_of_all_members(tmp_path):

@@ -291,13 +291,15 @@ def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_sha
 
 
 def test_local_data_paths_reach_ray_train_workers_absolute(tmp_path, monkeypatch):
-    """Ray Train workers run in another folder: ``--data outputs/smoke`` (the README's command) is made absolute
-    on the driver; URLs and brace patterns of URLs are left alone."""
-    from train.launch import absolute_sources
+    """Ray Train workers run in another folder: ``--data outputs/smoke`` and ``--output outputs/train`` (the
+    README's command) are made absolute on the driver; URLs and brace patterns of URLs are left alone."""
+    from train.launch import absolute_paths
 
     monkeypatch.chdir(tmp_path)
-    cfg = local_cfg("outputs/smoke", tmp_path, "data.sources=[{source: rel/a, weight: 0.7}, s3://b/x, other]")
-    absolute_sources(cfg)
+    cfg = local_cfg("outputs/smoke", tmp_path, "data.sources=[{source: rel/a, weight: 0.7}, s3://b/x, other]",
+                    "run.storage_path=outputs/train")
+    absolute_paths(cfg)
+    assert cfg.run.storage_path == str(tmp_path / "outputs" / "train")
     assert cfg.data.source == str(tmp_path / "outputs" / "smoke")
     assert cfg.data.sources == [{"source": str(tmp_path / "rel" / "a"), "weight": 0.7}, "s3://b/x",
                                 str(tmp_path / "other")]

@@ -37,7 +37,7 @@ def _worker(config: dict):
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    storage = f"{absolute(cfg.run.storage_path).rstrip('/')}/{cfg.run.name}"
+    storage = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"  # made absolute by main()
     train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage,
                                 load_step_hook(cfg.run.step_hook), dict(cfg.run.storage_options)))
 
@@ -69,10 +69,10 @@ def build_trainer(cfg, local: bool = False):
 
 
 def storage_args(run) -> dict:
-    """RunConfig's storage: a local folder made absolute; a URL as it is (Ray Train resolves its filesystem), or,
-    with ``run.storage_options``, that fsspec filesystem handed to Ray Train as a pyarrow one (workers get it
-    pickled, endpoint and credentials included, whatever their node's environment)."""
-    path = absolute(run.storage_path)
+    """RunConfig's storage: a local folder (absolute: see main()); a URL as it is (Ray Train resolves its
+    filesystem), or, with ``run.storage_options``, that fsspec filesystem handed to Ray Train as a pyarrow one
+    (workers get it pickled, endpoint and credentials included, whatever their node's environment)."""
+    path = run.storage_path
     if "://" not in path or not run.storage_options:
         return {"storage_path": path}
     import fsspec
@@ -82,15 +82,16 @@ def storage_args(run) -> dict:
     return {"storage_path": root, "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
 
 
-def absolute(url: str) -> str:
-    """A local path made absolute (``~`` expanded); a URL unchanged. Ray Train workers run in another folder."""
-    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
+def absolute_paths(cfg) -> None:
+    """Ray Train workers run in another folder: the storage path and the local data paths of ``data.source`` /
+    ``data.sources`` made absolute (URLs stay as they are); a relative storage path in Ray's copy of a submitted
+    working directory is refused (its checkpoints would be deleted with Ray's session cache)."""
+    from mvboost.config import absolute_path
 
-
-def absolute_sources(cfg) -> None:
-    """Local data paths of ``data.source`` / ``data.sources`` made absolute (URLs stay as they are)."""
-    cfg.data.source = absolute(cfg.data.source)
-    cfg.data.sources = [absolute(s) if isinstance(s, str) else {**s, "source": absolute(str(s.get("source", "")))}
+    cfg.run.storage_path = absolute_path(cfg.run.storage_path, "run.storage_path")
+    cfg.data.source = absolute_path(cfg.data.source)
+    cfg.data.sources = [absolute_path(s) if isinstance(s, str)
+                        else {**s, "source": absolute_path(str(s.get("source", "")))}
                         if isinstance(s, dict) and s.get("source") else s for s in cfg.data.sources]
 
 
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(TrainConfig, a.config, overrides)
-        absolute_sources(cfg)  # Ray Train workers run in another folder
+        absolute_paths(cfg)
         # data problems are deterministic: found here, once, before Ray starts (not retried by workers)
         from mvboost.train.loop import data_sources
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, RaySection
+from ..config import ConfigError, RaySection, absolute_path
 from ..prompts.dedupe import DEFAULT_THRESHOLD
 from ..stages import STAGES
 from .units import Unit, build_units, model_refs, stage_names
@@ -61,24 +61,8 @@ def load_job_config(path=None, overrides=None):
 
     cfg = load_config(JobConfig, path, overrides)
     validate(cfg)
-    cfg.job.output = absolute_output(cfg.job.output)
+    cfg.job.output = absolute_path(cfg.job.output, "job.output")
     return cfg
-
-
-def absolute_output(url: str, cwd: str | None = None) -> str:
-    """A local output path made absolute (URLs unchanged). A relative path inside Ray's copy of a
-    submitted working directory would land in Ray's session cache, which Ray deletes: refused."""
-    import os
-
-    if "://" in str(url):
-        return str(url)
-    cwd = cwd or os.getcwd()
-    path = os.path.abspath(os.path.join(cwd, os.path.expanduser(str(url))))
-    if not os.path.isabs(os.path.expanduser(str(url))) and "/runtime_resources/working_dir_files/" in cwd:
-        raise ConfigError(f"job.output {url!r} is relative and this job runs in Ray's copy of the working directory "
-                          f"({cwd}): the shards would land in Ray's session cache and be deleted with it. Pass "
-                          "--output with an absolute path on shared storage or a URL (s3://…, gs://…)")
-    return path
 
 
 def validate(cfg) -> list[Unit]:
