@@ -11,8 +11,8 @@ One owner for what every job (generation, evaluation, training) does before its 
   the mode it uses on macOS/Windows) keeps the node address on loopback instead, and Ray ≥ 2.60 binds
   each server to the node address. That mode is set only while the local Ray starts (its processes
   inherit it) and is put back afterwards, so a later ``ray start --address …`` from the same process is
-  unaffected. A watchdog (:mod:`ray_jobs.reaper`) stops the local Ray's processes if the driver is
-  killed.
+  unaffected. A watchdog (:mod:`ray_jobs.reaper`) kills every process the local Ray started (they
+  carry the driver's tag in their environment) the moment the driver exits, even by kill -9.
 """
 from __future__ import annotations
 

@@ -256,12 +256,14 @@ def test_local_ray_is_loopback_only_and_nothing_outlives_a_killed_driver(tmp_pat
     """Before: the embedded "127.0.0.1" Ray listened on every interface (GCS, raylets, core workers on
     `::`/`0.0.0.0`, agents on the machine's address), and its dashboard and runtime-env agents and idle
     workers outlived a driver killed with SIGKILL. Now every listener of the job's processes, taken while
-    the stages run, is on loopback (ray_jobs/local_ray.py), and the reaper (ray_jobs/reaper.py) stops
-    what the killed driver started."""
+    the stages run, is on loopback (ray_jobs/local_ray.py), and the reaper (ray_jobs/reaper.py) kills every
+    process carrying the driver's tag the moment the driver exits."""
     import os
     import signal
 
     import psutil
+
+    from ray_jobs.reaper import TAG_ENV
 
     proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
                              "--output", str(tmp_path / "out")], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -289,10 +291,19 @@ def test_local_ray_is_loopback_only_and_nothing_outlives_a_killed_driver(tmp_pat
         assert {"gcs_server", "raylet"} <= names and len(bound) >= 6, bound  # the whole local Ray was seen
         exposed = sorted(b for b in bound if not is_loopback(b[0]))
         assert not exposed, exposed
+        # every process of the local Ray carries the driver's reaper tag (inherited environment), which is what
+        # the reaper kills by: nothing is found by sampling, so nothing started between two samples is missed
+        tags = set()
+        for k in started:
+            try:
+                tags.add(k.environ().get(TAG_ENV))
+            except psutil.Error:  # exited meanwhile
+                pass
+        assert len(tags) == 1 and None not in tags, tags
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
         proc.wait(30)
         left = started
-        for _ in range(120):  # the reaper notices within 1 s, waits 3 s, then terminates (kills after 5 s)
+        for _ in range(120):  # the reaper wakes on the driver's exit (pidfd) and SIGKILLs the tagged processes
             left = [k for k in started if alive(k)]
             if not left:
                 break
@@ -314,3 +325,55 @@ def test_a_finished_output_is_recognised_without_starting_ray(tmp_path):
     r = run_job("--output", str(out), "--n", "4")  # the Ray executor, on a finished output
     assert r.returncode == 0 and "accepted 4" in r.stdout, r.stderr[-2000:]
     assert "Started a local Ray" not in r.stderr + r.stdout and time.perf_counter() - t < 60
+
+
+def test_the_reaper_kills_tagged_descendants_even_reparented_ones_and_nothing_else(tmp_path):
+    """The reaper's two halves without Ray: a driver tags itself and starts a child that double-forks (the
+    grandchild is re-parented to init at once, as Ray's agents are when their raylet dies) plus an untagged
+    process; killing the driver with SIGKILL kills every tagged process, the untagged one lives on."""
+    import os
+    import signal
+
+    import psutil
+
+    from ray_jobs.reaper import TAG_ENV
+
+    pidfile = tmp_path / "pids"
+    driver_code = f"""
+import os, subprocess, sys, time
+sys.path.insert(0, {str(REPO)!r})
+from ray_jobs.reaper import start_reaper
+start_reaper()
+child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+    "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True); "
+    "print(p.pid, flush=True)"], stdout=subprocess.PIPE, text=True)
+grandchild = int(child.stdout.readline()); child.wait()  # the grandchild's parent is gone: re-parented
+env = {{k: v for k, v in os.environ.items() if k != {TAG_ENV!r}}}
+outsider = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], env=env, start_new_session=True)
+open({str(pidfile)!r}, "w").write(f"{{grandchild}} {{outsider.pid}}")
+time.sleep(300)
+"""
+    driver = subprocess.Popen([sys.executable, "-c", driver_code], start_new_session=True)
+    procs = []
+    try:
+        for _ in range(200):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.1)
+        grandchild, outsider = (psutil.Process(int(p)) for p in pidfile.read_text().split())
+        procs = [grandchild, outsider]
+        assert grandchild.ppid() != driver.pid and TAG_ENV in grandchild.environ()
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+        for _ in range(100):  # the reaper wakes on the driver's exit: well within 10 s even under load
+            if not alive(grandchild):
+                break
+            time.sleep(0.1)
+        assert not alive(grandchild)
+        assert alive(outsider)
+    finally:
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
