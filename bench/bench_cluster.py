@@ -1,4 +1,4 @@
-"""Scale simulation on a multi-node Ray with 8 declared GPUs (issue targets in brackets):
+"""Scale simulation on a multi-node Ray with 8 declared GPUs (targets in brackets):
 
     python bench/bench_cluster.py [--n 500 2000] [--scale 0.2] [--batch 8] [--node-cpus 16]
 
@@ -6,7 +6,7 @@ A local cluster (``ray_jobs.local_cluster``): a head without GPUs and 4 worker n
 each (the ``mvboost_gpu`` node group; the CPU:GPU ratio of the g6e nodes in ``cluster/aws.yaml``), token auth,
 loopback. The job runs the synthetic load-test stage in place of the GPU chain, as an actor pool of one actor per
 GPU, as the fused GPU group runs (a GPU *task* would get a new worker process per batch in Ray): per item it holds
-one GPU for ``scale`` x the H100 GPU time of one object (``shared/spec/gpu_notes.md``, bf16: Era3D 40 steps x
+one GPU for ``scale`` x the H100 GPU time of one object (``docs/gpu.md``, bf16: Era3D 40 steps x
 0.084 s + SDEdit refinement 38 steps x 0.084 s + LGM-big 1/115 s + 6 views of gsplat at 512² (1/7,800 s each) +
 VAE decode 2 x 0.175 s = 6.91 s; the fused group is > 99 % of it, text-to-image (not measured) is left out), then
 the shard writer. The default scale (0.2: 1.38 s per item, ideal 5.8 items/s) runs both sizes in about 9 minutes.

@@ -16,7 +16,7 @@ excluded). Writes the profile JSON that ``python -m ray_jobs.cost_plan`` reads, 
 stopped by its time limit keeps what it measured); ``--e2e-only`` adds the end-to-end run to it later.
 
 Peak: measured here as the rate of a large matmul in the run's dtype (the way the figures in
-shared/spec/gpu_notes.md were made: 790 TFLOP/s bf16 on an H100), unless ``--peak-tflops`` is given.
+docs/gpu.md were made: 790 TFLOP/s bf16 on an H100), unless ``--peak-tflops`` is given.
 ``--tiny --device cpu`` runs the same code on the tiny models (a check that the script works).
 """
 from __future__ import annotations
@@ -323,7 +323,7 @@ def main(argv=None):
     ap.add_argument("--e2e-n", type=int, default=48)
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--e2e-only", action="store_true",
-                    help="only the end-to-end run, added to an existing --out profile (a second device call)")
+                    help="only the end-to-end run, added to an existing --out profile (a second GPU-check step)")
     ap.add_argument("--skip-compile", action="store_true", help="UNet eager only (compilation takes ~75 s)")
     ap.add_argument("--peak-tflops", type=float, default=0.0)
     ap.add_argument("--tiny", action="store_true", help="tiny models (checks the script, e.g. on a CPU)")

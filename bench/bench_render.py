@@ -3,7 +3,7 @@ memory, and gsplat on CUDA when present.
 
     python bench/bench_render.py [--quick]
 
-Target (issue 13): >= 20 views/s forward at 128^2 with 16k Gaussians on 2 cores, and a backward whose
+Target: >= 20 views/s forward at 128^2 with 16k Gaussians on 2 cores, and a backward whose
 memory does not grow with image size x Gaussians. On a GPU it also prints gsplat's speed-up over the
 CPU rasterizer measured in the same run.
 """

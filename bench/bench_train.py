@@ -9,7 +9,7 @@ plus a NaN check over every step.
 The real step is the DeepSpeed loop (``mvboost.train.loop.train_loop``: shard streaming, LoRA, ZeRO-2),
 in-process (``LocalContext``) or, with ``--ray``, inside Ray Train's ``TorchTrainer`` on the embedded Ray
 (one worker, metrics of every step read back from the result). ``--lambda-lpips 0`` leaves LPIPS out (its
-VGG weights, 57 MB, do not fit beside Ray in a 64 MiB device call): say so next to the figure. Without
+VGG weights, 57 MB, are left out of the 60 MiB training wheel set): say so next to the figure. Without
 ``--shards``, smoke shards are generated first (tiny models, CPU).
 """
 from __future__ import annotations

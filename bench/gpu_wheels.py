@@ -1,17 +1,17 @@
-"""Fill the wheel folders the GPU check carries (run here, where PyPI is reachable).
+"""Fill the wheel folders the GPU check installs on an offline GPU machine (run where PyPI is reachable).
 
     python bench/gpu_wheels.py [--dest .whl] [--train-dest .whl-train]
 
-The lent GPU machines have torch, transformers, peft, safetensors, numpy, pyarrow, pandas, fsspec, pytest
-and the CUDA toolkit, but not diffusers, gsplat, plyfile, ray, DeepSpeed, lpips or braceexpand
-(shared/spec/gpu_notes.md, the device tool's KINDS.md). A call carries at most 64 MiB, so there are two
+The GPU machine is assumed to have torch, transformers, peft, safetensors, numpy, pyarrow, pandas, fsspec,
+pytest and the CUDA toolkit, but not diffusers, gsplat, plyfile, ray, DeepSpeed, lpips or braceexpand. Each
+folder is kept under 60 MiB (easy to copy, e.g. with a small working tree beside it), so there are two
 sets: ``.whl`` for the profile and end-to-end calls (diffusers, gsplat, Ray, …) and ``.whl-train`` for the
 training call (Ray, gsplat, DeepSpeed and its missing dependencies, lpips, braceexpand). Ray's wheel
 alone is 79 MB: it is repacked without the parts a Python job with no dashboard UI never loads (the Java
 jar, RLlib, Serve, Ray LLM, the dashboard's built web client), its RECORD rewritten to match. DeepSpeed
 publishes no wheel (source only): it is built here with ``pip wheel --no-deps`` (pure Python; its CUDA ops
 are JIT-built where they run). Every version is pinned and each folder is emptied first, so a rerun never
-carries two versions of one package (pip on the device stops on that).
+holds two versions of one package (pip on the GPU machine stops on that).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-#: Ray and what it needs that the device lacks (shared by both sets)
+#: Ray and what it needs that the GPU machine lacks (in both sets)
 RAY = ["ray==2.60.0", "jsonschema==4.26.0", "jsonschema-specifications==2025.9.1", "referencing==0.37.0",
        "rpds-py==2026.9.1", "importlib_metadata==10.2.0"]
 PROFILE = ["diffusers==0.42.1", "gsplat==1.5.3", "plyfile==1.1.5", *RAY]
@@ -31,7 +31,7 @@ BUILT = {"train": ["deepspeed==0.19.8"]}  # source-only on PyPI: built here into
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
 RAY_DROP = ("ray/jars/", "ray/rllib/", "ray/serve/", "ray/llm/", "ray/dashboard/client/build/")
-LIMIT = 60 * 2 ** 20  # leave room for the working tree under the 64 MiB a call carries
+LIMIT = 60 * 2 ** 20  # each folder small enough to copy beside a working tree in one 64 MiB bundle
 
 
 def slim_ray(path: Path) -> Path:
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     sets = [(Path(a.dest), PROFILE, [])] + ([(Path(a.train_dest), TRAIN, BUILT["train"])] if a.train_dest else [])
     for dest, wheels, built in sets:
         if fill(dest, wheels, built) > LIMIT:
-            print(f"error: {dest} holds more than {LIMIT / 2 ** 20:.0f} MiB: the device call cannot carry it",
+            print(f"error: {dest} holds more than {LIMIT / 2 ** 20:.0f} MiB: too large to copy as one bundle",
                   file=sys.stderr)
             return 2
     return 0

@@ -11,16 +11,11 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _spec_dir() -> Path:
-    for cand in (REPO / "shared" / "spec", REPO.parent / "shared" / "spec"):
-        if cand.is_dir():
-            return cand
-    pytest.skip("shared/spec not found beside the checkout")
-
-
 @pytest.fixture(scope="session")
 def spec_dir() -> Path:
-    return _spec_dir()
+    """The official checkpoints' state-dict key lists (key, shape, numel, marker), kept as test data: facts taken
+    from the published checkpoints (Era3D MacLab-Era3D-512-6view unet/, LGM model_fp16_fixrot, OpenLRM base)."""
+    return REPO / "tests" / "data" / "state_dicts"
 
 
 def read_key_list(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -1,4 +1,4 @@
-"""Shards from 3D assets (issue 20): the asset source of the generation job, its renderer at Era3D's
+"""Shards from 3D assets: the asset source of the generation job, its renderer at Era3D's
 orthographic cameras against an independent projection oracle, rejects that name the asset, resume, and
 the shards as the training reads them."""
 import json

@@ -1,5 +1,5 @@
-"""The GPU check's tooling, checked on the CPU: reproducible wheel sets that fit a device call, and the
-four calls' budgets inside the per-call limit."""
+"""The GPU check's tooling, checked on the CPU: reproducible wheel sets small enough to copy, and the four
+steps' budgets inside each step's wall-clock limit."""
 import re
 import sys
 from pathlib import Path
@@ -22,7 +22,7 @@ def test_wheel_sets_are_pinned_and_hold_one_version_of_each_package():
 
 
 def test_fill_empties_the_folder_first(tmp_path, monkeypatch):
-    """A rerun must not carry two versions of a package: the folder is emptied before the downloads."""
+    """A rerun must not hold two versions of a package: the folder is emptied before the downloads."""
     import gpu_wheels
 
     dest = tmp_path / "whl"
@@ -41,11 +41,11 @@ def test_fill_empties_the_folder_first(tmp_path, monkeypatch):
 
 
 def test_each_call_fits_the_per_call_limit():
-    """The four calls' timeouts (what each step may take) add up to less than the call's timeout_s, which is
-    under the device's 600 s."""
+    """The timeouts inside each step (what each part may take) add up to less than the step's stated limit,
+    which is under 10 minutes."""
     text = (REPO / "bench" / "gpu_check.sh").read_text()
     header = {}
-    for m in re.finditer(r"timeout_s (\d+):\s+bash bench/gpu_check.sh (\w+)", text):
+    for m in re.finditer(r"limit (\d+) s: bash bench/gpu_check.sh (\w+)", text):
         header[m.group(2)] = int(m.group(1))
     assert set(header) == {"profile", "e2e", "train", "openlrm"} and max(header.values()) < 600
     bodies = dict(re.findall(r"\n(\w+)\)\n(.*?)\n  ;;", text, re.S))

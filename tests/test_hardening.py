@@ -1,4 +1,4 @@
-"""Fault injection (issue 12): a misbehaving LLM endpoint, hostile prompt banks and config misuse end
+"""Fault injection: a misbehaving LLM endpoint, hostile prompt banks and config misuse end
 in bounded time with a recorded reason or one ``error:`` line (exit 2), never a traceback."""
 import json
 import subprocess

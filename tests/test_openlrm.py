@@ -1,4 +1,4 @@
-"""OpenLRM v1.1 (issue 23, first part): the architecture against the official key list and parameter counts,
+"""OpenLRM v1.1: the architecture against the official key list and parameter counts,
 strict loading, rendering (chunk-invariant, deterministic by default), mesh extraction, and equivalence with
 the official module definitions where a copy of them is at hand (OPENLRM_SRC; not in CI)."""
 import json

@@ -1,4 +1,4 @@
-"""GSO evaluation (shared/spec gso_eval.md): objects, ground truth, alignment, metrics. No Ray here."""
+"""GSO evaluation (docs/evaluation.md): objects, ground truth, alignment, metrics. No Ray here."""
 from .protocol import Protocol
 from .score import GroundTruth, LPIPSSet, evaluate_object, prepare_gt
 

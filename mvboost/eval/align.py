@@ -1,4 +1,4 @@
-"""Putting a prediction in the ground truth's frame (shared/spec gso_eval.md "Aligning predictions").
+"""Putting a prediction in the ground truth's frame (docs/evaluation.md "Aligning predictions").
 
 1. Canonical transform: LGM's frame is our world (OpenGL Y-up, the input camera on +Z), which is where
    ``mvboost.assets.gso`` puts GSO objects, so it is the identity for LGM (and for PLYs in that frame).

@@ -9,7 +9,7 @@ Domain A and domain B differ visibly, in texture family and in proportions:
 Each domain's objects are split into disjoint train and held-out lists by a seeded shuffle; the lists and
 their sha256 are written to ``<root>/splits.json`` (and one ``<domain>_<part>.txt`` per list, the format
 ``--split`` reads). Objects are written once (a rerun keeps what is there) with their thumbnails, so the
-evaluation job reads them like GSO. This is the asset library of the boost experiment (issue 20).
+evaluation job reads them like GSO. This is the asset library of the boost experiment (bench/boost_experiment.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The evaluation protocol (shared/spec gso_eval.md), every choice a field so a table records what
+"""The evaluation protocol (docs/evaluation.md), every choice a field so a table records what
 produced it."""
 from __future__ import annotations
 

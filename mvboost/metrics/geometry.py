@@ -1,4 +1,4 @@
-"""Image and geometry metrics of the evaluation protocol (shared/spec gso_eval.md "Metrics").
+"""Image and geometry metrics of the evaluation protocol (docs/evaluation.md "Metrics").
 
 * PSNR on float RGB in [0,1]; SSIM = scikit-image's Gaussian-window SSIM (sigma 1.5, K1 0.01, K2 0.03,
   data_range 1, per channel then averaged).

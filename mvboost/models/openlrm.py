@@ -1,7 +1,7 @@
 """OpenLRM v1.1 (single image -> triplane -> NeRF), loadable from the official checkpoints.
 
 Architecture (3DTopia/OpenLRM v1.1, ``zxhezexin/openlrm-{obj,mix}-{small,base,large}-1.1``; our own code,
-written from the published description and module layout; spec ``shared/spec/openlrm.md``):
+written from the published description and module layout; notes in ``docs/models.md``):
 
 * **encoder**: DINOv2 with 4 registers (ViT-S/14 or ViT-B/14, 518² position grid interpolated bicubically with
   antialiasing to the input), trained, not frozen. Its output is the normalised class token followed by the
