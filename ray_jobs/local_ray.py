@@ -16,6 +16,7 @@ One owner for what every job (generation, evaluation, training) does before its 
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -33,6 +34,38 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def job_runtime_env() -> dict:
+    """The runtime env a job was submitted with (``ray job submit --runtime-env-json``, a RayJob's
+    ``runtimeEnvYAML``), which Ray hands the driver in ``RAY_JOB_CONFIG_JSON_ENV_VAR``; {} outside a job."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def merge_runtime_env(ours: dict, job: dict) -> tuple[dict, list[str]]:
+    """Our runtime env minus what the job's own sets, so Ray's merge of the two never refuses: the job's values
+    win for every key both set (per variable for ``env_vars``; whole keys such as ``working_dir``,
+    ``py_modules`` or ``pip``). Returns (what to pass to ``ray.init``, the names whose values differed)."""
+    merged, differ = {}, []
+    job_vars = job.get("env_vars") or {}
+    for key, value in ours.items():
+        if key == "env_vars":
+            keep = {k: v for k, v in value.items() if k not in job_vars}
+            differ += sorted(k for k, v in value.items() if k in job_vars and str(job_vars[k]) != str(v))
+            if keep:
+                merged["env_vars"] = keep
+        elif key in job:
+            if job[key] != value:
+                differ.append(key)
+        else:
+            merged[key] = value
+    return merged, differ
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
     """Join ``address`` (or ``RAY_ADDRESS``), or start the embedded loopback-only Ray. True when local.
 
@@ -44,7 +77,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return not address
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env, differ = merge_runtime_env({"env_vars": worker_env()}, job_runtime_env())
+    if differ:  # names only: values may be secrets
+        print(f"runtime env: the job's own values win for {', '.join(differ)}", flush=True)
     if address:
         from mvboost.config import ConfigError
 

@@ -106,7 +106,10 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
 def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
     """The cluster configs' security as a user meets it: a head started with RAY_AUTH_MODE=token refuses the
     job-submission API without the token (plain HTTP and `ray job submit` with a wrong token) and runs the
-    job submitted with it."""
+    job submitted with it — with the runtime env of cluster/rayjob.yaml (Ray refused to merge it with ours
+    before), then with a runtime env of the job's own whose env vars clash with ours (the job's win, one line
+    says so) and add a new one; the training job submitted the same way trains on the first job's shards."""
+    import yaml
     import secrets
     import urllib.error
     import urllib.request
@@ -121,9 +124,11 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
                             "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-3000:]
     out = tmp_path / "out"
-    submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", str(REPO), "--",
-              sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
-              "--output", str(out)]
+    rayjob_env = tmp_path / "rayjob_env.yaml"  # the shipped RayJob's runtimeEnvYAML, as KubeRay's submitter passes it
+    rayjob_env.write_text(yaml.safe_load((REPO / "cluster" / "rayjob.yaml").read_text())["spec"]["runtimeEnvYAML"])
+    head = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", str(REPO)]
+    submit = [*head, "--runtime-env", str(rayjob_env), "--", sys.executable, "-m", "ray_jobs.generate",
+              "--config", "ray_jobs/configs/generate_smoke.yaml", "--output", str(out)]
     try:
         with pytest.raises(urllib.error.HTTPError) as refused:  # no token: the jobs API answers 401/403
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs/", timeout=30)
@@ -135,7 +140,24 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
         assert not out.exists()
         sub = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
-        assert "accepted 8, rejected 0" in sub.stdout
+        assert "accepted 8, rejected 0" in sub.stdout and "Failed to merge" not in sub.stdout + sub.stderr
+        own = json.dumps({"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MVBOOST_USER_FLAG": "x"}})
+        out2 = tmp_path / "out2"
+        sub2 = subprocess.run([*head, "--runtime-env-json", own, "--", sys.executable, "-m", "ray_jobs.generate",
+                               "--config", "ray_jobs/configs/generate_smoke.yaml", "--output", str(out2), "--n", "4"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        assert sub2.returncode == 0, (sub2.stdout + sub2.stderr)[-3000:]
+        assert "accepted 4, rejected 0" in sub2.stdout
+        said = [ln for ln in sub2.stdout.splitlines() if "runtime env: the job's own values win for" in ln]
+        assert len(said) == 1 and "PYTHONPATH" in said[0] and "HF_HUB_OFFLINE" not in said[0], sub2.stdout[-2000:]
+        train = subprocess.run([*head, "--runtime-env-json", own, "--", sys.executable, "-m", "train.launch",
+                                "--config", "train/configs/lora_smoke.yaml", "--data", str(out), "--output",
+                                str(tmp_path / "runs"), "--set", "train.steps=2", "--set", "run.num_workers=1",
+                                "--set", "train.lambda_lpips=0"],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        assert train.returncode == 0 and "Failed to merge" not in train.stdout + train.stderr, \
+            (train.stdout + train.stderr)[-3000:]
+        assert list((tmp_path / "runs").rglob("adapter_model.safetensors")), train.stdout[-2000:]
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
