@@ -89,17 +89,25 @@ def _cfg(out, assets, *extra):
     return load_job_config(SMOKE, [f"job.output={out}", f"prompts.assets={assets}", "job.progress=false", *extra])
 
 
-def test_asset_source_plans_every_asset_and_records_bad_ones(tmp_path):
+def test_asset_source_plans_every_asset_and_records_bad_ones(tmp_path, monkeypatch):
+    import tempfile
+
+    from mvboost.assets.gso import load_object
     from mvboost.pipeline.job import run_in_process
     from mvboost.train.data import decode_sample
 
     root = _asset_folder(tmp_path / "assets")
+    tmpd = tmp_path / "tmp"  # the temp dir: left as it was by the job and by loading local objects
+    tmpd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpd))
     found = dict(list_assets(str(root)))
     assert found == {"box": "gso", "broken.obj": "mesh", "crate.glb": "mesh", "duck": "gso", "noise.glb": "mesh",
                      "notex": "gso", "plain.obj": "mesh"}
     out = tmp_path / "out"
     summary = run_in_process(_cfg(out, root))
     assert (summary.accepted, summary.rejected) == (4, 3)
+    assert load_object(str(root), "duck").folder == root / "duck"  # a local object is read in place
+    assert list(tmpd.iterdir()) == []  # before: one empty temporary folder per object loaded
     rejects = {json.loads(line)["key"]: json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()}
     reasons = {k: r["reason"] for k, r in rejects.items()}
     assert reasons[asset_key("broken.obj")] == "asset broken.obj: empty mesh: no faces"

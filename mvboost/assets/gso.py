@@ -82,14 +82,30 @@ def list_objects(root: str) -> list[str]:
     return sorted(names)
 
 
-def _localise(root: str, name: str, cache: Path) -> Path:
-    """A local folder with the object's mesh, material and texture (copied when the URL is remote)."""
+_PROCESS_CACHE: list[Path] = []
+
+
+def process_cache() -> Path:
+    """One temporary folder per process for copies of remote assets when the caller gives no cache folder,
+    made on first use and removed at exit (never one folder per object)."""
+    if not _PROCESS_CACHE:
+        import atexit
+        import shutil
+
+        _PROCESS_CACHE.append(Path(tempfile.mkdtemp(prefix="mvboost-assets-")))
+        atexit.register(shutil.rmtree, _PROCESS_CACHE[0], True)
+    return _PROCESS_CACHE[0]
+
+
+def _localise(root: str, name: str, cache: Path | None) -> Path:
+    """A local folder with the object's mesh, material and texture (copied when the URL is remote, into
+    ``cache`` or :func:`process_cache`)."""
     fs, path = _open_fs(root)
     if _is_local(fs):
         local = Path(path) / name
         if local.is_dir():
             return local
-    dest = cache / name
+    dest = (cache or process_cache()) / name
     for rel in ("meshes/model.obj", "meshes/model.mtl", "materials/textures/texture.png", THUMBNAIL):
         src = f"{path}/{name}/{rel}"
         if fs.exists(src):
@@ -131,7 +147,6 @@ def load_object(root: str, name: str, cache: Path | None = None, z_up: bool = Tr
     (the deliberate mistake the frame check must catch)."""
     import trimesh
 
-    cache = cache or Path(tempfile.mkdtemp(prefix="gso-"))
     folder = _localise(root, name, cache)
     obj = folder / "meshes" / "model.obj"
     if not obj.is_file():
@@ -254,7 +269,6 @@ def load_asset(root: str, name: str, kind: str, cache: Path | None = None) -> GS
     import trimesh
 
     logging.getLogger("trimesh").setLevel(logging.ERROR)
-    cache = cache or Path(tempfile.mkdtemp(prefix="assets-"))
     if kind == GSO:
         try:
             obj = load_object(root, name, cache)
@@ -268,6 +282,7 @@ def load_asset(root: str, name: str, kind: str, cache: Path | None = None) -> GS
         return obj
     if kind != MESH:
         raise ValueError(f"unknown asset kind {kind!r}")
+    cache = cache or process_cache()
     try:
         mesh = trimesh.load(_fetch_mesh_file(root, name, cache), force="mesh", process=False)
     except Exception as e:  # noqa: BLE001 - a parser's error is the asset's reason
