@@ -303,3 +303,16 @@ def test_local_data_paths_reach_ray_train_workers_absolute(tmp_path, monkeypatch
     assert cfg.data.source == str(tmp_path / "outputs" / "smoke")
     assert cfg.data.sources == [{"source": str(tmp_path / "rel" / "a"), "weight": 0.7}, "s3://b/x",
                                 str(tmp_path / "other")]
+
+
+def test_lambda_alpha_weights_the_alpha_term():
+    from mvboost.train.loss import view_loss
+
+    g = torch.Generator().manual_seed(0)
+    rgb, alpha, target = (torch.rand(1, 6, c, 8, 8, generator=g) for c in (3, 1, 3))
+    mask = (torch.rand(1, 6, 1, 8, 8, generator=g) > 0.5).float()
+    one, parts = view_loss(rgb, alpha, target, mask, None, 0.0, 8, lambda_alpha=1.0)
+    zero, _ = view_loss(rgb, alpha, target, mask, None, 0.0, 8, lambda_alpha=0.0)
+    three, _ = view_loss(rgb, alpha, target, mask, None, 0.0, 8, lambda_alpha=3.0)
+    assert float(parts["mse_alpha"]) > 0
+    assert torch.isclose(one - zero, parts["mse_alpha"]) and torch.isclose(three - zero, 3 * parts["mse_alpha"])

@@ -13,6 +13,7 @@ view 0 on the left, in Era3D's order front, front_right, right, back, left, fron
 ``render_normals.png`` normals of the Gaussians (shortest axis, facing the camera), (n + 1) / 2
 ``refined.png``      C-up^pi: the 6 refined views (Era3D SDEdit at strength s)
 ``refined_normals.png`` the normal half of the refinement
+``alpha.png``        the targets' true alpha (grey), where it is known: samples rendered from 3D assets
 ``cameras.json``     the Era3D cameras (c2w OpenGL, K, ortho) used for renders and refinement
 ``gaussians.ply``    theta: LGM's Gaussians in the standard 3DGS PLY layout
 ``meta.json``        ids, seeds, model ids and revisions, strength, per-stage seconds; for a sample
@@ -42,7 +43,7 @@ PAYLOAD = "payload.bin"  # the synthetic load-test stage's bytes (no model outpu
 #: row column -> member name, for the view sets (V, H, W, C) uint8 arrays, tiled side by side
 VIEW_MEMBERS = {"views": "views.png", "normals": "normals.png", "renders": "renders.png",
                 "render_alpha": "render_alpha.png", "render_normals": "render_normals.png",
-                "refined": "refined.png", "refined_normals": "refined_normals.png"}
+                "refined": "refined.png", "refined_normals": "refined_normals.png", "alpha": "alpha.png"}
 #: every member a sample can have (the pipeline is configurable: only the stages that ran add theirs)
 MEMBERS = (PROMPT, INPUT, *VIEW_MEMBERS.values(), CAMERAS, GAUSSIANS, META, PAYLOAD)
 
@@ -121,6 +122,14 @@ def iter_tar(fileobj) -> Iterator[tuple[str, dict[str, bytes]]]:
 def decode_views(fields: dict[str, bytes], member: str = "views.png", num_views: int = NUM_VIEWS) -> np.ndarray:
     """A tiled view set -> (V, H, W, 3) float32 in [0, 1]."""
     return untile_views(decode_png(fields[member])[..., :3], num_views).astype(np.float32) / 255.0
+
+
+def decode_alpha(fields: dict[str, bytes], member: str = "alpha.png", num_views: int = NUM_VIEWS) -> np.ndarray:
+    """A tiled grey view set (``alpha.png``, ``render_alpha.png``) -> (V, H, W) float32 in [0, 1]."""
+    img = decode_png(fields[member])
+    if img.ndim == 3:
+        img = img[..., 0]
+    return untile_views(img[..., None], num_views)[..., 0].astype(np.float32) / 255.0
 
 
 def decode_cameras(fields: dict[str, bytes]):

@@ -80,6 +80,7 @@ class AssetRenderStage(Stage):
         views = to_uint8(rgb)
         rgba = np.concatenate([views[0], to_uint8(alpha[0])], axis=-1)
         return {"rgba": encode_array(rgba), "views": encode_array(views), "refined": encode_array(views),
+                "alpha": encode_array(to_uint8(alpha)),  # the renderer's alpha: the training mask's ground truth
                 "cameras": self.cam_json, "renderer": self.renderer_name}
 
 

@@ -6,8 +6,15 @@ unreadable or invalid manifest and a shard with no accepted sample are reported 
 skipped, never silently. Worker ``rank`` of ``world`` reads shards ``rank::world`` and verifies
 each one it reads, once, against its manifest (size + streaming sha256) before using it; a shard that
 fails is reported and skipped. Each sample gives LGM's inputs (Era3D colour views 0,2,3,4 = C^pi) and
-the pseudo ground truth (the 6 refined views C-up^pi) with a foreground mask and the cameras used to
+the pseudo ground truth (the 6 refined views C-up^pi) with an alpha target and the cameras used to
 render and refine. Member names and decoding come from :mod:`mvboost.io.sample`.
+
+The alpha target (:func:`target_alpha`), best source first: the true alpha where the shard has it
+(``alpha.png``: samples rendered from 3D assets); else the refined normal maps, where the background is
+white, (1, 1, 1) = a vector of length sqrt(3) that no unit normal has, so a white object stays opaque;
+else the refined colours matted as the input stage mattes (white matting: a distance-from-white
+threshold, the largest component, holes filled), so a white object enclosed by its darker outline stays
+opaque and a faint haze away from the object stays transparent.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import numpy as np
 import torch
 
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS
-from ..io.sample import INPUT, VIEW_MEMBERS, decode_cameras, decode_views, iter_tar
+from ..io.sample import INPUT, VIEW_MEMBERS, decode_alpha, decode_cameras, decode_views, iter_tar
 from ..io.shards import ShardDataError, ShardList, ShardManifest, list_shards, verify_shard_url
 
 __all__ = ["ShardDataError", "ShardList", "ShardStream", "decode_sample", "foreground_mask", "iter_samples",
@@ -36,9 +43,40 @@ def iter_samples(url: str, storage_options: dict | None = None):
 
 
 def foreground_mask(img: np.ndarray, threshold: float = 0.98) -> np.ndarray:
-    """Soft mask of non-white pixels (the refined views have a white background)."""
+    """Soft mask of non-white pixels (the refined views have a white background). Not the training target:
+    a white object is transparent to it and a light haze opaque (see :func:`target_alpha`)."""
     dist = 1.0 - img.min(axis=-1)
     return np.clip(dist / (1.0 - threshold), 0.0, 1.0)
+
+
+def normals_alpha(normals: np.ndarray) -> np.ndarray:
+    """(V, H, W, 3) normal maps in [0, 1] composited on white -> (V, H, W) alpha: 1 for a unit normal
+    (length 1 after 2c - 1), 0 for the white background (length sqrt(3)), linear between (edges)."""
+    length = np.linalg.norm(normals.astype(np.float64) * 2.0 - 1.0, axis=-1)
+    return np.clip((np.sqrt(3.0) - length) / (np.sqrt(3.0) - 1.0) * 1.5, 0.0, 1.0).astype(np.float32)
+
+
+def matted_alpha(views: np.ndarray, threshold: int = 16) -> np.ndarray:
+    """(V, H, W, 3) colours in [0, 1] on white -> (V, H, W) alpha by the input stage's white matting, edges
+    softened by one pixel."""
+    from ..stages.matting import white_background_mask
+    from ..stages.common import require
+
+    ndimage = require("scipy.ndimage")
+    out = np.zeros(views.shape[:3], np.float32)
+    for v, img in enumerate(views):
+        mask = white_background_mask(np.round(img * 255).astype(np.uint8), threshold)
+        out[v] = np.clip(ndimage.uniform_filter(mask.astype(np.float32), 3), 0.0, 1.0)
+    return out
+
+
+def target_alpha(fields: dict, refined: np.ndarray) -> np.ndarray:
+    """(V, H, W) alpha target of a sample (the module docstring says which source wins)."""
+    if VIEW_MEMBERS["alpha"] in fields:
+        return decode_alpha(fields, VIEW_MEMBERS["alpha"])
+    if VIEW_MEMBERS["refined_normals"] in fields:
+        return normals_alpha(decode_views(fields, VIEW_MEMBERS["refined_normals"]))
+    return matted_alpha(refined)
 
 
 def input_rgba(fields: dict) -> np.ndarray | None:
@@ -57,7 +95,7 @@ def decode_sample(fields: dict) -> dict:
     return {
         "inputs": torch.from_numpy(views[list(ERA3D_TO_LGM_VIEWS)]).permute(0, 3, 1, 2),  # (4,3,H,W)
         "target": torch.from_numpy(refined).permute(0, 3, 1, 2),  # (6,3,H,W)
-        "mask": torch.from_numpy(foreground_mask(refined))[:, None],  # (6,1,H,W)
+        "mask": torch.from_numpy(target_alpha(fields, refined))[:, None],  # (6,1,H,W)
         "cameras": cams,
         "input_rgba": input_rgba(fields),  # (H,W,4) uint8: OpenLRM's single input
     }

@@ -78,6 +78,7 @@ class TrainSection:
     log_every: int = 10
     seed: int = 0
     lambda_lpips: float = 1.0
+    lambda_alpha: float = 1.0  # weight of MSE(alpha) against the target alpha (LGM: 1)
     lpips_net: str = "vgg"
     lpips_size: int = 256
 
@@ -296,7 +297,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
             rgb, alpha, target, mask = backend.render(base, output, batch, ctx.device)
             timing["render"] += time.perf_counter() - t
             t = time.perf_counter()
-            loss, parts = view_loss(rgb, alpha, target, mask, lpips, cfg.train.lambda_lpips, cfg.train.lpips_size)
+            loss, parts = view_loss(rgb, alpha, target, mask, lpips, cfg.train.lambda_lpips, cfg.train.lpips_size,
+                                    lambda_alpha=cfg.train.lambda_alpha)
             timing["loss"] += time.perf_counter() - t
             t = time.perf_counter()
             engine.backward(loss)

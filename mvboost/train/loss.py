@@ -16,12 +16,12 @@ def render_prediction(gaussians: torch.Tensor, cameras, background=(1.0, 1.0, 1.
 
 
 def view_loss(pred_rgb, pred_alpha, target, mask, lpips_model=None, lambda_lpips: float = 1.0,
-              lpips_size: int = 256):
-    """Returns (loss, parts). Targets are re-composited on white with their mask, as in LGM."""
+              lpips_size: int = 256, lambda_alpha: float = 1.0):
+    """Returns (loss, parts). Targets are re-composited on white with their alpha target, as in LGM."""
     target = target * mask + (1 - mask)
     mse_rgb = F.mse_loss(pred_rgb, target)
     mse_alpha = F.mse_loss(pred_alpha, mask)
-    loss = mse_rgb + mse_alpha
+    loss = mse_rgb + lambda_alpha * mse_alpha
     parts = {"mse_rgb": mse_rgb.detach(), "mse_alpha": mse_alpha.detach()}
     if lpips_model is not None and lambda_lpips > 0:
         def prep(x):
