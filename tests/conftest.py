@@ -155,3 +155,36 @@ def read_tar(data: bytes) -> dict[str, bytes]:
 
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
         return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+
+
+GLTF_VALIDATOR = "gltf-validator@2.0.0-dev.3.10"  # the Khronos glTF validator's npm package
+
+
+@pytest.fixture(scope="session")
+def gltf_validate(tmp_path_factory):
+    """validate(path) -> the Khronos glTF validator's report (``issues``: numErrors, numWarnings, messages).
+    The validator is installed from npm once per machine (~/.cache/mvboost-tests); skipped, with the reason,
+    only where node/npm or the package cannot be had."""
+    import json
+    import shutil
+    import subprocess
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.skip("the glTF validator needs node and npm (apt-get install nodejs npm)")
+    prefix = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mvboost-tests" / "gltf-validator"
+    modules = prefix / "node_modules"
+    if not (modules / "gltf-validator" / "package.json").is_file():
+        prefix.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix),
+                            GLTF_VALIDATOR], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            pytest.skip(f"npm could not install {GLTF_VALIDATOR}: {(r.stderr or r.stdout).strip()[-300:]}")
+
+    def validate(path) -> dict:
+        r = subprocess.run([node, str(REPO / "tests" / "gltf_validate.js"), str(modules), str(path)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    return validate

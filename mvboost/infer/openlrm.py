@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import to_dict
+from ..io.export import mesh_glb
 from ..stages.common import pick_device, pick_dtype
 from ..stages.matting import MattingStage
 
@@ -99,8 +100,7 @@ class OpenLRMImageTo3D:
         t = time.perf_counter()
         if out.mesh:
             try:
-                (folder / "mesh.glb").write_bytes(recon.mesh(out.mesh_resolution, c.mesh_threshold)
-                                                  .export(file_type="glb"))
+                (folder / "mesh.glb").write_bytes(mesh_glb(recon.mesh(out.mesh_resolution, c.mesh_threshold)))
                 files.append("mesh.glb")
             except ValueError as e:  # no surface at the threshold: recorded, the other outputs stand
                 r.meta["mesh_skipped"] = str(e)

@@ -52,9 +52,55 @@ def gaussians_mesh(g: Gaussians, resolution: int = 96, level: float = 0.5):
     return trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=rgba, process=False)
 
 
+def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """The signed volume of a triangle mesh (positive when its faces are wound counter-clockwise seen from
+    outside, i.e. their normals point out; exact for a closed mesh)."""
+    v = np.asarray(vertices, np.float64)
+    a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+#: the material of our meshes: vertex colours shown as colours. glTF's default material is fully metallic
+#: (vertex colours render dark or not at all); KHR_materials_unlit shows the colours as they are (they carry
+#: the lighting already), and viewers without the extension fall back to a rough dielectric.
+MESH_MATERIAL = {"name": "vertex_colour", "pbrMetallicRoughness": {"baseColorFactor": [1.0, 1.0, 1.0, 1.0],
+                 "metallicFactor": 0.0, "roughnessFactor": 1.0}, "doubleSided": False,
+                 "extensions": {"KHR_materials_unlit": {}}}
+
+
+def mesh_glb(mesh) -> bytes:
+    """A vertex-coloured ``trimesh.Trimesh`` as a GLB that viewers show right: faces wound outward (inverted
+    when the signed volume is negative), vertex normals, and :data:`MESH_MATERIAL` on every primitive."""
+    import json
+    import struct
+
+    import trimesh
+
+    if signed_volume(mesh.vertices, mesh.faces) < 0:
+        mesh = mesh.copy()
+        mesh.faces = np.ascontiguousarray(mesh.faces[:, ::-1])
+    raw = trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh), include_normals=True)
+    length = struct.unpack_from("<I", raw, 12)[0]
+    doc = json.loads(raw[20:20 + length])
+    binary = raw[20 + length:]  # the BIN chunk, header included
+    doc["materials"] = [MESH_MATERIAL]
+    for m in doc["meshes"]:
+        for prim in m["primitives"]:
+            prim["material"] = 0
+            for acc in prim["attributes"].values():  # vertex data / index data (glTF's recommended targets)
+                doc["bufferViews"][doc["accessors"][acc]["bufferView"]]["target"] = 34962
+            if "indices" in prim:
+                doc["bufferViews"][doc["accessors"][prim["indices"]]["bufferView"]]["target"] = 34963
+    doc["extensionsUsed"] = sorted(set(doc.get("extensionsUsed", [])) | {"KHR_materials_unlit"})
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned, JSON padded with spaces
+    body = struct.pack("<I4s", len(text), b"JSON") + text + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
+
+
 def write_glb(g: Gaussians, path: str | Path, resolution: int = 96, level: float = 0.5) -> Path:
     path = Path(path)
-    path.write_bytes(gaussians_mesh(g, resolution, level).export(file_type="glb"))
+    path.write_bytes(mesh_glb(gaussians_mesh(g, resolution, level)))
     return path
 
 

@@ -94,11 +94,13 @@ def gaussian_density(g: Gaussians, resolution: int = 128, bound: float = 1.0,
 
 
 def gaussians_to_mesh(g: Gaussians, resolution: int = 128, level: float = 0.5, bound: float = 1.0):
-    """(vertices, faces) of the density iso-surface at ``level`` (marching cubes, scikit-image)."""
+    """(vertices, faces) of the density iso-surface at ``level`` (marching cubes, scikit-image), faces wound
+    counter-clockwise seen from outside (scikit-image winds them the other way for a density that is higher
+    inside, so they are flipped): normals point out, the signed volume is positive."""
     from skimage.measure import marching_cubes
 
     dens = gaussian_density(g, resolution, bound)
     if dens.max() <= level:
         raise ValueError(f"density never reaches the level {level} (max {dens.max():.3f})")
     verts, faces, _, _ = marching_cubes(dens, level=level, spacing=(2 * bound / (resolution - 1),) * 3)
-    return verts - bound, faces
+    return verts - bound, np.ascontiguousarray(faces[:, ::-1])
