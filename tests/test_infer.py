@@ -95,7 +95,7 @@ def photos(tmp_path_factory):
     return d
 
 
-CLI_FAST = ["--set", "era3d.steps=2", "--set", "matting.size=128", "--set", "output.turntable_frames=6",
+CLI_FAST = ["--model", "tiny", "--set", "era3d.steps=2", "--set", "matting.size=128", "--set", "output.turntable_frames=6",
             "--set", "output.turntable_size=64", "--set", "output.mesh_resolution=48"]
 
 
@@ -143,9 +143,10 @@ def test_cli_end_to_end_on_photographs(photos, tmp_path):
 def test_cli_bad_inputs_are_errors_or_recorded_rejections(photos, tmp_path):
     r = run_cli(str(tmp_path / "missing.png"), "--output", str(tmp_path / "o1"))
     assert r.returncode == 2 and r.stderr.startswith("error: input not found") and "Traceback" not in r.stderr
-    r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "o2"), "--set", "era3d.stepz=2")
+    r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "o2"), "--model", "tiny",
+                "--set", "era3d.stepz=2")
     assert r.returncode == 2 and "error:" in r.stderr and "stepz" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "o3"), "--lgm", "tiny:nope")
+    r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "o3"), "--model", "tiny", "--lgm", "tiny:nope")
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     out = tmp_path / "o4"
     r = run_cli(str(photos / "not_an_image.png"), str(photos / "coffee_rgba.png"), "--output", str(out), *CLI_FAST,
@@ -158,7 +159,7 @@ def test_cli_bad_inputs_are_errors_or_recorded_rejections(photos, tmp_path):
 
 def test_lora_adapter_changes_the_reconstruction_like_a_merged_checkpoint(tmp_path):
     """--lora merges the adapter exactly as train.merge does: same weights, different from the base."""
-    from mvboost.infer.run import InferConfig, load_reconstructor
+    from mvboost.infer.run import InferConfig, InferLGMConfig, load_reconstructor
     from mvboost.models.hub import resolve
     from mvboost.models.loading import load_lgm
     from mvboost.train.lora import add_lora
@@ -172,12 +173,39 @@ def test_lora_adapter_changes_the_reconstruction_like_a_merged_checkpoint(tmp_pa
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     peft_model.save_pretrained(tmp_path / "adapter")
-    cfg = InferConfig(lora=str(tmp_path / "adapter"))
+    tiny = InferLGMConfig(model="tiny:lgm")
+    cfg = InferConfig(lora=str(tmp_path / "adapter"), lgm=tiny)
     boosted = load_reconstructor(cfg, torch.device("cpu"), torch.float32)
-    plain = load_reconstructor(InferConfig(), torch.device("cpu"), torch.float32)
+    plain = load_reconstructor(InferConfig(lgm=tiny), torch.device("cpu"), torch.float32)
     merged = merge("tiny:lgm", str(tmp_path / "adapter"))
     x = plain.prepare_inputs(torch.rand(1, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
     with torch.no_grad():
         a, b, m = boosted(x), plain(x), merged(x)
     assert (a - b).abs().max() > 1e-3
     torch.testing.assert_close(a, m)
+
+
+def test_cli_uses_the_official_checkpoints_by_default_and_says_when_models_are_random(photos, tmp_path):
+    """Before: without --model the CLI silently ran tiny random models and exited 0 with a noise PLY. Now the
+    official checkpoints are the default: missing from the local Hugging Face cache, the run stops at start
+    with one error line naming each model, its revision and the download command; --model tiny runs with one
+    warning line."""
+    import os
+
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    for extra, models in (([], ("pengHTYX/MacLab-Era3D-512-6view", "ashawkey/LGM")),
+                          (["--model", "openlrm:zxhezexin/openlrm-mix-base-1.1"], ("zxhezexin/openlrm-mix-base-1.1",))):
+        r = subprocess.run([sys.executable, "-m", "mvboost.infer", str(photos / "coffee_rgba.png"), "--output",
+                            str(tmp_path / "o"), *extra], capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(err) == 1, r.stderr[-2000:]
+        for model in models:
+            assert f"{model!r} at revision 'main'" in err[0] and f"hf download {model}" in err[0], err[0]
+    assert not (tmp_path / "o").exists()
+    r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "t"), *CLI_FAST,
+                "--set", "output.turntable=none", "--set", "output.mesh=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "tiny:era3d" in warn[0] and "tiny:lgm" in warn[0] and "not a reconstruction" in warn[0]

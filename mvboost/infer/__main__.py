@@ -3,10 +3,12 @@
     python -m mvboost.infer <image | folder | URL> [...] --output <dir> [--lgm <id|path>] [--lora <adapter>]
         [--optimize-input-view] [--config infer.yaml] [--set a.b=c ...]
     python -m mvboost.infer <images> --output <dir> --model openlrm:<folder | id | tiny | random>
+    python -m mvboost.infer <images> --output <dir> --model tiny          # tiny random models: plumbing only
 
 Writes one folder per image: gaussians.ply (3DGS layout), mesh.glb (vertex colours), turntable.gif,
-the 6 Era3D views and meta.json; plus summary.json. Tiny random models by default (runs on a fresh
-clone); pass --lgm ashawkey/LGM --set era3d.model=pengHTYX/MacLab-Era3D-512-6view for the real ones.
+the 6 Era3D views and meta.json; plus summary.json. The official checkpoints by default (Era3D
+pengHTYX/MacLab-Era3D-512-6view and LGM ashawkey/LGM; OpenLRM zxhezexin/openlrm-mix-base-1.1) from the
+local Hugging Face cache: a missing one stops the run at start with the `hf download` line.
 Exit codes: 0 all written, 1 some images rejected (reasons in summary.json), 2 usage/config error.
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder (one sub-folder per image)")
     p.add_argument("--config", help="a YAML InferConfig (see mvboost/infer/run.py)")
     p.add_argument("--model", help="the reconstruction model, backend:source: lgm:<LGM id or folder> or "
-                                   "openlrm:<folder with config.json + model.safetensors | Hub id | tiny | random>")
+                                   "openlrm:<folder with config.json + model.safetensors | Hub id | tiny | random>; "
+                                   "tiny or random (any backend): random-weight models of every stage, plumbing "
+                                   "only (default: the official checkpoints)")
     p.add_argument("--lgm", help="LGM checkpoint: a Hugging Face id, a folder, a merged checkpoint, tiny:lgm")
     p.add_argument("--lgm-revision", help="branch, tag or commit of a Hugging Face --lgm")
     p.add_argument("--lora", help="a LoRA adapter folder from training (checkpoint_*/adapter)")
@@ -40,18 +44,26 @@ def main(argv=None) -> int:
     from ..config import ConfigError, load_config
     from ..models.hub import ModelNotFound
     from .common import list_inputs
-    from .run import InferConfig, image_to_3d
+    from .run import InferConfig, check_models, image_to_3d
 
-    overrides = list(args.set)
+    overrides = []
     if args.model:
         from ..models.hub import BACKENDS, model_ref
+        from .run import BUILT_MODELS
 
         prefix, _, rest = args.model.partition(":")
+        if args.model in ("tiny", "random"):
+            prefix, rest = "lgm", args.model
         if prefix not in BACKENDS or not rest:
-            print(f"error: --model {args.model!r}: expected lgm:<source> or openlrm:<source>", file=sys.stderr)
+            print(f"error: --model {args.model!r}: expected tiny, random, lgm:<source> or openlrm:<source>",
+                  file=sys.stderr)
             return 2
-        backend, source = model_ref(args.model)
-        overrides += [f"backend={backend}", f"{backend}.model={source}"]
+        if (prefix, rest) in BUILT_MODELS:
+            overrides += [f"backend={prefix}", *BUILT_MODELS[prefix, rest]]
+        else:
+            backend, source = model_ref(args.model)
+            overrides += [f"backend={backend}", f"{backend}.model={source}"]
+    overrides += args.set  # the user's --set wins over what --model implies
     for flag, key in ((args.lgm, "lgm.model"), (args.lgm_revision, "lgm.revision"), (args.lora, "lora"),
                       (args.device, "device"), (args.seed, "seed")):
         if flag is not None:
@@ -61,6 +73,9 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(InferConfig, args.config, overrides)
         sources = [s for src in args.inputs for s in list_inputs(src)]
+        warning = check_models(cfg)
+        if warning:
+            print(warning, file=sys.stderr)
         runner = image_to_3d(cfg)
     except (ConfigError, ModelNotFound, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

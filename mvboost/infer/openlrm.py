@@ -24,7 +24,8 @@ from ..stages.matting import MattingStage
 
 @dataclass
 class InferOpenLRMConfig:
-    model: str = "tiny:openlrm"  # a folder (config.json + model.safetensors), a Hub id, tiny:openlrm, random:openlrm
+    # a folder (config.json + model.safetensors), a Hub id, tiny:openlrm, random:openlrm; the official base by default
+    model: str = "zxhezexin/openlrm-mix-base-1.1"
     revision: str = "main"
     dtype: str = "fp32"
     source_size: int = 336  # the official inference size of the base model (a multiple of 14)

@@ -3,8 +3,9 @@
 
 Per image: matting and recentring (``mvboost.stages.matting``) -> Era3D's 6 views -> LGM Gaussians
 (-> optional input-view optimisation, paper §3.4) -> ``gaussians.ply``, ``mesh.glb``, a turntable, the
-6 views and ``meta.json``. Models are resolved by ``mvboost.models.hub`` (tiny random models by default,
-so it runs on a fresh clone; ``--lgm ashawkey/LGM`` and ``--set era3d.model=…`` for the real ones).
+6 views and ``meta.json``. Models are resolved by ``mvboost.models.hub``: the official checkpoints by default
+(Era3D ``pengHTYX/MacLab-Era3D-512-6view``, LGM ``ashawkey/LGM`` fp16_fixrot) from the local Hugging Face cache;
+tiny or random models only when asked (``--model tiny``), with a warning that the output is no reconstruction.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class OutputSection:
     mesh_resolution: int = 96
 
 
-# the inference defaults: tiny random models (a fresh clone runs) and matting that takes photographs
+# the inference defaults: the official checkpoints and matting that takes photographs
 @dataclass
 class InferMattingConfig(MattingConfig):
     method: str = "auto"
@@ -47,13 +48,51 @@ class InferMattingConfig(MattingConfig):
 
 @dataclass
 class InferEra3DConfig(Era3DConfig):
-    model: str = "tiny:era3d"
-    steps: int = 4
+    model: str = "pengHTYX/MacLab-Era3D-512-6view"
 
 
 @dataclass
 class InferLGMConfig(LGMStageConfig):
-    model: str = "tiny:lgm"
+    model: str = "ashawkey/LGM"
+
+
+#: ``--model tiny`` / ``--model random``: the models of every stage of a backend, with a shorter schedule for
+#: the tiny Era3D (they show plumbing, never a reconstruction)
+BUILT_MODELS = {
+    ("lgm", "tiny"): ["era3d.model=tiny:era3d", "lgm.model=tiny:lgm", "era3d.steps=4"],
+    ("lgm", "random"): ["era3d.model=random:era3d", "lgm.model=random:lgm", "era3d.steps=4"],
+    ("openlrm", "tiny"): ["openlrm.model=tiny:openlrm"],
+    ("openlrm", "random"): ["openlrm.model=random:openlrm"],
+}
+
+
+def models_in_use(cfg: "InferConfig") -> list[tuple[str, str, str]]:
+    """(stage, model, revision) of every model ``cfg`` loads."""
+    if cfg.backend == "openlrm":
+        return [("openlrm", cfg.openlrm.model, cfg.openlrm.revision)]
+    return [("era3d", cfg.era3d.model, cfg.era3d.revision), ("lgm", cfg.lgm.model, cfg.lgm.revision)]
+
+
+def check_models(cfg: "InferConfig") -> str | None:
+    """Before anything loads: every model resolvable (else one :class:`ModelNotFound` naming each missing model,
+    its revision and the ``hf download`` line); returns a warning line when a model is tiny or random."""
+    from ..models.hub import ModelNotFound, is_built, resolve
+
+    missing, built = [], []
+    for stage, model, revision in models_in_use(cfg):
+        if is_built(model):
+            built.append(model)
+            continue
+        try:
+            resolve(model, revision, what=stage)
+        except ModelNotFound as e:
+            missing.append(str(e))
+    if missing:
+        raise ModelNotFound("; ".join(missing) + " (or --model tiny to try the plumbing with tiny random models)")
+    if built:
+        return (f"warning: {', '.join(built)}: models with random weights, the output is not a reconstruction "
+                "(without --model the official checkpoints are used)")
+    return None
 
 
 @dataclass
