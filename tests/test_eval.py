@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mvboost.eval import LPIPSSet, Protocol, evaluate_object, prepare_gt
-from mvboost.eval.align import cube_rotations, similarity, transform_gaussians, yaw
+from mvboost.eval.align import cube_rotations, similarity, yaw
 from mvboost.eval.fixtures import SOURCES, build_fixtures
 from mvboost.eval.gso import ZUP_TO_YUP, find_texture, list_objects, load_object, resolve_split
 from mvboost.gaussians import Gaussians
@@ -123,7 +123,7 @@ def test_wrong_colours_score_lower_than_the_texture(gso, lpips):
 
 def test_a_known_yaw_is_recovered_by_the_alignment(duck_oracle, lpips):
     obj, gt, g, rec = duck_oracle
-    turned = transform_gaussians(g, similarity(rot=yaw(60.0)))
+    turned = g.transform(similarity(rot=yaw(60.0)))
     r = evaluate_object(turned, obj, FAST, gt=gt, lpips=lpips)
     found = np.array(r["aligned"]["transform_render_space"])[:3, :3]
     found = found / np.linalg.norm(found[:, 0])  # the aligned transform is a similarity: its rotation part
@@ -151,7 +151,7 @@ def test_the_aligned_score_does_not_depend_on_the_pose_of_a_correct_prediction(g
     gt = prepare_gt(obj, ROTATION)
     g = surface_gaussians(obj)
     straight = evaluate_object(g, obj, ROTATION, gt=gt, lpips=lpips)["aligned"]
-    turned = evaluate_object(transform_gaussians(g, similarity(rot=yaw(75.0))), obj, ROTATION, gt=gt,
+    turned = evaluate_object(g.transform(similarity(rot=yaw(75.0))), obj, ROTATION, gt=gt,
                              lpips=lpips)["aligned"]
     print(name, "straight / yawed 75:", round(straight["psnr"]["all"], 3), round(turned["psnr"]["all"], 3),
           round(straight["cd"], 5), round(turned["cd"], 5))

@@ -95,3 +95,49 @@ def test_khronos_validator_accepts_the_lgm_and_openlrm_meshes(tmp_path, gltf_val
         assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, (path.name, issues["messages"][:5])
         assert issues["numHints"] == 0, (path.name, issues["messages"][:5])
         assert "KHR_materials_unlit" in report["info"].get("extensionsUsed", []), report["info"]
+
+
+def test_ply_frames_and_sh3_layout_round_trip(tmp_path):
+    """The native frame (default, named in the header), the viewer frame (-Y up: 180° about X, positions and
+    orientations), the SH-degree-3 layout with zero f_rest_*, and a reader that turns a viewer-frame file back
+    and says when it drops view-dependent colour."""
+    import warnings
+
+    import plyfile
+
+    from mvboost.gaussians import PLY_FRAMES, VIEWER_FROM_NATIVE, quat_to_rotmat
+    from mvboost.io.export import write_ply
+
+    g = ball(n=500)
+    g.quats = torch.nn.functional.normalize(torch.randn(1, 500, 4, generator=torch.Generator().manual_seed(1)), dim=-1)
+    g.scales = torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(2)) * 0.05 + 0.01
+    native = plyfile.PlyData.read(str(write_ply(g, tmp_path / "native.ply")))
+    viewer = plyfile.PlyData.read(str(write_ply(g, tmp_path / "viewer.ply", frame="viewer", sh_degree=3)))
+    assert native.comments == [PLY_FRAMES["native"]] and viewer.comments == [PLY_FRAMES["viewer"]]
+    names = [p.name for p in viewer["vertex"].properties]
+    assert names[:6] == ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2"] and names[-8:-4] == ["opacity", "scale_0",
+                                                                                          "scale_1", "scale_2"]
+    assert [n for n in names if n.startswith("f_rest_")] == [f"f_rest_{i}" for i in range(45)]
+    assert all(np.all(viewer["vertex"][f"f_rest_{i}"] == 0) for i in range(45))
+    assert not [p.name for p in native["vertex"].properties if p.name.startswith("f_rest_")]
+    nv, vv = native["vertex"], viewer["vertex"]
+    np.testing.assert_allclose(vv["x"], nv["x"], atol=1e-6)
+    np.testing.assert_allclose(vv["y"], -nv["y"], atol=1e-6)  # upside down for -Y-up viewers
+    np.testing.assert_allclose(vv["z"], -nv["z"], atol=1e-6)
+    # each Gaussian's covariance turns with the frame: R_v = F R_n
+    q_n = torch.from_numpy(np.stack([nv[f"rot_{i}"] for i in range(4)], 1))
+    q_v = torch.from_numpy(np.stack([vv[f"rot_{i}"] for i in range(4)], 1))
+    torch.testing.assert_close(quat_to_rotmat(q_v), VIEWER_FROM_NATIVE @ quat_to_rotmat(q_n), atol=1e-5, rtol=0)
+    # the reader: the viewer file comes back in our frame; non-zero f_rest is dropped with a warning
+    back = Gaussians.from_ply(tmp_path / "viewer.ply")
+    torch.testing.assert_close(back.means, g.means, atol=1e-5, rtol=0)
+    torch.testing.assert_close(quat_to_rotmat(back.quats), quat_to_rotmat(g.quats), atol=1e-5, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Gaussians.from_ply(tmp_path / "viewer.ply")  # zero f_rest: nothing is lost, no warning
+    vv["f_rest_0"][:] = 0.3
+    viewer.write(str(tmp_path / "sh.ply"))
+    with pytest.warns(UserWarning, match="f_rest_.*dropped"):
+        Gaussians.from_ply(tmp_path / "sh.ply")
+    with pytest.raises(ValueError, match="frame"):
+        g.to_ply_bytes(frame="colmap")

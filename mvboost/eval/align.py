@@ -48,25 +48,6 @@ def is_yaw(r: np.ndarray, tol: float = 1e-6) -> bool:
     return abs(r[1, 1] - 1) < tol
 
 
-def transform_gaussians(g: Gaussians, m: np.ndarray) -> Gaussians:
-    """Apply a similarity 4x4 (s R | t) in render space to Gaussians (means, scales, rotations)."""
-    m = torch.as_tensor(m, dtype=torch.float64)
-    s = float(torch.linalg.norm(m[:3, 0]))
-    r = (m[:3, :3] / s).to(g.means)
-    means = g.means @ r.T * s + m[:3, 3].to(g.means)
-    rot = r @ quat_to_rotmat(g.quats)
-    return Gaussians(means, g.opacities, g.scales * s, _rotmat_to_quat(rot), g.colors)
-
-
-def _rotmat_to_quat(r: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) -> (..., 4) wxyz, via scipy (robust branch selection)."""
-    from scipy.spatial.transform import Rotation
-
-    q = Rotation.from_matrix(r.detach().reshape(-1, 3, 3).double().cpu().numpy()).as_quat()  # xyzw
-    q = torch.from_numpy(q[:, [3, 0, 1, 2]]).to(r)
-    return q.reshape(*r.shape[:-2], 4)
-
-
 def similarity(scale: float = 1.0, rot: np.ndarray | None = None, trans=(0.0, 0.0, 0.0)) -> np.ndarray:
     m = np.eye(4)
     m[:3, :3] = (np.eye(3) if rot is None else rot) * scale

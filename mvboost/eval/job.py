@@ -318,22 +318,19 @@ class EvalWorker:
             self.out.write(f"objects/{name}/{model}_views.png", encode_png(_strip(views["aligned"], 3)))
             if self.cfg.job.exports and not isinstance(g, Gaussians):  # a reconstruction: its mesh, our frame
                 try:
-                    self.out.write(f"objects/{name}/{model}.glb", g.mesh(self.cfg.protocol.mesh_resolution // 2 or 64)
-                                   .export(file_type="glb"))
+                    self.out.write(f"objects/{name}/{model}.glb",
+                                   export.mesh_glb(g.mesh(self.cfg.protocol.mesh_resolution // 2 or 64)))
                 except ValueError as e:
                     r["glb_skipped"] = str(e)
             elif self.cfg.job.exports:
-                from .align import transform_gaussians
-
                 g_out = g
                 if self.cfg.protocol.align and "transform_render_space" in r["aligned"]:
-                    g_out = transform_gaussians(transform_gaussians(g, np.array(r["normalisation"])),
-                                                np.array(r["aligned"]["transform_render_space"]))
+                    g_out = g.transform(r["normalisation"]).transform(r["aligned"]["transform_render_space"])
                 self.out.write(f"objects/{name}/{model}.ply", g_out.to_ply_bytes())
                 try:
                     self.out.write(f"objects/{name}/{model}.glb",
-                                   export.gaussians_mesh(g_out, self.cfg.protocol.mesh_resolution // 2 or 64)
-                                   .export(file_type="glb"))
+                                   export.mesh_glb(export.gaussians_mesh(g_out,
+                                                                         self.cfg.protocol.mesh_resolution // 2 or 64)))
                 except ValueError as e:
                     r["glb_skipped"] = str(e)
         if rec["models"] and all(m.get("status") == "failed" for m in rec["models"].values()):

@@ -137,14 +137,14 @@ class _GaussianPrediction:
     def normalise_and_mesh(self, protocol: Protocol):
         """(normalisation 4x4 to render space, (vertices, faces) in render space or the reason there is none)."""
         coarse = al.normalisation(_opaque_means(self.g))  # render space from the splat centres, then the mesh
-        mesh = _mesh(al.transform_gaussians(self.g, coarse), protocol)
+        mesh = _mesh(self.g.transform(coarse), protocol)
         if isinstance(mesh, str):
             return coarse, mesh
         by_mesh = al.normalisation(mesh[0])
         return by_mesh @ coarse, (al.apply(by_mesh, mesh[0]), mesh[1])
 
     def views(self, m: np.ndarray, cams, supersample: int) -> np.ndarray:
-        return predicted_views(al.transform_gaussians(self.g, m), cams, supersample)[0]
+        return predicted_views(self.g.transform(m), cams, supersample)[0]
 
 
 class _ReconstructionPrediction:

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", help="a LoRA adapter folder from training (checkpoint_*/adapter)")
     p.add_argument("--optimize-input-view", action="store_true",
                    help="fit the pose and a Gaussian residual to the input view (MVBoost §3.4)")
+    p.add_argument("--ply-frame", choices=["native", "viewer"],
+                   help="gaussians.ply's frame: native (LGM's, +Y up; default) or viewer (-Y up, as SuperSplat and "
+                        "COLMAP-trained scenes expect)")
+    p.add_argument("--ply-sh-degree", type=int, choices=[0, 3],
+                   help="3: add zero f_rest_* fields (viewers that need SH degree 3 fields, e.g. SIBR)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: auto)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config value")
@@ -65,7 +70,8 @@ def main(argv=None) -> int:
             overrides += [f"backend={backend}", f"{backend}.model={source}"]
     overrides += args.set  # the user's --set wins over what --model implies
     for flag, key in ((args.lgm, "lgm.model"), (args.lgm_revision, "lgm.revision"), (args.lora, "lora"),
-                      (args.device, "device"), (args.seed, "seed")):
+                      (args.device, "device"), (args.seed, "seed"), (args.ply_frame, "output.ply_frame"),
+                      (args.ply_sh_degree, "output.ply_sh_degree")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if args.optimize_input_view:

@@ -38,6 +38,8 @@ class OutputSection:
     turntable_elevation: float = -15.0  # degrees; negative = from above
     mesh: bool = True
     mesh_resolution: int = 96
+    ply_frame: str = "native"  # native (LGM's +Y up) or viewer (-Y up, SuperSplat / COLMAP convention)
+    ply_sh_degree: int = 0  # 0, or 3 (zero f_rest_* fields, for viewers that need them)
 
 
 # the inference defaults: the official checkpoints and matting that takes photographs
@@ -157,6 +159,9 @@ class ImageTo3D:
         cfg.view_opt.check()
         if cfg.output.turntable not in ("gif", "mp4", "none"):
             raise ValueError(f"output.turntable must be gif, mp4 or none, got {cfg.output.turntable!r}")
+        if cfg.output.ply_frame not in ("native", "viewer") or cfg.output.ply_sh_degree not in (0, 3):
+            raise ValueError(f"output.ply_frame must be native or viewer and output.ply_sh_degree 0 or 3, got "
+                             f"{cfg.output.ply_frame!r} and {cfg.output.ply_sh_degree!r}")
         self.device = pick_device(cfg.device)
         self.era3d_dtype = pick_dtype(cfg.era3d.dtype, self.device)
         self.lgm_dtype = pick_dtype(cfg.lgm.dtype, self.device)
@@ -243,7 +248,9 @@ class ImageTo3D:
             r.meta["seconds"]["input_view_optimisation"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         g = g.to("cpu")
-        export.write_ply(g, folder / "gaussians.ply")
+        export.write_ply(g, folder / "gaussians.ply", frame=self.cfg.output.ply_frame,
+                         sh_degree=self.cfg.output.ply_sh_degree)
+        r.meta["ply"] = {"frame": self.cfg.output.ply_frame, "sh_degree": self.cfg.output.ply_sh_degree}
         out = self.cfg.output
         files = ["input_rgba.png", "views.png", *[f"view_{n}.png" for n in ERA3D_VIEW_NAMES], "gaussians.ply"]
         if out.mesh:

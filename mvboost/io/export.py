@@ -12,10 +12,12 @@ from ..gaussians import Gaussians
 from .codec import to_uint8
 
 
-def write_ply(g: Gaussians, path: str | Path, index: int = 0) -> Path:
-    """The 3DGS layout (SuperSplat, gsplat viewers, the official LGM viewer read it)."""
+def write_ply(g: Gaussians, path: str | Path, index: int = 0, frame: str = "native", sh_degree: int = 0) -> Path:
+    """The 3DGS layout. ``frame``: ``native`` (LGM's +Y up; the official LGM viewer, gsplat's viewer) or
+    ``viewer`` (-Y up: SuperSplat and viewers made for COLMAP-trained scenes); ``sh_degree`` 3 adds zero
+    ``f_rest_*`` fields for viewers that require them (SIBR and some engine plugins)."""
     path = Path(path)
-    g.save_ply(path, index=index)
+    g.save_ply(path, index=index, frame=frame, sh_degree=sh_degree)
     return path
 
 
