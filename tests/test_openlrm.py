@@ -203,13 +203,13 @@ def test_equivalence_with_the_official_modules():
 
 def test_reconstruction_interface_maps_our_cameras_to_openlrm_frame():
     """Our input camera (on +Z, Y up, LGM's distance 1.5) is OpenLRM's source camera (on -Y, Z up), the world
-    scaled by 2 (OpenLRM's [-1, 1] box is our [-0.5, 0.5])."""
+    scaled by 1 / OPENLRM_SCALE (1.898: the chain's framings, test_openlrm_renders_have_the_shard_views_framing)."""
     from mvboost.geometry.cameras import lgm_input_cameras
-    from mvboost.models.openlrm import world_cameras
+    from mvboost.models.openlrm import OPENLRM_SCALE, world_cameras
 
     cams = world_cameras(lgm_input_cameras(32))
     c2w = cams[0, :16].reshape(4, 4)
-    src = source_camera(distance=3.0)[0, :12].reshape(3, 4)
+    src = source_camera(distance=1.5 / OPENLRM_SCALE)[0, :12].reshape(3, 4)
     assert torch.allclose(c2w[:3], src, atol=1e-6)
     fx = float(cams[0, 16:].reshape(3, 3)[0, 0])  # normalised focal of LGM's 49.1° field of view
     assert fx == pytest.approx(0.5 / np.tan(np.radians(49.1 / 2)), rel=1e-5)
@@ -383,3 +383,46 @@ def _tiny_base():
     from mvboost.models.hub import resolve
 
     return load_openlrm(resolve("tiny:openlrm")).state_dict()
+
+
+def _plate_extent(cams: torch.Tensor, size: int, half: float) -> int:
+    """Columns (pixels) that a square plate |x|, |z| <= half in OpenLRM's y = 0 plane (facing the source
+    camera) covers, seen through OpenLRM render cameras (K, 25): the analytic silhouette, no model needed."""
+    from mvboost.models.openlrm import camera_rays
+
+    o, d = camera_rays(cams.double(), size)
+    t = -o[..., 1] / d[..., 1]
+    hit = o + t[..., None] * d
+    inside = (hit[..., 0].abs() <= half) & (hit[..., 2].abs() <= half)
+    return int(inside[0].reshape(size, size).any(0).sum())
+
+
+@pytest.mark.parametrize("framing", ["chain", "asset"])
+def test_openlrm_renders_have_the_shard_views_framing(framing):
+    """The training-render scale, derived from the two framings: a flat object in front of OpenLRM's source
+    camera fills some fraction of the input image; the same object rendered at the shard's front view (Era3D's
+    orthographic camera through world_cameras) fills that fraction times target/input framing — 420/512 / 0.8
+    for the chain's matted input, 1 for an asset shard whose input is its front view — within 1 px at 64².
+    The old hand-picked scale (0.5) is 2.5 px off on the chain's framing."""
+    from mvboost.geometry.cameras import era3d_cameras
+    from mvboost.models.openlrm import (CHAIN_INPUT_FRACTION, ERA3D_TARGET_FRACTION, OPENLRM_SCALE,
+                                        SAME_FRAMING_SCALE, world_cameras)
+
+    size, half = 64, 1.0
+    src = render_camera(torch.cat([source_camera()[0, :12].reshape(3, 4), torch.tensor([[0.0, 0, 0, 1]])])[None])
+    input_px = _plate_extent(src, size, half)
+    assert input_px == pytest.approx(size * 2 * half * 0.75 / 2.0, abs=1)  # 0.75 of the input: 48 px
+    ratio = ERA3D_TARGET_FRACTION / CHAIN_INPUT_FRACTION if framing == "chain" else 1.0
+    scale = OPENLRM_SCALE if framing == "chain" else SAME_FRAMING_SCALE
+    front = era3d_cameras(size)  # view 0 is the front view
+    target_px = _plate_extent(world_cameras(front, scale)[:1], size, half)
+    assert abs(target_px - input_px * ratio) <= 1, (target_px, input_px * ratio)
+    if framing == "chain":
+        assert abs(_plate_extent(world_cameras(front, 0.5)[:1], size, half) - input_px * ratio) > 2
+
+
+def test_source_size_comes_from_the_checkpoint():
+    from mvboost.models.openlrm import source_size_for
+
+    assert [source_size_for(OpenLRMConfig.preset(p)) for p in ("small", "base", "large")] == [224, 336, 448]
+    assert source_size_for(OpenLRMConfig.preset("tiny")) == 56

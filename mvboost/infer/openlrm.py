@@ -28,7 +28,7 @@ class InferOpenLRMConfig:
     model: str = "zxhezexin/openlrm-mix-base-1.1"
     revision: str = "main"
     dtype: str = "fp32"
-    source_size: int = 336  # the official inference size of the base model (a multiple of 14)
+    source_size: int = 0  # input resolution, a multiple of 14; 0: the checkpoint's (small 224, base 336, large 448)
     source_distance: float = 2.0
     samples_per_ray: int = 0  # 0: the model's
     chunk: int = 16384  # rays per rendering pass (bounds memory)
@@ -41,7 +41,10 @@ def openlrm_planes(model, rgba: list[np.ndarray], c: InferOpenLRMConfig) -> torc
     from ..models.openlrm import openlrm_input, source_camera
 
     p = next(model.parameters())
-    x = torch.cat([openlrm_input(a, c.source_size) for a in rgba]).to(p.device, p.dtype)
+    from ..models.openlrm import source_size_for
+
+    size = c.source_size or source_size_for(model.config)
+    x = torch.cat([openlrm_input(a, size) for a in rgba]).to(p.device, p.dtype)
     cam = source_camera(c.source_distance, batch=len(rgba)).to(p.device, p.dtype)
     return model.forward_planes(x, cam).float()
 

@@ -548,23 +548,54 @@ def render_camera(c2w: torch.Tensor, focal: float = DEFAULT_FOCAL) -> torch.Tens
     return torch.cat([c2w.reshape(-1, 16), k.reshape(1, 9).expand(c2w.shape[0], 9)], -1)
 
 
-#: OpenLRM's world (Z up, source camera on -Y, the object in [-1, 1]^3) -> ours (Y up, input camera on +Z, the
-#: object in about [-0.5, 0.5]^3, as LGM's): rotate Z-up to Y-up and scale by 1/2
-OPENLRM_SCALE = 0.5
+def openlrm_scale(input_fraction: float, target_fraction: float, ortho_width: float | None = None,
+                  distance: float = DEFAULT_SOURCE_DISTANCE, focal: float = DEFAULT_FOCAL) -> float:
+    """Our world units per OpenLRM world unit, derived from the two framings.
+
+    OpenLRM sees its input through the source camera (distance ``distance``, normalised focal ``focal``): an
+    object filling ``input_fraction`` of the input image is input_fraction * distance / focal OpenLRM units wide
+    (on the plane through the origin). The same object fills ``target_fraction`` of an Era3D view, which is
+    ``ortho_width`` (1.370) of our units wide: target_fraction * ortho_width of our units. The ratio is the scale.
+    """
+    if ortho_width is None:
+        from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH as ortho_width
+    return (target_fraction * ortho_width) / (input_fraction * distance / focal)
 
 
-def world_cameras(cams) -> torch.Tensor:
+#: the generation chain's framings: the matted input is recentred to 80 % of its frame (border ratio 0.2, LGM's
+#: and OpenLRM's inference), Era3D's targets to 420/512 (82 %) of theirs
+CHAIN_INPUT_FRACTION, ERA3D_TARGET_FRACTION = 0.8, 420 / 512
+#: OpenLRM's world (Z up, source camera on -Y) -> ours (Y up, input camera on +Z): rotate Z-up to Y-up and scale:
+#: 0.8203 * 1.370 / (0.8 * 2.0 / 0.75) = 0.5268 (a hand-picked 0.5 rendered the targets ~5 % small)
+OPENLRM_SCALE = openlrm_scale(CHAIN_INPUT_FRACTION, ERA3D_TARGET_FRACTION)
+#: the scale when the input is framed as the targets (an asset shard's input is its front target view): 0.5138
+SAME_FRAMING_SCALE = openlrm_scale(1.0, 1.0)
+
+#: the official models' input size by transformer width (model card: small 224, base 336, large 448)
+SOURCE_SIZE_BY_DIM = {512: 224, 768: 336, 1024: 448}
+
+
+def source_size_for(config: "OpenLRMConfig") -> int:
+    """The input resolution a checkpoint was trained at (the official sizes by width; else the encoder's
+    position grid: 14 px per patch)."""
+    if config.encoder_type == "dinov2" and config.transformer_dim in SOURCE_SIZE_BY_DIM and not config.encoder_depth:
+        return SOURCE_SIZE_BY_DIM[config.transformer_dim]
+    return 14 * max(1, config.encoder_grid)
+
+
+def world_cameras(cams, scale: float = OPENLRM_SCALE) -> torch.Tensor:
     """Our :class:`~mvboost.geometry.cameras.Cameras` (world Y up, input view on +Z) -> OpenLRM render cameras
-    (V, 25): world rotated and scaled, intrinsics normalised by the image size. Orthographic cameras (Era3D's
-    views) are rendered as distant pinholes (``Cameras.as_pinhole`` at ``PINHOLE_FOR_ORTHO``)."""
+    (V, 25): world rotated and scaled (``scale``: our units per OpenLRM unit, :func:`openlrm_scale`), intrinsics
+    normalised by the image size. Orthographic cameras (Era3D's views) are rendered as distant pinholes
+    (``Cameras.as_pinhole`` at ``PINHOLE_FOR_ORTHO``)."""
     from ..geometry.cameras import PINHOLE_FOR_ORTHO, ZUP_TO_YUP
 
     dtype = cams.c2w.dtype
     cams = cams.to(dtype=torch.float64).as_pinhole(PINHOLE_FOR_ORTHO)
     to_lrm = torch.eye(4, dtype=torch.float64)
-    to_lrm[:3, :3] = torch.tensor(ZUP_TO_YUP, dtype=torch.float64).T / OPENLRM_SCALE
+    to_lrm[:3, :3] = torch.tensor(ZUP_TO_YUP, dtype=torch.float64).T / scale
     c2w = to_lrm @ cams.c2w
-    c2w[:, :3, :3] = c2w[:, :3, :3] * OPENLRM_SCALE  # keep the camera axes orthonormal
+    c2w[:, :3, :3] = c2w[:, :3, :3] * scale  # keep the camera axes orthonormal
     k = cams.K.clone()
     k[:, 0] /= cams.width
     k[:, 1] /= cams.height

@@ -26,7 +26,7 @@ from .lora import DEFAULT_TARGET
 
 @dataclass
 class OpenLRMSection:
-    source_size: int = 336  # input resolution (a multiple of 14; the official base model's 336)
+    source_size: int = 0  # input resolution, a multiple of 14; 0: the checkpoint's (small 224, base 336, large 448)
     source_distance: float = 2.0  # the canonical source camera's distance (official inference)
     render_size: int = 0  # views rendered for the loss, targets resized to it; 0: the shard's view size
     samples_per_ray: int = 0  # 0: the model's rendering_samples_per_ray
@@ -88,17 +88,24 @@ class OpenLRMBackend:
     def forward(self, model, engine, batch, device, dtype):
         from ..models.openlrm import openlrm_input, source_camera
 
+        from ..models.openlrm import source_size_for
+
         c = self.cfg.openlrm
-        x = torch.cat([openlrm_input(rgba, c.source_size) for rgba in batch["input_rgba"]]).to(device, dtype)
+        size = c.source_size or source_size_for(model.config)
+        x = torch.cat([openlrm_input(rgba, size) for rgba in batch["input_rgba"]]).to(device, dtype)
         return engine(x, source_camera(c.source_distance, batch=len(x)).to(device, dtype)).float()
 
     def render(self, model, planes, batch, device):
-        from ..models.openlrm import world_cameras
+        from ..models.openlrm import OPENLRM_SCALE, SAME_FRAMING_SCALE, world_cameras
 
         c = self.cfg.openlrm
         target, mask = batch["target"].to(device), batch["mask"].to(device)
         size = c.render_size or target.shape[-1]
-        cams = torch.stack([world_cameras(cam) for cam in batch["cameras"]]).to(device, planes.dtype)
+        # the scale follows the sample's framing: an asset sample's input is its front target view (same framing),
+        # the chain's input is the matted image at 80 % (its targets at Era3D's 82 %)
+        cams = torch.stack([world_cameras(cam, SAME_FRAMING_SCALE if same else OPENLRM_SCALE)
+                            for cam, same in zip(batch["cameras"], batch["input_is_front_view"])])
+        cams = cams.to(device, planes.dtype)
         out = model.render(planes, cams, size, 1.0, samples_per_ray=c.samples_per_ray or None, chunk=c.chunk,
                            stochastic=model.training)
         if size != target.shape[-1]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS
-from ..io.sample import INPUT, VIEW_MEMBERS, decode_alpha, decode_cameras, decode_views, iter_tar
+from ..io.sample import INPUT, META, VIEW_MEMBERS, decode_alpha, decode_cameras, decode_meta, decode_views, iter_tar
 from ..io.shards import ShardDataError, ShardList, ShardManifest, list_shards, verify_shard_url
 
 __all__ = ["ShardDataError", "ShardList", "ShardStream", "decode_sample", "foreground_mask", "iter_samples",
@@ -98,6 +98,8 @@ def decode_sample(fields: dict) -> dict:
         "mask": torch.from_numpy(target_alpha(fields, refined))[:, None],  # (6,1,H,W)
         "cameras": cams,
         "input_rgba": input_rgba(fields),  # (H,W,4) uint8: OpenLRM's single input
+        # an asset sample's input.png is its front target view (same framing); the chain's is the matted input
+        "input_is_front_view": META in fields and "asset" in decode_meta(fields),
     }
 
 
@@ -155,7 +157,8 @@ def batches_of(samples, batch_size: int, skip_batches: int = 0):
                "target": torch.stack([x["target"] for x in items]),
                "mask": torch.stack([x["mask"] for x in items]),
                "cameras": [x["cameras"] for x in items],
-               "input_rgba": [x["input_rgba"] for x in items]}
+               "input_rgba": [x["input_rgba"] for x in items],
+               "input_is_front_view": [x["input_is_front_view"] for x in items]}
 
 
 class MixedStream:
