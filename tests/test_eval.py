@@ -13,6 +13,7 @@ import torch
 from mvboost.eval import LPIPSSet, Protocol, evaluate_object, prepare_gt
 from mvboost.eval.align import cube_rotations, similarity, yaw
 from mvboost.eval.fixtures import SOURCES, build_fixtures
+from mvboost.assets.gso import surface_gaussians
 from mvboost.eval.gso import ZUP_TO_YUP, find_texture, list_objects, load_object, resolve_split
 from mvboost.gaussians import Gaussians
 
@@ -28,25 +29,6 @@ def gso(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lpips():
     return LPIPSSet(["alex"])
-
-
-def surface_gaussians(obj, n=20000, seed=0, scale=0.007):
-    """Gaussians on the GT surface (render space) with the texture's colour at each sample's UV."""
-    import trimesh
-    from PIL import Image
-
-    m = trimesh.Trimesh(obj.vertices, obj.faces, process=False)
-    pts, fidx = trimesh.sample.sample_surface(m, n, seed=seed)
-    bary = trimesh.triangles.points_to_barycentric(m.triangles[fidx], pts)
-    uv = (obj.uv[obj.faces[fidx]] * bary[..., None]).sum(1)
-    tex = np.asarray(Image.open(obj.texture).convert("RGB")).astype(np.float32) / 255
-    h, w = tex.shape[:2]
-    x = np.clip((uv[:, 0] % 1) * (w - 1), 0, w - 1).round().astype(int)
-    y = np.clip((1 - uv[:, 1] % 1) * (h - 1), 0, h - 1).round().astype(int)
-    q = torch.zeros(n, 4)
-    q[:, 0] = 1
-    return Gaussians(torch.tensor(pts, dtype=torch.float32)[None], torch.full((1, n), 0.95),
-                     torch.full((1, n, 3), scale), q[None], torch.tensor(tex[y, x])[None])
 
 
 def test_fixtures_have_the_gso_layout_and_its_quirks(gso):

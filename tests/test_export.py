@@ -141,3 +141,20 @@ def test_ply_frames_and_sh3_layout_round_trip(tmp_path):
         Gaussians.from_ply(tmp_path / "sh.ply")
     with pytest.raises(ValueError, match="frame"):
         g.to_ply_bytes(frame="colmap")
+
+
+def test_oracle_pictures_go_through_the_same_exports(tmp_path):
+    """bench/oracle_pictures.py (the README's pictures): the asset-library oracle through the inference exports."""
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(__import__("conftest").REPO / "bench"))
+    import oracle_pictures
+
+    assert oracle_pictures.main(["--out", str(tmp_path), "--size", "48", "--points", "4000", "--files"]) == 0
+    views = np.asarray(Image.open(tmp_path / "oracle_views.png").convert("RGB"))
+    assert views.shape == (48, 6 * 48, 3) and (views < 200).any(axis=-1).mean() > 0.05  # an object, not a blank
+    assert Image.open(tmp_path / "oracle_turntable.gif").n_frames == 24
+    assert Gaussians.from_ply(tmp_path / "gaussians_viewer.ply").means.shape == (1, 4000, 3)
+    assert glb_json((tmp_path / "mesh.glb").read_bytes())["materials"] == [MESH_MATERIAL]
