@@ -115,7 +115,27 @@ def local_cfg(shards, tmp_path, *extra):
                                                   *extra])
 
 
-def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tmp_path, ds_env):
+def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of every TensorBoard event file in ``folder``, read as TFRecords with the event protobuf (an
+    independent reader: not the writer's code)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out: dict = {}
+    for f in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data = f.read_bytes()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack_from("<Q", data, i)
+            ev = Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tmp_path, ds_env, capsys):
     from peft import PeftModel
 
     from mvboost.models.checkpoint import save_lgm
@@ -132,6 +152,15 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
     train_loop(cfg, local.ctx)
     losses = [h["loss"] for h in local.history]
     assert len(losses) == 8 and min(losses[-3:]) < 0.9 * losses[0], losses
+    # a run you can watch: a console line per log step, TensorBoard events, curves.png
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert len(lines) == 8 and lines[-1].startswith("step 8/8 | loss "), lines
+    assert all(k in lines[-1] for k in ("mse_rgb", "mse_alpha", "lpips", "samples/s", "data ", "ETA")), lines[-1]
+    scalars = read_scalars(local.root / "tensorboard")
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 9))
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx(losses, rel=1e-5)
+    assert {"train/psnr", "train/samples_per_s", "train/data_wait_share", "train/lpips"} <= set(scalars)
+    assert (local.root / "curves.png").stat().st_size > 10_000
     adapter = latest_adapter(local.root)
     assert (adapter / "adapter_config.json").is_file()
     # the adapter loaded into a fresh model reproduces the trained model's outputs

@@ -283,6 +283,11 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
     base = base_of(engine.module)
     dtype = next(p for p in engine.module.parameters()).dtype
     metrics: dict = {"skipped_shards": len(skipped)}
+    from .progress import Progress
+
+    per_step = cfg.deepspeed.micro_batch * cfg.deepspeed.grad_accum * ctx.world
+    progress = Progress(ctx.storage_dir, cfg.train.steps, per_step, cfg.train.log_every, start_step=step,
+                        enabled=ctx.rank == 0, storage_options=ctx.storage_options)
     while step < cfg.train.steps:
         t0 = time.perf_counter()
         timing = {"data": 0.0, "forward": 0.0, "render": 0.0, "loss": 0.0, "backward": 0.0}
@@ -310,9 +315,11 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
                    "skipped_shards": len(skipped)}
         if len(sources) > 1:
             metrics.update({f"samples_from_source_{k}": n for k, n in enumerate(mixed.counts)})
+        metrics = progress.step(metrics)  # + samples/s, data-wait share, ETA; the console line, TensorBoard
         if ctx.on_step is not None:
             ctx.on_step(step, ctx, metrics)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            progress.flush()
             with tempfile.TemporaryDirectory(prefix="mvboost-ckpt-") as d:
                 engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step})
                 if ctx.rank == 0:
@@ -326,6 +333,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
                 ctx.report(metrics, d)
         elif step % cfg.train.log_every == 0:
             ctx.report(metrics, None)
+    progress.close()  # curves.png
     return metrics
 
 
