@@ -163,6 +163,12 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
     assert (local.root / "curves.png").stat().st_size > 10_000
     adapter = latest_adapter(local.root)
     assert (adapter / "adapter_config.json").is_file()
+    meta = json.loads((adapter / "adapter_config.json").read_text())
+    assert meta["base_model_name_or_path"] == "tiny:lgm" and meta["revision"] == "main"  # which base it adapts
+    # the DeepSpeed checkpoint holds the trainable state only (before: the whole frozen model at every checkpoint)
+    [states] = list(adapter.parent.rglob("mp_rank_00_model_states.pt"))
+    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    assert module and all("lora_" in k for k in module), sorted(module)[:5]
     # the adapter loaded into a fresh model reproduces the trained model's outputs
     batch = next(ShardStream(list_shards(str(smoke_shards)).urls).batches(1))
     base = load_lgm(resolve_model("tiny:lgm"))
@@ -345,3 +351,35 @@ def test_lambda_alpha_weights_the_alpha_term():
     three, _ = view_loss(rgb, alpha, target, mask, None, 0.0, 8, lambda_alpha=3.0)
     assert float(parts["mse_alpha"]) > 0
     assert torch.isclose(one - zero, parts["mse_alpha"]) and torch.isclose(three - zero, 3 * parts["mse_alpha"])
+
+
+def test_shuffling_is_seeded_per_epoch_and_a_resume_continues_it(smoke_shards):
+    """Before: the same shard and sample order every epoch. Now (data.shuffle, train.seed): the shard order is
+    permuted anew each epoch and samples pass a shuffle buffer; the same seed gives the same stream (a rerun),
+    another seed another one; every sample keeps coming; skipping what earlier steps consumed (a resume)
+    continues the uninterrupted stream exactly."""
+    from collections import Counter
+    from itertools import islice
+
+    from mvboost.train.data import ShardStream, batches_of, list_shards
+
+    listed = list_shards(str(smoke_shards))
+
+    def keys(seed, n, buffer=4):
+        return [k for k, _ in islice(iter(ShardStream(listed.urls, seed=seed, shuffle_buffer=buffer)), n)]
+
+    plain = [k for k, _ in islice(iter(ShardStream(listed.urls)), 16)]
+    per_epoch = len(set(plain))
+    assert plain[:per_epoch] == plain[per_epoch:2 * per_epoch]  # unshuffled: the same order every epoch
+    a, b, c = keys(0, 8 * per_epoch), keys(0, 8 * per_epoch), keys(1, 8 * per_epoch)
+    assert a == b and a != c and a[:per_epoch] != plain[:per_epoch]
+    assert all(5 <= n <= 11 for n in Counter(a).values()) and set(a) == set(plain)
+    names = [f"shard-{i:06d}.tar" for i in range(6)]  # (the orders only: nothing is read)
+    orders = {tuple(ShardStream(names, seed=0).epoch_order(e)) for e in range(12)}
+    assert len(orders) > 6 and all(sorted(o) == names for o in orders)  # a new permutation each epoch
+    assert [ShardStream(names, rank=r, world=2, seed=0).epoch_order(3) for r in (0, 1)] == \
+        [[n for n in ShardStream(names[r::2], seed=0).epoch_order(3)] for r in (0, 1)]
+    straight = list(islice(batches_of(iter(ShardStream(listed.urls, seed=0, shuffle_buffer=4)), 2), 5))
+    resumed = list(islice(batches_of(iter(ShardStream(listed.urls, seed=0, shuffle_buffer=4)), 2, skip_batches=3), 2))
+    for x, y in zip(straight[3:], resumed):
+        assert torch.equal(x["target"], y["target"]) and torch.equal(x["inputs"], y["inputs"])

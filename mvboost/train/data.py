@@ -104,16 +104,24 @@ def decode_sample(fields: dict) -> dict:
 
 
 class ShardStream:
-    """Infinite, deterministic stream of decoded samples over this worker's shards, epoch after epoch."""
+    """Infinite, deterministic stream of decoded samples over this worker's shards, epoch after epoch.
+
+    With ``seed`` set, shuffled reproducibly: the shard order is permuted anew each epoch
+    (``numpy.random.default_rng((seed, epoch))``, the same on every worker, so workers that share shards by
+    sample stay disjoint) and samples pass through a shuffle buffer of ``shuffle_buffer`` samples
+    (``default_rng((seed, rank))``). The stream is a pure function of (shards, seed, rank, world): a rerun gives
+    the same order, and a resume that skips the samples earlier steps consumed continues it exactly."""
 
     def __init__(self, shards: list[str], rank: int = 0, world: int = 1, storage_options: dict | None = None,
-                 manifests: dict[str, ShardManifest] | None = None):
+                 manifests: dict[str, ShardManifest] | None = None, seed: int | None = None,
+                 shuffle_buffer: int = 0):
         mine = shards[rank::world]
         if not mine:  # fewer shards than workers: share them round-robin by sample instead
             mine, self.sample_stride, self.sample_offset = shards, world, rank
         else:
             self.sample_stride, self.sample_offset = 1, 0
         self.shards, self.opts = mine, storage_options
+        self.seed, self.buffer, self.rank = seed, max(0, int(shuffle_buffer)), rank
         self.manifests = manifests or {}
         self.verified: dict[str, str | None] = {}  # url -> None (good) or the reason it was skipped
 
@@ -128,9 +136,32 @@ class ShardStream:
         return self.verified[url] is None
 
     def __iter__(self):
+        samples = self._ordered()
+        if self.seed is None or self.buffer <= 1:
+            yield from samples
+            return
+        rng = np.random.default_rng((self.seed, self.rank))
+        buf = []
+        for item in samples:  # the stream is infinite: the buffer never drains
+            if len(buf) < self.buffer:
+                buf.append(item)
+                continue
+            i = int(rng.integers(len(buf)))
+            buf[i], item = item, buf[i]
+            yield item
+
+    def epoch_order(self, epoch: int) -> list[str]:
+        """This worker's shards in the order of ``epoch`` (as listed without a seed)."""
+        if self.seed is None:
+            return list(self.shards)
+        perm = np.random.default_rng((self.seed, epoch)).permutation(len(self.shards))
+        return [self.shards[i] for i in perm]
+
+    def _ordered(self):
+        epoch = 0
         while True:
             n, used = 0, 0
-            for url in self.shards:
+            for url in self.epoch_order(epoch):
                 if not self.usable(url):
                     continue
                 used += 1
@@ -141,6 +172,7 @@ class ShardStream:
             if not used:
                 bad = "; ".join(f"{u.rsplit('/', 1)[-1]}: {w}" for u, w in self.verified.items() if w)
                 raise ShardDataError(f"none of this worker's {len(self.shards)} shard(s) is usable ({bad})")
+            epoch += 1
 
     def batches(self, batch_size: int, skip_batches: int = 0):
         return batches_of(iter(self), batch_size, skip_batches)

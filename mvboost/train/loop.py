@@ -91,6 +91,10 @@ class DataSection:
     # several sources mixed by weight instead of ``source``: [{source: URL, weight: 0.7, storage_options: {}}, …]
     # (e.g. MVBoost shards 0.7 + asset shards 0.3); the mix is reproducible (train.seed) and reported per step
     sources: list = field(default_factory=list)
+    # seeded shuffling (train.seed): the shard order anew each epoch and a sample shuffle buffer; reproducible on a
+    # rerun and continued exactly after a resume
+    shuffle: bool = True
+    shuffle_buffer: int = 64
 
 
 def data_sources(data: DataSection) -> list[tuple[str, float, dict]]:
@@ -205,7 +209,8 @@ def build_model(cfg: TrainConfig, device):
     if cfg.lora.mode == "full":
         return base.train()
     target = cfg.lora.target or backend.lora_target(base)
-    return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, target)
+    return add_lora(base, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, target, base_model=cfg.model.checkpoint,
+                    revision=cfg.model.revision)
 
 
 def base_of(model):
@@ -242,7 +247,7 @@ def save_adapter(engine, folder: Path, zero_stage: int) -> int:
     else:
         state = {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()}
     verify_adapter(state, n_modules)
-    model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
+    model.save_pretrained(str(folder), state_dict=state, safe_serialization=True, save_embedding_layers=False)
     return len(state)
 
 
@@ -272,8 +277,10 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
             print(f"resumed from step {step}", flush=True)
     sources = data_sources(cfg.data)
     listings = [list_shards(url, opts) for url, _, opts in sources]
-    streams = [ShardStream(ls.urls, ctx.rank, ctx.world, opts, manifests=ls.manifests if cfg.data.verify else None)
-               for ls, (_, _, opts) in zip(listings, sources)]
+    streams = [ShardStream(ls.urls, ctx.rank, ctx.world, opts, manifests=ls.manifests if cfg.data.verify else None,
+                           **({"seed": cfg.train.seed + k, "shuffle_buffer": cfg.data.shuffle_buffer}
+                              if cfg.data.shuffle else {}))
+               for k, (ls, (_, _, opts)) in enumerate(zip(listings, sources))]
     mixed = MixedStream(streams, [w for _, w, _ in sources], seed=cfg.train.seed * 1000 + ctx.rank)
     if ctx.rank == 0 and len(sources) > 1:
         print("data mix: " + ", ".join(f"{url} weight {w / sum(x for _, x, _ in sources):.2f} ({len(ls.urls)} shards)"
@@ -321,7 +328,9 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             progress.flush()
             with tempfile.TemporaryDirectory(prefix="mvboost-ckpt-") as d:
-                engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step})
+                # LoRA: only the trainable state (+ optimizer); the frozen base comes from model.checkpoint on resume
+                engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step},
+                                       exclude_frozen_parameters=cfg.lora.mode != "full")
                 if ctx.rank == 0:
                     if cfg.lora.mode == "full":
                         metrics["model_tensors"] = save_full(engine, Path(d) / MODEL_DIR, cfg.deepspeed.zero_stage,

@@ -7,15 +7,20 @@ DEFAULT_TARGET = r".*attns\.\d+\.attn\.(qkv|proj)"
 
 
 def add_lora(model: torch.nn.Module, rank: int = 32, alpha: float = 32.0, dropout: float = 0.0,
-             target: str = DEFAULT_TARGET):
-    """Freeze ``model`` and wrap it with LoRA adapters (a peft ``PeftModel``)."""
+             target: str = DEFAULT_TARGET, base_model: str | None = None, revision: str | None = None):
+    """Freeze ``model`` and wrap it with LoRA adapters (a peft ``PeftModel``). ``base_model``/``revision``: the
+    model reference the adapter belongs to, written to ``adapter_config.json`` (``base_model_name_or_path``,
+    ``revision``) as peft users expect."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:
         raise ImportError("LoRA training needs peft: pip install 'mvboost[train]'") from e
     for p in model.parameters():
         p.requires_grad_(False)
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, bias="none")
+    if base_model:
+        model.name_or_path = base_model  # peft takes base_model_name_or_path from here
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, bias="none",
+                     revision=revision)
     return get_peft_model(model, cfg)
 
 
