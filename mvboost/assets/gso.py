@@ -16,6 +16,7 @@ the renderer reads). A mesh that cannot be read, has no faces or names a texture
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tempfile
@@ -82,19 +83,16 @@ def list_objects(root: str) -> list[str]:
     return sorted(names)
 
 
-_PROCESS_CACHE: list[Path] = []
-
-
+@functools.cache
 def process_cache() -> Path:
     """One temporary folder per process for copies of remote assets when the caller gives no cache folder,
     made on first use and removed at exit (never one folder per object)."""
-    if not _PROCESS_CACHE:
-        import atexit
-        import shutil
+    import atexit
+    import shutil
 
-        _PROCESS_CACHE.append(Path(tempfile.mkdtemp(prefix="mvboost-assets-")))
-        atexit.register(shutil.rmtree, _PROCESS_CACHE[0], True)
-    return _PROCESS_CACHE[0]
+    folder = Path(tempfile.mkdtemp(prefix="mvboost-assets-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def _localise(root: str, name: str, cache: Path | None) -> Path:

@@ -78,17 +78,17 @@ def models_in_use(cfg: "InferConfig") -> list[tuple[str, str, str]]:
 def check_models(cfg: "InferConfig") -> str | None:
     """Before anything loads: every model resolvable (else one :class:`ModelNotFound` naming each missing model,
     its revision and the ``hf download`` line); returns a warning line when a model is tiny or random."""
-    from ..models.hub import ModelNotFound, is_built, resolve
+    from ..models.hub import ModelNotFound, check, is_built
 
     missing, built = [], []
     for stage, model, revision in models_in_use(cfg):
-        if is_built(model):
-            built.append(model)
-            continue
         try:
-            resolve(model, revision, what=stage)
+            check(model, revision, what=stage)  # builds nothing
         except ModelNotFound as e:
             missing.append(str(e))
+            continue
+        if is_built(model):
+            built.append(model)
     if missing:
         raise ModelNotFound("; ".join(missing) + " (or --model tiny to try the plumbing with tiny random models)")
     if built:

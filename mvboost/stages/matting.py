@@ -45,6 +45,16 @@ def white_background_mask(img: np.ndarray, threshold: int) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == largest)
 
 
+def white_matte_alpha(img: np.ndarray, threshold: int) -> np.ndarray:
+    """White matting's alpha (uint8): :func:`white_background_mask`, its edge softened by a ~1-px Gaussian blur
+    and kept inside the mask grown by one pixel. The input stage's matting and the training's alpha target."""
+    ndimage = require("scipy.ndimage")
+    mask = white_background_mask(img, threshold)
+    alpha = (np.clip(ndimage.gaussian_filter(mask.astype(np.float32), 0.7), 0, 1) * 255).astype(np.uint8)
+    alpha[~ndimage.binary_dilation(mask)] = 0
+    return alpha
+
+
 def recentre(rgb: np.ndarray, alpha: np.ndarray, size: int, border_ratio: float) -> np.ndarray:
     """Crop to the object's bounding box (alpha > 0.5), scale the long side to (1 - border_ratio) * size,
     centre on a transparent square; RGBA uint8."""
@@ -110,11 +120,7 @@ class MattingStage(Stage):
         elif method == "rembg":
             alpha = np.asarray(self._rembg.remove(img[..., :3], only_mask=True))
         else:
-            from scipy import ndimage
-
-            mask = white_background_mask(img, cfg.threshold)
-            alpha = (np.clip(ndimage.gaussian_filter(mask.astype(np.float32), 0.7), 0, 1) * 255).astype(np.uint8)
-            alpha[~ndimage.binary_dilation(mask)] = 0
+            alpha = white_matte_alpha(img, cfg.threshold)
         fg = alpha > 127
         area = fg.mean()
         if area == 0:

@@ -57,17 +57,12 @@ def normals_alpha(normals: np.ndarray) -> np.ndarray:
 
 
 def matted_alpha(views: np.ndarray, threshold: int = 16) -> np.ndarray:
-    """(V, H, W, 3) colours in [0, 1] on white -> (V, H, W) alpha by the input stage's white matting, edges
-    softened by one pixel."""
-    from ..stages.matting import white_background_mask
-    from ..stages.common import require
+    """(V, H, W, 3) colours in [0, 1] on white -> (V, H, W) alpha by the input stage's white matting
+    (:func:`mvboost.stages.matting.white_matte_alpha`)."""
+    from ..stages.matting import white_matte_alpha
 
-    ndimage = require("scipy.ndimage")
-    out = np.zeros(views.shape[:3], np.float32)
-    for v, img in enumerate(views):
-        mask = white_background_mask(np.round(img * 255).astype(np.uint8), threshold)
-        out[v] = np.clip(ndimage.uniform_filter(mask.astype(np.float32), 3), 0.0, 1.0)
-    return out
+    return np.stack([white_matte_alpha(np.round(img * 255).astype(np.uint8), threshold) for img in views]
+                    ).astype(np.float32) / 255.0
 
 
 def target_alpha(fields: dict, refined: np.ndarray) -> np.ndarray:
