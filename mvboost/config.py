@@ -156,3 +156,9 @@ class RaySection:
     # refuse at start a layout whose actor pools cannot all start on the cluster's nodes:
     # auto = on for the embedded local Ray (fixed size), a warning on a cluster (an autoscaler may add nodes)
     check_layout: str = "auto"  # auto | strict | warn | off
+    # the generation job's metrics on a fixed loopback port for the embedded local Ray (0: not served), with
+    # Prometheus's service discovery file in Ray's temp folder; on a cluster, Prometheus scrapes the nodes
+    metrics_port: int = 0
+    # at the end, wait at most this long for the final counts to reach the node's metrics endpoint (and, with
+    # metrics_port, for a scrape to read them)
+    metrics_wait_s: float = 30.0

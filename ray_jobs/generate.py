@@ -43,6 +43,9 @@ def parse_args(argv=None):
                         "prompts.source=assets; GSO-layout folders and/or OBJ/GLB files; see configs/assets.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set text_to_image.steps=2 (repeatable)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve the local run's Prometheus metrics on 127.0.0.1:PORT and write Prometheus's service "
+                        "discovery file (sets ray.metrics_port; see docs/cluster.md)")
     p.add_argument("--in-process", action="store_true", help="run the same stage list without Ray (debugging)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (items, shards, what a rerun skips, operators, resources, models) and exit; "
@@ -58,6 +61,8 @@ def load(args):
         overrides.append(f"job.output={args.output}")
     if args.n is not None:
         overrides.append(f"job.n={args.n}")
+    if args.metrics_port is not None:
+        overrides.append(f"ray.metrics_port={args.metrics_port}")
     if args.assets:
         overrides += ["prompts.source=assets", f"prompts.assets={args.assets}"]
     return load_job_config(args.config, overrides)
@@ -138,23 +143,31 @@ class RayCommitter:
     idempotent (a committed shard is left alone, an interrupted one is rewritten with the same bytes),
     so a task lost with its worker is retried. At most ``max_inflight`` commits run at once."""
 
-    def __init__(self, output: str, storage_options: dict, num_cpus: float, max_inflight: int = 8):
+    def __init__(self, output: str, storage_options: dict, num_cpus: float, max_inflight: int = 8, on_done=None):
         import ray
 
         self.ray = ray
         self.fn = ray.remote(num_cpus=num_cpus, max_retries=3)(commit_shard_task)
         self.output, self.opts, self.max_inflight = output, dict(storage_options), max_inflight
+        self.on_done = on_done  # called with each shard whose commit has finished (the metrics count it then)
         self.inflight: list = []
+
+    def _collect(self, done: list) -> None:
+        for shard in self.ray.get(done):
+            if self.on_done is not None:
+                self.on_done(shard)
 
     def submit(self, shard: int, keys: list[str], seconds: dict) -> None:
         self.inflight.append(self.fn.remote(self.output, self.opts, shard, keys, seconds))
+        ready, self.inflight = self.ray.wait(self.inflight, num_returns=len(self.inflight), timeout=0)
+        self._collect(ready)
         while len(self.inflight) > self.max_inflight:
             done, self.inflight = self.ray.wait(self.inflight, num_returns=1)
-            self.ray.get(done)
+            self._collect(done)
 
     def wait(self) -> None:
-        self.ray.get(self.inflight)
-        self.inflight = []
+        inflight, self.inflight = self.inflight, []
+        self._collect(inflight)
 
 
 MAX_BLOCKS = 1000
@@ -229,11 +242,13 @@ def run_on_ray(cfg):
         u.preflight()  # e.g. a missing model fails here, once, with a clear message
     local = init_ray(cfg)
     check_cluster_layout(cfg, units, local)
-    from ray_jobs.metrics import GpuHeldSampler, JobMetrics
+    from ray_jobs.metrics import GpuHeldSampler, JobMetrics, publish_final, serve_metrics
 
-    state.committer = RayCommitter(cfg.job.output, cfg.job.storage_options, cfg.job.commit_cpus)
-    state.commit_ready()  # shards an earlier run finished but did not commit: committed by Ray tasks too
     metrics = JobMetrics(stage_names(units), gpu_shares(units), cfg.job.gpu_hour_usd)
+    endpoint = serve_metrics(cfg.ray.metrics_port, local, metrics.job_id)
+    state.committer = RayCommitter(cfg.job.output, cfg.job.storage_options, cfg.job.commit_cpus,
+                                   on_done=metrics.shard)
+    state.commit_ready()  # shards an earlier run finished but did not commit: committed by Ray tasks too
     metrics.pending(len(state.pending))
     sampler = GpuHeldSampler(on_sample=metrics.held).start()
     stalled = None  # the operators still running when Ray Data gave up (ray.no_progress_timeout_s)
@@ -262,7 +277,7 @@ def run_on_ray(cfg):
             left = len(state.pending)
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    n = state.consume(batch, on_row=metrics.item, on_commit=metrics.shard)
+                    n = state.consume(batch, on_row=metrics.item)
                     left -= n
                     metrics.pending(left)
                     bar.update(n)
@@ -271,11 +286,14 @@ def run_on_ray(cfg):
     state.committer.wait()  # a stalled run keeps the shards already handed to commits too
     state.gpu_seconds_held = sampler.stop()
     if stalled is not None:
+        publish_final(metrics, endpoint, cfg.ray.metrics_wait_s)
         raise JobStalled(f"stopped: nothing moved for {ctx.execution_no_progress_timeout_s:.0f} s "
                          f"(ray.no_progress_timeout_s; still running: {', '.join(stalled) or '?'}), "
                          f"{left} of {len(state.pending)} items not done; the committed shards are kept: "
                          "run the same command again to finish")
-    return state.finish()
+    summary = state.finish()
+    publish_final(metrics, endpoint, cfg.ray.metrics_wait_s)
+    return summary
 
 
 def main(argv=None) -> int:

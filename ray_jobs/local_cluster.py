@@ -24,9 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: Node loss is noticed within ~3 s instead of Ray's default ~30 s (GCS health checks of the raylets)
+#: Node loss is noticed within ~3 s instead of Ray's default ~30 s (GCS health checks of the raylets); metrics are
+#: exported every second as on the embedded local Ray (a job's final export waits for one interval)
 SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-                 "health_check_failure_threshold": 3}
+                 "health_check_failure_threshold": 3, "metrics_report_interval_ms": 1000}
 
 
 def _serve(a) -> int:

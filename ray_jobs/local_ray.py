@@ -22,6 +22,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: how often the local Ray's processes export their metrics (Ray's default: 10 s), so a job's last counts
+#: reach the endpoint within a second of its end
+LOCAL_REPORT_INTERVAL_MS = 1000
 FORWARDED_ENV = ("MVBOOST_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME", "TORCH_EXTENSIONS_DIR")
 
 
@@ -97,7 +100,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     start_reaper()  # nothing of the local Ray outlives a killed driver
     with _single_node():
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env,
+                 _system_config={"metrics_report_interval_ms": LOCAL_REPORT_INTERVAL_MS})
     return True
 
 
