@@ -113,9 +113,24 @@ class StageActor:
         if StageMetrics.get() is not None:
             StageMetrics.get().register(unit.names)
         self.stage.ensure_setup()
+        self.retiring = ""
 
     def __call__(self, batch):
-        return _to_numpy_batch(run_unit(self.stage, _to_rows_batch(batch)))
+        if self.retiring:  # the previous batch hit an infrastructure error: this worker may be broken
+            retire(self.stage.name, self.retiring)
+        out = _to_numpy_batch(run_unit(self.stage, _to_rows_batch(batch)))
+        self.retiring = self.stage.unhealthy  # its failed items are on their way back to the driver
+        return out
+
+
+def retire(name: str, why: str) -> None:
+    """End this actor's process: Ray Data restarts the actor (``max_restarts``) and retries the batch it was
+    given on a fresh one, so a worker with a broken CUDA context stops taking items."""
+    import os
+
+    print(f"worker of {name} (pid {os.getpid()}) retires after an infrastructure error ({why[:200]}); "
+          "Ray restarts it", file=sys.stderr, flush=True)
+    os._exit(70)
 
 
 def _limit_threads(num_cpus: float) -> None:
@@ -226,13 +241,35 @@ class JobStalled(RuntimeError):
     """Ray Data made no progress for ``ray.no_progress_timeout_s`` (e.g. GPU capacity that never came)."""
 
 
+def build_dataset(ray, cfg, units, items: list[dict]):
+    """The job's stage list as Ray Data operators over ``items``: actor pools for units that load weights,
+    tasks for the others."""
+    from ray.data import ActorPoolStrategy
+
+    from mvboost.pipeline.units import ray_resource_args
+
+    ds = ray.data.from_items(items, override_num_blocks=num_blocks(len(items), units))
+    for unit in units:
+        res = unit.resources
+        if unit.uses_actor:
+            ds = ds.map_batches(named_actor(unit.name), fn_constructor_args=(unit,),
+                                compute=ActorPoolStrategy(
+                                    min_size=res.min_actors, max_size=res.max_actors or None,
+                                    max_tasks_in_flight_per_actor=cfg.ray.max_tasks_in_flight_per_actor),
+                                batch_size=res.batch_size, num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
+                                **ray_resource_args(res))
+        else:
+            ds = ds.map_batches(named_task(unit.name), fn_args=(unit,),
+                                batch_size=res.batch_size, num_cpus=res.num_cpus, **ray_resource_args(res))
+    return ds
+
+
 def run_on_ray(cfg):
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
     from tqdm.auto import tqdm
 
     from mvboost.pipeline.job import JobState, gpu_shares, stage_names
-    from mvboost.pipeline.units import ray_resource_args
 
     state = JobState(cfg)  # validates output, plan and resume state before any Ray work
     if not state.pending and not state.tracker.ready():
@@ -252,37 +289,33 @@ def run_on_ray(cfg):
     metrics.pending(len(state.pending))
     sampler = GpuHeldSampler(on_sample=metrics.held).start()
     stalled = None  # the operators still running when Ray Data gave up (ray.no_progress_timeout_s)
-    if state.pending:
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = bool(cfg.job.progress)
-        if cfg.ray.no_progress_timeout_s:
-            ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
-        ds = ray.data.from_items(state.pending, override_num_blocks=num_blocks(len(state.pending), units))
-        for unit in units:
-            res = unit.resources
-            if unit.uses_actor:
-                ds = ds.map_batches(named_actor(unit.name), fn_constructor_args=(unit,),
-                                    compute=ActorPoolStrategy(
-                                        min_size=res.min_actors, max_size=res.max_actors or None,
-                                        max_tasks_in_flight_per_actor=cfg.ray.max_tasks_in_flight_per_actor),
-                                    batch_size=res.batch_size, num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
-                                    **ray_resource_args(res))
-            else:
-                ds = ds.map_batches(named_task(unit.name), fn_args=(unit,),
-                                    batch_size=res.batch_size, num_cpus=res.num_cpus, **ray_resource_args(res))
-        from ray.data.exceptions import ExecutionTimeoutError
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(cfg.job.progress)
+    if cfg.ray.no_progress_timeout_s:
+        ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
+    from ray.data.exceptions import ExecutionTimeoutError
 
-        with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
-                  disable=not cfg.job.progress) as bar:
-            left = len(state.pending)
+    from mvboost.pipeline.runner import announce_retry
+
+    left = len(state.pending)
+    with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
+              disable=not cfg.job.progress) as bar:
+        items = state.pending
+        for attempt in range(cfg.job.infra_retries + 1):
+            if not items:
+                break
+            if attempt:
+                announce_retry(len(items), attempt, cfg.job.infra_retries)
             try:
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for batch in build_dataset(ray, cfg, units, items).iter_batches(batch_size=None, batch_format="numpy"):
                     n = state.consume(batch, on_row=metrics.item)
                     left -= n
                     metrics.pending(left)
                     bar.update(n)
             except ExecutionTimeoutError as e:
                 stalled = [ln.strip()[2:].split(":")[0] for ln in str(e).splitlines() if ln.startswith("  - ")]
+                break
+            items = state.take_failed()
     state.committer.wait()  # a stalled run keeps the shards already handed to commits too
     state.gpu_seconds_held = sampler.stop()
     if stalled is not None:
@@ -291,15 +324,17 @@ def run_on_ray(cfg):
                          f"(ray.no_progress_timeout_s; still running: {', '.join(stalled) or '?'}), "
                          f"{left} of {len(state.pending)} items not done; the committed shards are kept: "
                          "run the same command again to finish")
-    summary = state.finish()
-    publish_final(metrics, endpoint, cfg.ray.metrics_wait_s)
-    return summary
+    try:
+        return state.finish()
+    finally:  # also when items are left unfinished (JobIncomplete): the counts so far are exact
+        publish_final(metrics, endpoint, cfg.ray.metrics_wait_s)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from mvboost.config import ConfigError
     from mvboost.io.shards import OutputError
+    from mvboost.pipeline.state import JobIncomplete
 
     args = parse_args(argv)
     try:
@@ -320,7 +355,7 @@ def main(argv=None) -> int:
     except (ConfigError, OutputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except JobStalled as e:
+    except (JobStalled, JobIncomplete) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     print(summary.format())

@@ -6,7 +6,8 @@ job can know in advance (each stage, the totals) is registered at 0 when the job
 show 0 rather than "no data" until the first item finishes. Every series carries ``JobId`` (Ray's job
 id), so one dashboard filters one job on a shared cluster.
 
-* driver (:class:`JobMetrics`): items accepted, items rejected by stage and reason group, shards
+* driver (:class:`JobMetrics`): items accepted, items rejected by stage and reason group, item attempts
+  retried after an infrastructure failure by stage, shards
   committed (counted when the commit has finished), items pending, busy GPU-seconds per stage (stage
   seconds x the GPUs its worker holds), GPU-seconds *held* (sampled: the GPUs of this job's live actors,
   busy or idle) and their $ at ``job.gpu_hour_usd``. These are exact: the driver counts the status rows
@@ -38,6 +39,8 @@ METRICS = {
     "mvboost_items_accepted": ("counter", "items written as samples", ()),
     "mvboost_items_rejected": ("counter", "items rejected, by the stage that rejected them and the reason group",
                                ("stage", "reason")),
+    "mvboost_items_retried": ("counter", "item attempts that failed for infrastructure reasons (CUDA error, OOM, "
+                              "timeout) and go through again, by stage", ("stage",)),
     "mvboost_shards_committed": ("counter", "shards committed (manifest written)", ()),
     "mvboost_items_pending": ("gauge", "items of this run not finished yet", ()),
     "mvboost_stage_items_in": ("counter", "items that entered a stage's worker", ("stage",)),
@@ -148,7 +151,7 @@ class JobMetrics:
             _register(self.m[name])
         for s in stages:
             _register(self.m["mvboost_items_rejected"], {"stage": s, "reason": NO_REASON})
-            for name in ("mvboost_stage_seconds", "mvboost_gpu_seconds_busy"):
+            for name in ("mvboost_items_retried", "mvboost_stage_seconds", "mvboost_gpu_seconds_busy"):
                 _register(self.m[name], {"stage": s})
         self.counts = {"accepted": 0, "rejected": 0, "shards": 0, "pending": 0}
         self.m["mvboost_items_pending"].set(0)
@@ -161,6 +164,9 @@ class JobMetrics:
         if row.get("status") == "ok":
             self.counts["accepted"] += 1
             self.m["mvboost_items_accepted"].inc()
+        elif row.get("status") == "failed":  # not finished: the item goes through again
+            self.m["mvboost_items_retried"].inc(tags={"stage": row.get("reject_stage") or "unknown"})
+            return
         else:
             self.counts["rejected"] += 1
             self.m["mvboost_items_rejected"].inc(tags={"stage": row.get("reject_stage") or "unknown",

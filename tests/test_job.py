@@ -44,17 +44,25 @@ def test_smoke_in_process_then_resume_is_free(tmp_path, tiny_cache):
         run_in_process(smoke_cfg(out, "job.n=9"))
 
 
-def test_failures_become_recorded_rejections(tmp_path, tiny_cache, monkeypatch):
+def test_content_failures_are_recorded_and_infrastructure_failures_go_through_again(tmp_path, tiny_cache,
+                                                                                    monkeypatch):
+    """Item 1 hits a CUDA error on its first four attempts (the batch and three retries in the worker): it is not
+    recorded but goes through again in the next round and is accepted. A transient error succeeds on retry; a
+    Reject and an unexpected error that survives the retries are recorded rejections."""
     real = TextToImageStage.process
-    calls = {"flaky": 0}
+    calls = {1: 0, 2: 0}
 
     def faulty(self, rows):
         for r in rows:
             if r["index"] == 1:
-                raise RuntimeError("CUDA error: device-side assert")  # permanent: fails every retry
-            if r["index"] == 2 and calls["flaky"] == 0:
-                calls["flaky"] += 1
+                calls[1] += 1
+                if calls[1] <= 4:
+                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            if r["index"] == 2 and calls[2] == 0:
+                calls[2] += 1
                 raise ConnectionError("transient")  # succeeds on retry
+            if r["index"] == 6:
+                raise ValueError("a bug this item triggers")
         out = real(self, rows)
         return [Reject("NaN output from the text-to-image model") if r["index"] == 5 else o
                 for r, o in zip(rows, out)]
@@ -62,16 +70,48 @@ def test_failures_become_recorded_rejections(tmp_path, tiny_cache, monkeypatch):
     monkeypatch.setattr(TextToImageStage, "process", faulty)
     out = tmp_path / "out"
     s = run_in_process(smoke_cfg(out))
-    assert (s.accepted, s.rejected) == (6, 2)
-    assert s.rejected_by_reason == {"text_to_image: RuntimeError": 1, "text_to_image: NaN output from the "
+    assert (s.accepted, s.rejected, s.infrastructure_retries) == (6, 2, 1)
+    assert calls[1] == 5
+    assert s.rejected_by_reason == {"text_to_image: ValueError": 1, "text_to_image: NaN output from the "
                                     "text-to-image model": 1}
     ledger = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     items = plan_items(smoke_cfg(out))
-    assert sorted(r["key"] for r in ledger) == sorted(items[i]["item_id"] for i in (1, 5))
+    assert sorted(r["key"] for r in ledger) == sorted(items[i]["item_id"] for i in (5, 6))
     assert set(shard_keys(out)) | {r["key"] for r in ledger} == {it["item_id"] for it in items}
     # rejected items are not retried (nor re-paid) by a rerun
     monkeypatch.setattr(TextToImageStage, "process", real)
     assert run_in_process(smoke_cfg(out)).skipped_already_done == 8
+
+
+def test_an_infrastructure_failure_that_persists_is_never_recorded_and_the_rerun_finishes(tmp_path, tiny_cache,
+                                                                                         monkeypatch):
+    """Out of memory on every attempt of item 2: after job.infra_retries rounds the run ends with one clear
+    error; nothing of the item is recorded, its shard stays uncommitted, the other shard is committed; the same
+    command, once the machine is healthy, finishes the job with nothing lost."""
+    from mvboost.pipeline.state import JobIncomplete
+
+    real = TextToImageStage.process
+
+    class OutOfMemoryError(RuntimeError):  # the name torch gives its OOM errors
+        pass
+
+    def oom(self, rows):
+        if any(r["index"] == 2 for r in rows):
+            raise OutOfMemoryError("Tried to allocate 2.00 GiB")
+        return real(self, rows)
+
+    monkeypatch.setattr(TextToImageStage, "process", oom)
+    out = tmp_path / "out"
+    with pytest.raises(JobIncomplete, match=r"1 item\(s\) still failed for infrastructure reasons after 3 attempts"
+                                            r" \(e.g. .* at text_to_image: OutOfMemoryError"):
+        run_in_process(smoke_cfg(out))
+    items = plan_items(smoke_cfg(out))
+    assert not (out / "rejects.jsonl").exists() or items[2]["item_id"] not in (out / "rejects.jsonl").read_text()
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == ["shard-000001.tar"]  # item 2 is in shard 0
+    monkeypatch.setattr(TextToImageStage, "process", real)
+    s = run_in_process(smoke_cfg(out))
+    assert (s.accepted, s.rejected, s.skipped_already_done) == (8, 0, 7)
+    assert sorted(shard_keys(out)) == sorted(it["item_id"] for it in items)
 
 
 class Doubler(Stage):
@@ -114,13 +154,33 @@ class Sleeper(Stage):
         return [{"y": r["x"]} for r in rows]
 
 
-def test_stage_timeout_rejects_the_batch_and_goes_on():
+def test_stage_timeout_is_an_infrastructure_failure_of_the_slow_item_only():
     st = Sleeper(StageConfig(resources=Resources(timeout_s=0.3, retries=0)))
     out = st({"item_id": ["a", "b"], "x": [1, -1]})
-    # the batch timed out as a whole: both items are retried one by one, only the slow one times out again
-    assert out["status"] == ["ok", "rejected"]
+    # the batch timed out as a whole: both items are retried one by one, only the slow one times out again;
+    # it is not recorded as bad content (failed, not rejected) and the stage says its worker may be unhealthy
+    assert out["status"] == ["ok", "failed"]
     assert out["reject_reason"][1] == "timeout: stage sleeper took more than 0.3 s"
+    assert st.unhealthy == "timeout: stage sleeper took more than 0.3 s"
     assert st({"item_id": ["c"], "x": [5]})["y"] == [5]  # the stage still works afterwards
+
+
+@pytest.mark.parametrize("error, infra", [
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"), True),
+    (MemoryError(), True),
+    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"), True),
+    (RuntimeError("CUDA driver version is insufficient for CUDA runtime version"), True),
+    (Reject("object too small: 0.3% of the image"), False),
+    (Reject("CUDA error in the prompt text"), False),  # a content verdict stays one, whatever it says
+    (ValueError("could not broadcast input array"), False),
+    (OSError("unreadable asset"), False),
+])
+def test_error_classes(error, infra):
+    from mvboost.stages.base import is_infrastructure
+
+    assert is_infrastructure(error) is infra
+    assert is_infrastructure(OSError("No space left on device"), (OSError,))  # the write stage's storage errors
 
 
 def test_smoke_job_to_s3_through_fsspec(tiny_cache, moto_s3):

@@ -266,3 +266,25 @@ def test_the_driver_never_receives_a_payload(tmp_path, tiny_cache):
     assert not (out / "_staging").exists()  # no leftovers once every shard is committed
     # operators are named after their stages (progress bars, dashboard, Prometheus labels)
     assert "MapBatches(synthetic)" in r.stderr + r.stdout and "MapBatches(write)" in r.stderr + r.stdout
+
+
+def test_a_worker_with_a_broken_cuda_context_is_retired_and_its_items_go_through_again(tmp_path, tiny_cache):
+    """The LGM actor's process breaks (a CUDA error on every batch from its first on) twice in a row: each broken
+    worker hands its items back as infrastructure failures, exits before its next batch, Ray restarts it, and
+    the failed items go through again. Every item is accepted, nothing is recorded as rejected."""
+    out, faults = tmp_path / "out", tmp_path / "faults.txt"
+    env = dict(job_env(tiny_cache), MVBOOST_FAULT_CUDA_FILE=str(faults), MVBOOST_FAULT_CUDA_TIMES="2",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "fault_site"), str(REPO)]))
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out),
+           "--set", "job.progress=false"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    pids = faults.read_text().split()
+    assert len(pids) == 2 and len(set(pids)) == 2  # two worker processes broke, one after the other
+    retired = [ln for ln in r.stderr.splitlines() if "retires after an infrastructure error (RuntimeError: CUDA error" in ln]
+    assert retired, r.stderr[-3000:]
+    assert "accepted 8, rejected 0" in r.stdout and "infrastructure failures retried" in r.stdout, r.stdout
+    assert "retrying" in r.stdout and "item(s) that failed for infrastructure reasons (round 1 of 2)" in r.stdout
+    assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
+    assert json.loads((out / "summary.json").read_text())["rejected"] == 0
+    assert (out / "rejects.jsonl").read_text() == ""

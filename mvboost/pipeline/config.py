@@ -25,6 +25,9 @@ class JobSection:
     progress: bool = True
     commit_cpus: float = 0.25  # CPUs of the Ray task that commits each finished shard (I/O bound)
     gpu_hour_usd: float = 0.0  # price of one GPU-hour, for the $ per accepted sample (0: not reported)
+    # rounds in which items that failed for infrastructure reasons (CUDA error, OOM, timeout) go through again
+    # in the same run; items still failing after them are left unfinished for the next run, never rejected
+    infra_retries: int = 2
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 import time
 
 from ..io.shards import OutputStore, jsonl_bytes, shard_name
-from ..stages.base import OK, STATUS, JobInfo, status_columns, to_python
+from ..stages.base import FAILED, OK, STATUS, JobInfo, status_columns, to_python
 from .config import job_meta, validate
 from .items import job_plan, plan_items
 from .summary import RunSummary, reason_group, steady_rate
@@ -48,6 +48,11 @@ class ShardTracker:
         return s if not left else None
 
 
+class JobIncomplete(RuntimeError):
+    """Items still failing for infrastructure reasons after ``job.infra_retries`` rounds: nothing of them was
+    recorded, their shards are not committed, and the same command retries them."""
+
+
 class LocalCommitter:
     """Commits shards in this process (the in-process runner): tar, rejects, manifest last."""
 
@@ -83,6 +88,9 @@ class JobState:
         self.t0 = time.time()
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
         self.run_rejected = 0
+        self.by_id = {it["item_id"]: it for it in self.items}
+        self.failed: dict[str, dict] = {}  # item_id -> its last infrastructure failure (status row), this round
+        self.infra_failures = 0  # item attempts that failed for infrastructure reasons in this run
 
     def commit(self, shard: int) -> None:
         """Hand a finished shard to the committer (in this process, or a Ray task where the data is)."""
@@ -94,9 +102,20 @@ class JobState:
             self.commit(s)
 
     def on_result(self, row: dict) -> int | None:
+        if row.get(STATUS) == FAILED:  # not finished: sent through again (take_failed), never recorded
+            self.failed[row["item_id"]] = row
+            self.infra_failures += 1
+            return None
+        self.failed.pop(row["item_id"], None)
         if row.get(STATUS) != OK:
             self.run_rejected += 1
         return self.tracker.mark(row)
+
+    def take_failed(self) -> list[dict]:
+        """The planned items whose last attempt failed for infrastructure reasons, for another round."""
+        items = [self.by_id[k] for k in sorted(self.failed)]
+        self.last_failed, self.failed = self.failed, {}
+        return items
 
     @property
     def run_seconds(self) -> collections.Counter:
@@ -108,20 +127,31 @@ class JobState:
 
     def consume(self, batch: dict, on_row=None, on_commit=None) -> int:
         """Take one batch of results (columns -> sequences) from either executor: keep only the status
-        columns, count them, commit every shard they complete. Returns the number of rows."""
+        columns, count them, commit every shard they complete. Returns the number of rows finished (an
+        infrastructure failure is not finished: it goes through again)."""
         status = status_columns(batch)
-        n = len(batch["item_id"])
+        n, finished = len(batch["item_id"]), 0
         for i in range(n):
             row = {c: to_python(v[i]) for c, v in status.items()}
             if on_row is not None:
                 on_row(row)
             shard = self.on_result(row)
+            finished += row.get(STATUS) != FAILED
             if shard is not None:
                 self.commit(shard)
                 if on_commit is not None:
                     on_commit()
-        self.batch_done(n)
-        return n
+        self.batch_done(finished)
+        return finished
+
+    def incomplete(self) -> JobIncomplete:
+        failed = getattr(self, "last_failed", {}) | self.failed
+        row = next(iter(failed.values()))
+        return JobIncomplete(
+            f"{len(failed)} item(s) still failed for infrastructure reasons after {self.cfg.job.infra_retries + 1} "
+            f"attempts (e.g. {row['item_id']} at {row.get('reject_stage')}: {str(row.get('reject_reason'))[:200]}); "
+            "nothing of them was recorded and their shards are not committed: run the same command again to "
+            "retry them")
 
     def finish(self) -> RunSummary:
         self.commit_ready()
@@ -130,6 +160,8 @@ class JobState:
                     if left and s not in self.tracker.committed}
         if not not_done:
             self.store.remove_empty_staging()
+        if not_done and (self.failed or getattr(self, "last_failed", None)):
+            raise self.incomplete()
         if not_done:
             s, keys = next(iter(not_done.items()))
             raise RuntimeError(f"{len(not_done)} shard(s) still have unfinished items (e.g. {shard_name(s)}: "
@@ -149,7 +181,8 @@ class JobState:
                              shards=self.shards, wall_seconds=round(now - self.t0, 2),
                              steady_items_per_s=steady_rate(self.arrivals, self.t0, now),
                              items_per_s=round(finished / max(1e-9, now - self.t0), 4),
-                             gpu_seconds_busy=round(busy, 3), gpu_seconds_held=round(self.gpu_seconds_held, 3))
+                             gpu_seconds_busy=round(busy, 3), gpu_seconds_held=round(self.gpu_seconds_held, 3),
+                             infrastructure_retries=self.infra_failures)
         summary.add_cost(new_accepted, self.cfg.job.gpu_hour_usd)
         self.store.write_atomic(self.store.path("rejects.jsonl"),
                                 jsonl_bytes(rejects))

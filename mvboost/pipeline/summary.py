@@ -25,6 +25,7 @@ class RunSummary:
     gpu_seconds_per_accepted: float = 0.0  # held where known, else busy
     usd: float | None = None  # this run's GPU-seconds (held, else busy) at job.gpu_hour_usd
     usd_per_accepted: float | None = None
+    infrastructure_retries: int = 0  # item attempts that failed for infrastructure reasons and went through again
 
     def add_cost(self, new_accepted: int, gpu_hour_usd: float) -> None:
         paid = self.gpu_seconds_held or self.gpu_seconds_busy
@@ -46,6 +47,8 @@ class RunSummary:
                  f" ({self.skipped_already_done} were already finished before this run)"]
         for reason, n in sorted(self.rejected_by_reason.items(), key=lambda x: -x[1]):
             lines.append(f"  rejected {n:>5}  {reason}")
+        if self.infrastructure_retries:
+            lines.append(f"infrastructure failures retried (never recorded as rejects): {self.infrastructure_retries}")
         if self.stage_seconds:
             lines.append("seconds per stage (this run, summed over items): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in self.stage_seconds.items()))

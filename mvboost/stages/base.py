@@ -9,14 +9,23 @@ A stage is one small class:
 * ``process(rows)``: does the work on the rows that are still ``ok``.
 
 ``stage(batch)`` (``__call__``) takes a column batch (dict of equal-length sequences), keeps the row
-count, runs ``process`` on the ok rows with bounded retries, and records per-item failures as
-``status = "rejected"`` with ``reject_stage`` and ``reject_reason`` (img2dataset's worker style):
-nothing is dropped silently. Rows carry only scalars and ``bytes`` (arrays travel as ``.npy``
-bytes, see :mod:`mvboost.io.codec`) so the same batches move through Arrow/Ray unchanged.
+count, runs ``process`` on the ok rows with bounded retries, and records per-item failures with
+``reject_stage`` and ``reject_reason`` (img2dataset's worker style): nothing is dropped silently.
+Rows carry only scalars and ``bytes`` (arrays travel as ``.npy`` bytes, see :mod:`mvboost.io.codec`)
+so the same batches move through Arrow/Ray unchanged.
+
+Two classes of failure (:func:`is_infrastructure`):
+
+* **content** (``Reject``: a bad prompt, no object, an unreadable asset; or an unexpected error that
+  survived the retries) -> ``status = "rejected"``: final, recorded in the shard, skipped by reruns;
+* **infrastructure** (a CUDA error, out of memory, a timeout, :class:`InfraError`, a storage error in a
+  stage that declares it) -> ``status = "failed"``: never recorded; the driver sends the item through
+  again, and the stage marks itself ``unhealthy`` so that the executor can retire its worker.
 """
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,6 +36,7 @@ log = logging.getLogger(__name__)
 STATUS = "status"
 OK = "ok"
 REJECTED = "rejected"
+FAILED = "failed"  # an infrastructure failure: the item is not finished and goes through again
 #: the columns that return to the driver (plus the ``t_<stage>`` timings); payloads never do
 RESULT_COLUMNS = ("item_id", "shard", STATUS, "reject_stage", "reject_reason", "staged_bytes")
 
@@ -41,7 +51,30 @@ class Reject(Exception):
 
 
 class StageTimeout(Exception):
-    """``process`` ran past ``resources.timeout_s``."""
+    """``process`` ran past ``resources.timeout_s`` (an infrastructure failure: a hung device or service)."""
+
+
+class InfraError(Exception):
+    """Raised by a stage for a failure of the machine or a service, not of the item: retried, never recorded."""
+
+
+#: messages of errors that come from the accelerator, its driver or its memory, not from the item
+_INFRA_MESSAGE = re.compile(r"CUDA error|CUDA driver|CUDA out of memory|cuDNN error|CUBLAS_STATUS|NCCL error|"
+                            r"device-side assert|out of memory|ECC error|illegal memory access|"
+                            r"no CUDA-capable device", re.IGNORECASE)
+
+
+def is_infrastructure(e: BaseException, extra: tuple[type, ...] = ()) -> bool:
+    """True for a failure of the machine rather than of the item: :class:`InfraError`, a stage timeout,
+    ``MemoryError``, torch's out-of-memory errors, an accelerator/driver error by its message, or one of the
+    stage's ``extra`` types (the write stage: ``OSError``, a storage outage)."""
+    if isinstance(e, Reject):
+        return False
+    if isinstance(e, (InfraError, StageTimeout, MemoryError, *extra)):
+        return True
+    if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError / torch.cuda.OutOfMemoryError
+        return True
+    return bool(_INFRA_MESSAGE.search(str(e)))
 
 
 @dataclass
@@ -92,11 +125,14 @@ class Stage:
     inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
     uses_actor: ClassVar[bool] = True  # loads weights in setup(): run as an actor pool on Ray
+    #: error types this stage counts as infrastructure besides the common ones (see :func:`is_infrastructure`)
+    infra_errors: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self, config=None, job=None):
         self.config = config if config is not None else self.Config()
         self.job = job  # JobInfo: output URL, model ids, seeds (read-only)
         self._ready = False
+        self.unhealthy = ""  # the first infrastructure error this worker saw: the executor may retire it
 
     @property
     def resources(self) -> Resources:
@@ -165,7 +201,11 @@ class Stage:
                 absent = [c for c in self.outputs if c not in res]
                 res = Reject(f"stage produced no {absent}") if absent else res
             if isinstance(res, Exception):
-                row.update({STATUS: REJECTED, "reject_stage": self.name, "reject_reason": _reason(res)})
+                infra = is_infrastructure(res, self.infra_errors)
+                if infra and not self.unhealthy:
+                    self.unhealthy = _reason(res)
+                row.update({STATUS: FAILED if infra else REJECTED, "reject_stage": self.name,
+                            "reject_reason": _reason(res)})
             else:
                 row.update(res)
             row[f"t_{self.name}"] = per_item
@@ -201,7 +241,7 @@ class Stage:
             return [e] * len(rows)
         except StageTimeout as e:
             if len(rows) == 1:
-                return [Reject(str(e))]
+                return [e]
             log.warning("stage %s: %s for a batch of %d; trying items one by one", self.name, e, len(rows))
             return self._one_by_one(rows, e)
         except Exception as e:  # the batch failed as a whole: retry item by item, bounded
@@ -224,8 +264,8 @@ class Stage:
                 except Reject as r:
                     res = r
                     break
-                except StageTimeout as t:  # a slow item is not retried: record it and go on
-                    res = Reject(str(t))
+                except StageTimeout as t:  # not retried here: the driver sends the item through again
+                    res = t
                     break
                 except Exception as ex:  # noqa: BLE001 - recorded as the item's reason
                     res = ex
@@ -268,6 +308,10 @@ class FusedStage:
     model_refs = Stage.model_refs
     bind = Stage.bind
 
+    @property
+    def unhealthy(self) -> str:
+        return next((s.unhealthy for s in self.stages if s.unhealthy), "")
+
     def preflight(self) -> None:
         for s in self.stages:
             s.preflight()
@@ -283,7 +327,7 @@ class FusedStage:
 
 
 def _reason(e: Exception) -> str:
-    if isinstance(e, Reject):
+    if isinstance(e, (Reject, StageTimeout)):
         return str(e)
     return f"{type(e).__name__}: {e}"[:500]
 

@@ -26,6 +26,7 @@ class WriteStage(Stage):
     inputs = ("item_id", "shard", "prompt")
     outputs = ("staged_bytes",)
     uses_actor = False
+    infra_errors = (OSError,)  # the output store failed, not the item: it goes through again
 
     def setup(self):
         self.store = OutputStore(self.job.output, self.job.storage_options)
