@@ -25,6 +25,7 @@ message naming the stages and resources, instead of waiting forever.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -46,6 +47,10 @@ def parse_args(argv=None):
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve the local run's Prometheus metrics on 127.0.0.1:PORT and write Prometheus's service "
                         "discovery file (sets ray.metrics_port; see docs/cluster.md)")
+    p.add_argument("--retry-rejected", nargs="?", const="all", metavar="GROUP",
+                   help="run the output's recorded rejects again (all, or one stage, reason group or "
+                        "'<stage>: <reason group>' as the summary lists them) into new shards; rerun the same "
+                        "command to finish an interrupted retry (sets job.retry_rejected)")
     p.add_argument("--in-process", action="store_true", help="run the same stage list without Ray (debugging)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (items, shards, what a rerun skips, operators, resources, models) and exit; "
@@ -61,6 +66,8 @@ def load(args):
         overrides.append(f"job.output={args.output}")
     if args.n is not None:
         overrides.append(f"job.n={args.n}")
+    if args.retry_rejected:
+        overrides.append(f"job.retry_rejected={json.dumps(args.retry_rejected)}")  # "stage: group" is no YAML map
     if args.metrics_port is not None:
         overrides.append(f"ray.metrics_port={args.metrics_port}")
     if args.assets:

@@ -218,3 +218,41 @@ def test_steady_throughput_on_known_schedules():
     # start-up excluded: 20 s of loading, then 2 items/s
     ramp = [(20.0 + k, 2) for k in range(0, 31)]
     assert steady_rate(ramp, 0.0, 50.0) == pytest.approx(2.0)
+
+
+def test_retry_rejected_reruns_a_reason_group_into_new_shards_and_the_latest_verdict_counts(tmp_path, tiny_cache,
+                                                                                           monkeypatch):
+    """Items 1, 2 and 6 rejected by a flaky check, 5 by another reason. --retry-rejected with the first group
+    runs those three again into a shard of their own (committed shards untouched): accepted now, their rejects
+    superseded; the other group stays rejected; the same command again finds nothing left of that group."""
+    from mvboost.io.shards import OutputStore
+    from mvboost.pipeline.retry import read_rounds
+
+    real = TextToImageStage.process
+
+    def verdicts(self, rows):
+        out = real(self, rows)
+        return [Reject("object too small: 0.4% (flaky check)") if r["index"] in (1, 2, 6) else
+                Reject("NaN output from the text-to-image model") if r["index"] == 5 else o for r, o in zip(rows, out)]
+
+    monkeypatch.setattr(TextToImageStage, "process", verdicts)
+    out = tmp_path / "out"
+    s = run_in_process(smoke_cfg(out))
+    assert (s.accepted, s.rejected) == (4, 4)
+    before = {p.name: p.read_bytes() for p in out.glob("shard-*")}
+    monkeypatch.setattr(TextToImageStage, "process", real)
+    group = "text_to_image: object too small"
+    s = run_in_process(smoke_cfg(out, f"job.retry_rejected={json.dumps(group)}"))
+    assert (s.accepted, s.rejected, s.requested) == (7, 1, 8)
+    assert s.rejected_by_reason == {"text_to_image: NaN output from the text-to-image model": 1}
+    assert s.shards == [0, 1, 2]
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*") if p.name in before} == before
+    items = plan_items(smoke_cfg(out))
+    keys = shard_keys(out)
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted(it["item_id"] for it in items
+                                                                  if it["index"] != 5)
+    ledger = [json.loads(x)["key"] for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert ledger == [items[5]["item_id"]]
+    assert [r["group"] for r in read_rounds(OutputStore(str(out)))] == [group]
+    s = run_in_process(smoke_cfg(out, f"job.retry_rejected={json.dumps(group)}"))
+    assert (s.accepted, s.rejected, s.shards) == (7, 1, [0, 1, 2])  # nothing of that group is left

@@ -288,3 +288,54 @@ def test_a_worker_with_a_broken_cuda_context_is_retired_and_its_items_go_through
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
     assert json.loads((out / "summary.json").read_text())["rejected"] == 0
     assert (out / "rejects.jsonl").read_text() == ""
+
+
+def test_retry_rejected_killed_and_rerun_commits_every_retried_item_exactly_once(tmp_path, tiny_cache, monkeypatch):
+    """12 of 16 items recorded as rejected (in process); --retry-rejected on Ray, killed with -9 once its first
+    retry shard is committed; the same command finishes the round: every item in exactly one shard, the shards
+    committed before the kill untouched, no reject left."""
+    from mvboost.io.shards import OutputStore
+    from mvboost.pipeline.job import load_job_config, run_in_process
+    from mvboost.pipeline.retry import read_rounds
+    from mvboost.stages.base import Reject
+    from mvboost.stages.text_to_image import TextToImageStage
+
+    out, n = tmp_path / "out", 16
+    sizes = [a for st in ("text_to_image", "matting", "era3d", "lgm", "render", "refine", "write")
+             for a in (f"{st}.resources.batch_size=2",)]
+    real = TextToImageStage.process
+    monkeypatch.setattr(TextToImageStage, "process", lambda self, rows: [
+        Reject("object too small: injected") if r["index"] % 4 else o for r, o in zip(rows, real(self, rows))])
+    s = run_in_process(load_job_config(SMOKE, [f"job.output={out}", f"job.n={n}", "job.progress=false", *sizes]))
+    assert (s.accepted, s.rejected) == (4, 12)
+    monkeypatch.setattr(TextToImageStage, "process", real)
+    args = ["--n", str(n), "--retry-rejected", "text_to_image", *[a for kv in sizes for a in ("--set", kv)]]
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not (out / "shard-000004.json").exists():
+            time.sleep(0.2)
+        assert proc.poll() is None, "the retry run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    committed = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("shard-*.tar")
+                 if (out / p.name.replace(".tar", ".json")).exists()}
+    assert "shard-000004.tar" in committed and "shard-000006.tar" not in committed
+    r = run_job(out, tiny_cache, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "retry round 1 (rejects of 'text_to_image') was interrupted: finishing it (12 item(s)" in r.stdout
+    assert "accepted 16, rejected 0" in r.stdout, r.stdout
+    keys = shard_keys(out)
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted(expected_keys(out, n))
+    for name, (mtime, data) in committed.items():  # finished shards were not rewritten
+        assert (out / name).stat().st_mtime_ns == mtime and (out / name).read_bytes() == data
+    store = OutputStore(str(out))
+    assert [len(r["items"]) for r in read_rounds(store)] == [12]
+    assert all(verified(store, s) for s in range(7))
+    assert (out / "rejects.jsonl").read_text() == ""
+    assert not list(out.rglob("*.tmp-*")) and not list((out / "_staging").glob("*"))

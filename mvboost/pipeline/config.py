@@ -28,6 +28,9 @@ class JobSection:
     # rounds in which items that failed for infrastructure reasons (CUDA error, OOM, timeout) go through again
     # in the same run; items still failing after them are left unfinished for the next run, never rejected
     infra_retries: int = 2
+    # re-run recorded rejects on this output ("all", a stage, a reason group or "<stage>: <reason group>"), into
+    # shards of their own (see mvboost.pipeline.retry); "": a normal run
+    retry_rejected: str = ""
 
 
 @dataclass

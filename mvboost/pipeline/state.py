@@ -10,6 +10,7 @@ from ..io.shards import OutputStore, jsonl_bytes, shard_name
 from ..stages.base import FAILED, OK, STATUS, JobInfo, status_columns, to_python
 from .config import job_meta, validate
 from .items import job_plan, plan_items
+from .retry import all_shards, effective_rejects, read_rounds, retry_items
 from .summary import RunSummary, reason_group, steady_rate
 from .units import gpu_shares
 
@@ -78,9 +79,15 @@ class JobState:
         self.store.claim_job(job_plan(cfg, self.items))
         self.shards = sorted({it["shard"] for it in self.items})
         committed, staged, done = resume_state(self.store, self.items)
-        self.tracker = ShardTracker(self.items, staged, committed)
-        self.pending = [it for it in self.items if it["item_id"] not in done]
-        self.skipped = len(self.items) - len(self.pending)
+        work = self.items  # what this run is about: the plan, or a retry round of recorded rejects
+        if cfg.job.retry_rejected:
+            work, line = retry_items(self.store, self.items, cfg.job.retry_rejected, cfg.job.shard_size,
+                                     plan_unfinished=bool(set(self.shards) - committed))
+            print(line, flush=True)
+            committed, staged, done = resume_state(self.store, work)
+        self.tracker = ShardTracker(work, staged, committed)
+        self.pending = [it for it in work if it["item_id"] not in done]
+        self.skipped = len(work) - len(self.pending)
         self.info = JobInfo(cfg.job.output, dict(cfg.job.storage_options), job_meta(cfg, units))
         self.units = [u.bind(self.info) for u in units]  # the job's operators, built once
         self.committer = LocalCommitter(self.store)  # the Ray job swaps in a committer that runs on workers
@@ -88,7 +95,7 @@ class JobState:
         self.t0 = time.time()
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
         self.run_rejected = 0
-        self.by_id = {it["item_id"]: it for it in self.items}
+        self.by_id = {it["item_id"]: it for it in work}
         self.failed: dict[str, dict] = {}  # item_id -> its last infrastructure failure (status row), this round
         self.infra_failures = 0  # item attempts that failed for infrastructure reasons in this run
 
@@ -166,7 +173,8 @@ class JobState:
             s, keys = next(iter(not_done.items()))
             raise RuntimeError(f"{len(not_done)} shard(s) still have unfinished items (e.g. {shard_name(s)}: "
                                f"{keys[:3]}); rerun the job to finish them")
-        rejects = self.store.all_rejects(self.shards)
+        rounds = read_rounds(self.store)
+        rejects = effective_rejects(self.store, self.shards, rounds)  # each key's latest verdict
         run_seconds = self.run_seconds
         share = gpu_shares(self.units)
         busy = sum(v * share.get(k, 0.0) for k, v in run_seconds.items())
@@ -178,7 +186,7 @@ class JobState:
                              accepted=len(self.items) - len(rejects), rejected=len(rejects),
                              skipped_already_done=self.skipped, rejected_by_reason=dict(by_reason),
                              stage_seconds={k: round(v, 3) for k, v in run_seconds.items()},
-                             shards=self.shards, wall_seconds=round(now - self.t0, 2),
+                             shards=all_shards(self.shards, rounds), wall_seconds=round(now - self.t0, 2),
                              steady_items_per_s=steady_rate(self.arrivals, self.t0, now),
                              items_per_s=round(finished / max(1e-9, now - self.t0), 4),
                              gpu_seconds_busy=round(busy, 3), gpu_seconds_held=round(self.gpu_seconds_held, 3),
