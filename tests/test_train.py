@@ -259,6 +259,7 @@ def adapters(run_dir):
 @pytest.mark.ray
 def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_path, ds_env):
     bound = set()
+    ckpt_dirs_before = set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*"))
     r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=2", listening=bound)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     # the local run is reachable from nowhere: no listener (Ray's, torch's process group, gloo's) off loopback;
@@ -267,6 +268,9 @@ def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_pa
     assert not [b for b in bound if not is_loopback(b[0])], bound
     assert "trainable parameters" in r.stdout and "done: step 2" in r.stdout
     run_dir = tmp_path / "runs" / "lora-smoke"
+    # the driver's progress bar follows rank 0's progress.json to the last step
+    assert "training steps: 100%" in r.stderr.replace("\r", "\n"), r.stderr[-2000:]
+    assert json.loads((run_dir / "progress.json").read_text())["step"] == 2
     first = adapters(run_dir)
     assert list(first) == [2] and all(v.numel() > 0 for v in first[2].values())
     # same name + storage: resumes from step 2 and continues to 4; a worker dies once after step 3
@@ -276,6 +280,11 @@ def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_pa
     assert "resumed from step 2" in r.stdout and "fault injection: worker 1 exits at step 3" in r.stdout
     assert "done: step 4" in r.stdout
     after = adapters(run_dir)
+    # checkpoints are uploaded asynchronously on this Ray (run.checkpoint_upload: async) and no local copy is left
+    from train.launch import upload_args
+
+    assert upload_args("async")["checkpoint_upload_mode"].name == "ASYNC" and upload_args("sync") == {}
+    assert set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*")) <= ckpt_dirs_before
     assert 4 in after
     for k, v in first[2].items():  # the step-2 adapter is kept unchanged
         torch.testing.assert_close(after[2][k], v)

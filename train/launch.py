@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 
 
@@ -33,13 +34,32 @@ def _worker(config: dict):
     if ckpt is not None:
         ckpt_dir = ckpt.to_directory()
 
+    upload = upload_args(cfg.run.checkpoint_upload)
+
     def report(metrics, checkpoint_dir):
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        if not checkpoint_dir:
+            ray.train.report(metrics)
+            return
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir), **upload)
+        finally:
+            if not upload:  # a synchronous upload is done: the local copy goes (async: Ray removes it once uploaded)
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     storage = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"  # made absolute by main()
     train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage,
                                 load_step_hook(cfg.run.step_hook), dict(cfg.run.storage_options)))
+
+
+def upload_args(mode: str) -> dict:
+    """``ray.train.report`` arguments for ``run.checkpoint_upload``: an asynchronous upload (Ray removes the local
+    folder once it is uploaded) where the installed Ray has ``CheckpointUploadMode``; {}: a synchronous one."""
+    import ray.train
+
+    if mode == "async" and hasattr(ray.train, "CheckpointUploadMode"):
+        return {"checkpoint_upload_mode": ray.train.CheckpointUploadMode.ASYNC,
+                "delete_local_checkpoint_after_upload": True}
+    return {}
 
 
 def worker_resources(run) -> dict | None:
@@ -114,6 +134,8 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(TrainConfig, a.config, overrides)
+        if cfg.run.checkpoint_upload not in ("async", "sync"):
+            raise ConfigError(f"run.checkpoint_upload: 'async' or 'sync', got {cfg.run.checkpoint_upload!r}")
         absolute_paths(cfg)
         # data problems are deterministic: found here, once, before Ray starts (not retried by workers)
         from mvboost.train.loop import data_sources
@@ -132,8 +154,12 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from mvboost.train.progress import ProgressBar
+
+    run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
     try:
-        result = build_trainer(cfg, local).fit()
+        with ProgressBar(run_dir, cfg.train.steps, cfg.run.storage_options, enabled=cfg.run.progress_bar):
+            result = build_trainer(cfg, local).fit()
     except Exception as e:  # noqa: BLE001 - Ray Train raises TrainingFailedError after the retries
         print(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e) else ''}",
               file=sys.stderr)

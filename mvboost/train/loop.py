@@ -131,6 +131,10 @@ class RunSection:
     use_gpu: bool = False
     max_failures: int = 2
     num_to_keep: int = 2
+    # how Ray Train uploads a checkpoint to storage_path: "async" (training goes on while it uploads; where the
+    # installed Ray has CheckpointUploadMode) or "sync" (the step waits for the upload)
+    checkpoint_upload: str = "async"
+    progress_bar: bool = True  # a progress bar on the driver (train.launch), following <run>/progress.json
     # where the workers go: Ray Train's placement strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD: one worker
     # per node) and custom resources each worker needs besides its CPU/GPU (e.g. {mvboost_train: 1} pins the
     # workers to the node group that declares it, cluster/aws.yaml)
@@ -159,7 +163,7 @@ class LoopContext:
     world: int
     device: torch.device
     checkpoint_dir: str | None  # resume from here (None: fresh)
-    report: object  # callable(metrics: dict, checkpoint_dir: str | None)
+    report: object  # callable(metrics: dict, checkpoint_dir: str | None); it owns checkpoint_dir (removes it)
     storage_dir: str  # the run's folder: a local path or a URL (see RunSection.storage_path)
     on_step: Callable[[int, LoopContext, dict], None] | None = None  # see RunSection.step_hook
     storage_options: dict = field(default_factory=dict)  # fsspec options for a URL storage_dir
@@ -327,7 +331,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
             ctx.on_step(step, ctx, metrics)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             progress.flush()
-            with tempfile.TemporaryDirectory(prefix="mvboost-ckpt-") as d:
+            d = tempfile.mkdtemp(prefix="mvboost-ckpt-")  # handed to report, which removes it (after an async upload)
+            try:
                 # LoRA: only the trainable state (+ optimizer); the frozen base comes from model.checkpoint on resume
                 engine.save_checkpoint(d, tag=f"step{step:08d}", client_state={"step": step},
                                        exclude_frozen_parameters=cfg.lora.mode != "full")
@@ -339,7 +344,10 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
                         metrics["adapter_tensors"] = save_adapter(engine, Path(d) / ADAPTER_DIR,
                                                                   cfg.deepspeed.zero_stage)
                     (Path(d) / STATE_FILE).write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}))
-                ctx.report(metrics, d)
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)
+                raise
+            ctx.report(metrics, d)
         elif step % cfg.train.log_every == 0:
             ctx.report(metrics, None)
     progress.close()  # curves.png
@@ -365,6 +373,7 @@ class LocalContext:
         if checkpoint_dir:
             dst = self.root / f"checkpoint_{metrics['step']:08d}"
             shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def _latest(run_dir: str | Path, folder: str, files: tuple[str, ...], what: str) -> Path:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+PROGRESS_FILE = "progress.json"
 LOSS_PARTS = ("mse_rgb", "mse_alpha", "lpips")
 SCALARS = ("loss", *LOSS_PARTS, "psnr", "samples_per_s", "data_wait_share", "step_time")
 
@@ -66,7 +67,26 @@ class Progress:
                 self.writer.add_scalar(f"train/{k}", float(metrics[k]), step)
         if step % self.log_every == 0 or step == self.total:
             print(self.line(metrics), flush=True)
+            self.write_state(metrics)
         return metrics
+
+    def write_state(self, m: dict) -> None:
+        """``<run>/progress.json`` (step, total, loss, samples/s, ETA): what the driver's progress bar reads."""
+        import json
+
+        import fsspec
+
+        doc = {"step": int(m["step"]), "total": self.total, "loss": float(m.get("loss", float("nan"))),
+               "samples_per_s": m["samples_per_s"], "eta_s": m["eta_s"], "time": time.time()}
+        try:
+            fs, root = fsspec.core.url_to_fs(self.storage_dir, **self.opts)
+            fs.makedirs(root, exist_ok=True)
+            tmp = f"{root.rstrip('/')}/.progress.json.tmp"
+            with fs.open(tmp, "w") as f:
+                f.write(json.dumps(doc))
+            fs.mv(tmp, f"{root.rstrip('/')}/{PROGRESS_FILE}")
+        except OSError as e:  # a progress file is a convenience: training goes on
+            print(f"progress: cannot write {PROGRESS_FILE} ({e})", flush=True)
 
     def line(self, m: dict) -> str:
         parts = ", ".join(f"{k} {m[k]:.4f}" for k in LOSS_PARTS if k in m)
@@ -130,3 +150,56 @@ def write_curves(history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def read_state(storage_dir: str, storage_options: dict | None = None) -> dict | None:
+    """The run's ``progress.json``, or None while there is none."""
+    import json
+
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(storage_dir, **(storage_options or {}))
+        with fs.open(f"{root.rstrip('/')}/{PROGRESS_FILE}", "r") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+class ProgressBar:
+    """The driver's progress bar (tqdm): follows ``progress.json`` that rank 0 writes every log step, in a thread,
+    while ``fit()`` runs; ``with ProgressBar(run_dir, total):``."""
+
+    def __init__(self, storage_dir: str, total: int, storage_options: dict | None = None, interval: float = 1.0,
+                 enabled: bool = True):
+        import threading
+
+        self.dir, self.opts, self.total, self.interval, self.enabled = storage_dir, storage_options, total, interval, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
+        self.start_time = time.time()
+
+    def _update(self, bar) -> None:
+        st = read_state(self.dir, self.opts)
+        if st and st.get("time", 0) >= self.start_time - 1 and int(st["step"]) > bar.n:
+            bar.update(int(st["step"]) - bar.n)
+            bar.set_postfix(loss=f"{st['loss']:.4f}", samples_s=f"{st['samples_per_s']:.2f}", refresh=False)
+
+    def _run(self) -> None:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=self.total, desc="training steps", unit="step", dynamic_ncols=True) as bar:
+            while not self._stop.wait(self.interval):
+                self._update(bar)
+            self._update(bar)
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(timeout=10)
+        return False
