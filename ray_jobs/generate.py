@@ -302,17 +302,10 @@ def run_on_ray(cfg):
         ctx.execution_no_progress_timeout_s = cfg.ray.no_progress_timeout_s
     from ray.data.exceptions import ExecutionTimeoutError
 
-    from mvboost.pipeline.runner import announce_retry
-
     left = len(state.pending)
     with tqdm(total=len(state.items), initial=state.skipped, desc="items done",
               disable=not cfg.job.progress) as bar:
-        items = state.pending
-        for attempt in range(cfg.job.infra_retries + 1):
-            if not items:
-                break
-            if attempt:
-                announce_retry(len(items), attempt, cfg.job.infra_retries)
+        for items in state.rounds():  # the pending items, then those an infrastructure failure sent back
             try:
                 for batch in build_dataset(ray, cfg, units, items).iter_batches(batch_size=None, batch_format="numpy"):
                     n = state.consume(batch, on_row=metrics.item)
@@ -322,7 +315,6 @@ def run_on_ray(cfg):
             except ExecutionTimeoutError as e:
                 stalled = [ln.strip()[2:].split(":")[0] for ln in str(e).splitlines() if ln.startswith("  - ")]
                 break
-            items = state.take_failed()
     state.committer.wait()  # a stalled run keeps the shards already handed to commits too
     state.gpu_seconds_held = sampler.stop()
     if stalled is not None:

@@ -65,19 +65,14 @@ def test_bad_config_and_missing_model_fail_at_start(tmp_path, tiny_cache):
     assert r.returncode == 2 and "is not writable" in r.stderr
 
 
-def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
-    out = tmp_path / "out"
-    n = 16
-    args = ["--n", str(n)] + [a for st in ("text_to_image", "matting", "era3d", "lgm", "render", "refine", "write")
-                              for a in ("--set", f"{st}.resources.batch_size=2")]
-    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
+def kill_once(cmd, cache, ready, out) -> dict:
+    """Start the job, kill -9 its whole process group the moment ``ready()`` holds, and return the shards that
+    were committed then: tar name -> (mtime, bytes)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(cache), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if list(out.glob("shard-*.json")):
-                break
+        while time.time() < deadline and proc.poll() is None and not ready():
             time.sleep(0.2)
         assert proc.poll() is None, "the job ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
@@ -85,8 +80,17 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    committed = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("shard-*.tar")
-                 if (out / p.name.replace(".tar", ".json")).exists()}
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("shard-*.tar")
+            if (out / p.name.replace(".tar", ".json")).exists()}
+
+
+def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
+    out = tmp_path / "out"
+    n = 16
+    args = ["--n", str(n)] + [a for st in ("text_to_image", "matting", "era3d", "lgm", "render", "refine", "write")
+                              for a in ("--set", f"{st}.resources.batch_size=2")]
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *args]
+    committed = kill_once(cmd, tiny_cache, lambda: list(out.glob("shard-*.json")), out)
     assert 0 < len(committed) < n // 4
     r = run_job(out, tiny_cache, *args)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -311,20 +315,7 @@ def test_retry_rejected_killed_and_rerun_commits_every_retried_item_exactly_once
     monkeypatch.setattr(TextToImageStage, "process", real)
     args = ["--n", str(n), "--retry-rejected", "text_to_image", *[a for kv in sizes for a in ("--set", kv)]]
     cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None and not (out / "shard-000004.json").exists():
-            time.sleep(0.2)
-        assert proc.poll() is None, "the retry run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    committed = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("shard-*.tar")
-                 if (out / p.name.replace(".tar", ".json")).exists()}
+    committed = kill_once(cmd, tiny_cache, lambda: (out / "shard-000004.json").exists(), out)
     assert "shard-000004.tar" in committed and "shard-000006.tar" not in committed
     r = run_job(out, tiny_cache, *args)
     assert r.returncode == 0, r.stderr[-3000:]

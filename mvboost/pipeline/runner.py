@@ -23,19 +23,9 @@ def run_in_process(cfg, progress: bool | None = None) -> RunSummary:
     size = max(1, min(u.resources.batch_size for u in units))
     show = cfg.job.progress if progress is None else progress
     with tqdm(total=len(state.items), initial=state.skipped, desc="items", disable=not show) as bar:
-        items = state.pending
-        for attempt in range(cfg.job.infra_retries + 1):
-            if not items:
-                break
-            if attempt:
-                announce_retry(len(items), attempt, cfg.job.infra_retries)
+        for items in state.rounds():
             for batch in iter_batches(items, size):
                 for u in units:
                     batch = u(batch)
                 bar.update(state.consume(batch))
-            items = state.take_failed()
     return state.finish()
-
-
-def announce_retry(n: int, attempt: int, rounds: int) -> None:
-    print(f"retrying {n} item(s) that failed for infrastructure reasons (round {attempt} of {rounds})", flush=True)

@@ -118,6 +118,19 @@ class JobState:
             self.run_rejected += 1
         return self.tracker.mark(row)
 
+    def rounds(self):
+        """The items of each round of this run: the pending ones, then those whose last attempt failed for
+        infrastructure reasons, up to ``job.infra_retries`` more times (said in one line each)."""
+        items = self.pending
+        for attempt in range(self.cfg.job.infra_retries + 1):
+            if not items:
+                return
+            if attempt:
+                print(f"retrying {len(items)} item(s) that failed for infrastructure reasons (round {attempt} of "
+                      f"{self.cfg.job.infra_retries})", flush=True)
+            yield items
+            items = self.take_failed()
+
     def take_failed(self) -> list[dict]:
         """The planned items whose last attempt failed for infrastructure reasons, for another round."""
         items = [self.by_id[k] for k in sorted(self.failed)]
