@@ -88,4 +88,7 @@ def test_every_relative_link_resolves_and_nothing_points_outside_the_repository(
     for name in tracked:
         p = REPO / name
         if p.suffix in (".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".json", ".txt", ".js") and p.is_file():
-            assert outside not in p.read_text(errors="replace"), name
+            text = p.read_text(errors="replace")
+            assert outside not in text, name
+            # the words of the machine lending of the place this was written in mean nothing to a user
+            assert not re.search(r"\b(when one is " + r"lent|lent (GPU|machine)|device " + r"tool)\b", text), name
