@@ -37,7 +37,7 @@ def parse_args(argv=None):
 def load(args):
     import json
 
-    from mvboost.config import load_config
+    from mvboost.config import absolute_path, load_config
     from mvboost.eval.job import EvalConfig
 
     overrides = list(args.set)
@@ -47,7 +47,11 @@ def load(args):
             overrides.append(f"{key}={flag}")
     if args.model:
         overrides.append(f"job.models={json.dumps(args.model)}")
-    return load_config(EvalConfig, args.config, overrides)
+    cfg = load_config(EvalConfig, args.config, overrides)
+    # as the generation and training jobs: absolute for the workers, and refused when relative inside Ray's copy of
+    # a submitted working directory (what the job writes there is deleted with Ray's session cache)
+    cfg.job.output = absolute_path(cfg.job.output, "job.output")
+    return cfg
 
 
 def run_on_ray(cfg):

@@ -162,6 +162,12 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
         assert train.returncode == 0 and "Failed to merge" not in train.stdout + train.stderr, \
             (train.stdout + train.stderr)[-3000:]
         assert list((tmp_path / "runs").rglob("adapter_model.safetensors")), train.stdout[-2000:]
+        # the evaluation job refuses a relative output in Ray's copy of the working directory, as the others do
+        rel = subprocess.run([*head, "--", sys.executable, "-m", "ray_jobs.evaluate", "--config",
+                              "ray_jobs/configs/evaluate_smoke.yaml", "--output", "outputs/eval-rel"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+        assert rel.returncode != 0 and "job.output 'outputs/eval-rel' is relative" in rel.stdout + rel.stderr, \
+            (rel.stdout + rel.stderr)[-2000:]
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
