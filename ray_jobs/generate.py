@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--assets", metavar="URL",
                    help="render shards from the 3D assets under URL instead of generating from prompts (sets "
                         "prompts.source=assets; GSO-layout folders and/or OBJ/GLB files; see configs/assets.yaml)")
+    p.add_argument("--images", metavar="URL",
+                   help="generate from the single-view images under URL (a folder or fsspec URL of .png/.jpg/.webp "
+                        "and/or img2dataset .tar shards; sets prompts.source=images; see configs/images.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set text_to_image.steps=2 (repeatable)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -72,6 +75,8 @@ def load(args):
         overrides.append(f"ray.metrics_port={args.metrics_port}")
     if args.assets:
         overrides += ["prompts.source=assets", f"prompts.assets={args.assets}"]
+    if args.images:
+        overrides += ["prompts.source=images", f"prompts.images={json.dumps(args.images)}"]
     return load_job_config(args.config, overrides)
 
 

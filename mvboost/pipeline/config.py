@@ -41,6 +41,10 @@ class PromptsSection:
     bank: str | None = None  # fsspec URL of a JSONL bank with prompt_id + prompt (for source: file)
     assets: str | None = None  # fsspec URL of a folder of GSO-layout objects and/or OBJ/GLB files (source: assets)
     asset_list: str | None = None  # optional: a text file naming the assets to use, one per line (source: assets)
+    # a single-view image dataset (source: images): a folder or fsspec URL of .png/.jpg/.webp images and/or
+    # img2dataset-style .tar shards; every image is one item, job.n does not apply; stages [image_read, matting, …]
+    images: str | None = None
+    storage_options: dict = field(default_factory=dict)  # fsspec options for prompts.images (e.g. an endpoint)
     seed: int = 0
     # file banks: also reject near-duplicates (MiniLM cosine >= threshold, as LLM banks do); the verdicts
     # are cached by bank content under $MVBOOST_CACHE/prompt-banks, so only the first run embeds
@@ -97,13 +101,20 @@ def validate(cfg) -> list[Unit]:
     have = {"item_id", "prompt", "seed", "shard", "index"}
     if cfg.prompts.source == "assets":
         have |= {"asset_root", "asset", "asset_kind"}
+    if cfg.prompts.source == "images":
+        have |= {"image_url", "image_member", "image_name"}
     for stage in (s for u in units for s in u.members):  # every input must be produced upstream
         missing = [c for c in stage.inputs if c not in have]
         if missing:
             raise ConfigError(f"job.stages: stage {stage.name!r} needs {missing}, produced by no earlier stage")
         have |= set(stage.outputs)
-    if cfg.prompts.source not in ("offline", "file", "assets"):
-        raise ConfigError(f"prompts.source must be 'offline', 'file' or 'assets', got {cfg.prompts.source!r}")
+    if cfg.prompts.source not in ("offline", "file", "assets", "images"):
+        raise ConfigError(f"prompts.source must be 'offline', 'file', 'assets' or 'images', "
+                          f"got {cfg.prompts.source!r}")
+    if cfg.prompts.source == "images" and not cfg.prompts.images:
+        raise ConfigError("prompts.source is 'images' but prompts.images (or --images) is not set")
+    if not cfg.image_read.storage_options:  # the workers read the images with the options the plan listed them with
+        cfg.image_read.storage_options = dict(cfg.prompts.storage_options)
     if cfg.prompts.source == "file" and not cfg.prompts.bank:
         raise ConfigError("prompts.source is 'file' but prompts.bank is not set")
     if cfg.prompts.source == "assets" and not cfg.prompts.assets:

@@ -18,6 +18,11 @@ from .state import resume_state
 from .units import layout_units
 
 
+def source_detail(cfg) -> str:
+    where = {"file": cfg.prompts.bank, "assets": cfg.prompts.assets, "images": cfg.prompts.images}
+    return f" {where[cfg.prompts.source]}" if where.get(cfg.prompts.source) else ""
+
+
 def dry_run(cfg) -> tuple[str, list[str]]:
     """(the plan as text, the problems a run would hit: an other plan on the output, missing models)."""
     from ..models.hub import ModelNotFound, check
@@ -27,7 +32,7 @@ def dry_run(cfg) -> tuple[str, list[str]]:
     items = plan_items(cfg, dry_run=True)
     shards = sorted({it["shard"] for it in items})
     lines = [f"plan: {len(items):,} items in {len(shards):,} shards of up to {cfg.job.shard_size} "
-             f"(prompts: {cfg.prompts.source}{' ' + str(cfg.prompts.bank) if cfg.prompts.source == 'file' else ''})",
+             f"(prompts: {cfg.prompts.source}{source_detail(cfg)})",
              f"output: {store.url}"]
     problems = []
     if store.exists(store.path("job.json")):

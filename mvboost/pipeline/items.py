@@ -182,11 +182,44 @@ def plan_assets(cfg) -> list[dict]:
              "asset_kind": kind} for i, (name, kind) in enumerate(found)]
 
 
+def image_source_root(url: str) -> str:
+    """``prompts.images``; ``fixtures``: a small image dataset built once under ``$MVBOOST_CACHE`` (smoke runs)."""
+    if url.rstrip("/") != "fixtures":
+        return url.rstrip("/")
+    from ..io.images import FIXTURES_VERSION, fixture_images
+    from ..models.hub import cache_root
+
+    return fixture_images(cache_root() / f"image-fixtures-{FIXTURES_VERSION}")
+
+
+def plan_images(cfg) -> list[dict]:
+    """Every image under ``prompts.images`` (a folder or URL of images and/or img2dataset shards), sorted by name,
+    is one item: key and seed from its name, shard i // shard_size, the caption (if a shard has one) as prompt."""
+    from ..io.images import ImageSourceError, list_images
+
+    root = image_source_root(cfg.prompts.images)
+    try:
+        refs = list_images(root, cfg.prompts.storage_options)
+    except ImageSourceError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, ImportError) as e:
+        raise ConfigError(f"prompts.images {root}: {type(e).__name__}: {e}") from None
+    if not refs:
+        raise ConfigError(f"no images under {root} (.png/.jpg/.jpeg/.webp files, or .tar shards holding them)")
+    return [{"item_id": "i" + hashlib.sha256(r.name.encode()).hexdigest()[:16], "prompt_id": r.name, "index": i,
+             "shard": i // cfg.job.shard_size, "prompt": r.caption or r.name, "category": "",
+             "prompt_source": "images", "seed": item_seed(cfg.job.seed, r.name), STATUS: OK, "reject_stage": "",
+             "reject_reason": "", "image_root": root, "image_url": r.url, "image_member": r.member,
+             "image_name": r.name} for i, r in enumerate(refs)]
+
+
 def plan_items(cfg, dry_run: bool = False) -> list[dict]:
     """The deterministic item plan: item i -> key (from the prompt id), shard i // shard_size, seed.
     ``dry_run``: see :func:`load_prompts` (the keys, shards and seeds are the same either way)."""
     if cfg.prompts.source == "assets":
         return plan_assets(cfg)
+    if cfg.prompts.source == "images":
+        return plan_images(cfg)
     prompts = load_prompts(cfg, dry_run)
     items, seen = [], set()
     for i, p in enumerate(prompts):
@@ -207,9 +240,12 @@ def plan_items(cfg, dry_run: bool = False) -> list[dict]:
 
 def job_plan(cfg, items: list[dict]) -> dict:
     """What job.json pins: a rerun on the same output must have the same plan."""
-    plan = {"n": len(items) if cfg.prompts.source == "assets" else cfg.job.n, "shard_size": cfg.job.shard_size,
+    plan = {"n": len(items) if cfg.prompts.source in ("assets", "images") else cfg.job.n,
+            "shard_size": cfg.job.shard_size,
             "seed": cfg.job.seed, "prompts_source": cfg.prompts.source, "prompts_seed": cfg.prompts.seed,
             "first_key": items[0]["item_id"], "last_key": items[-1]["item_id"]}
     if cfg.prompts.source == "assets":
         plan["assets"] = items[0]["asset_root"]
+    if cfg.prompts.source == "images":
+        plan["images"] = items[0]["image_root"]
     return plan

@@ -1,6 +1,7 @@
 """The pipeline stages, in their usual order. ``STAGES`` maps config names to stage classes."""
 from .asset_render import AssetRenderStage
 from .era3d import Era3DStage, RefineStage
+from .image_read import ImageReadStage
 from .lgm import LGMStage, RenderStage
 from .matting import MattingStage
 from .synthetic import SyntheticStage
@@ -16,8 +17,9 @@ STAGES = {
     "refine": RefineStage,
     "write": WriteStage,
     "asset_render": AssetRenderStage,  # shards from 3D assets (prompts.source: assets)
+    "image_read": ImageReadStage,  # single-view image datasets (prompts.source: images)
     "synthetic": SyntheticStage,  # load tests: payload and latency without a model
 }
 
-__all__ = ["STAGES", "AssetRenderStage", "Era3DStage", "LGMStage", "MattingStage", "RefineStage", "RenderStage", "SyntheticStage", "TextToImageStage",
-           "WriteStage"]
+__all__ = ["STAGES", "AssetRenderStage", "Era3DStage", "ImageReadStage", "LGMStage", "MattingStage", "RefineStage",
+           "RenderStage", "SyntheticStage", "TextToImageStage", "WriteStage"]

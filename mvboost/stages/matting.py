@@ -137,6 +137,6 @@ class MattingStage(Stage):
         for r in rows:
             try:
                 out.append({"rgba": encode_array(self.matte(decode_array(r["image"])))})
-            except Reject as e:
-                out.append(e)
+            except Reject as e:  # an image dataset's item: the reason names its file (after the reason's group)
+                out.append(Reject(f"{e} [{r['image_name']}]") if r.get("image_name") else e)
         return out
