@@ -134,7 +134,8 @@ def bench_stages(cfg, device, objects: int, repeat: int, peak: float, on_record=
         per_object = timed(run_all, device, repeat, warmup=lambda: st(to_batch(batches[0]))) / len(rows)
         rejected = sum(r[STATUS] != OK for r in results)
         g = share.get(name, 0.0)
-        rec = {"s_per_object": round(per_object, 5), "objects": len(rows), "batch_size": bs, "gpu_share": g, "load_s": round(load_s, 2),
+        rec = {"s_per_object": round(per_object, 5), "objects": len(rows), "batch_size": bs, "gpu_share": g,
+               "load_s": round(load_s, 2),
                "rejected": rejected}
         if g > 0:
             rec["objects_per_gpu_hour"] = round(3600 / (per_object * g), 1)
@@ -279,17 +280,20 @@ def bench_end_to_end(config: Path, n: int, out_dir: Path, gpus: float, extra: li
     th.join()
     if r.returncode != 0:
         print(r.stdout[-2000:], r.stderr[-4000:], flush=True)
-        return {"n": n, "error": f"the Ray job failed (rc {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1][:300]}",
+        return {"n": n,
+                "error": f"the Ray job failed (rc {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1][:300]}",
                 "wall_s": round(wall, 1)}
     summary = json.loads((out / "summary.json").read_text())
     times = sorted(seen.values())
     rec = {"n": n, "accepted": summary["accepted"], "rejected": summary["rejected"], "gpus": gpus,
            "wall_s": round(wall, 1), "objects_per_gpu_hour": round(summary["accepted"] / (wall * gpus / 3600), 1),
            "time_to_first_shard_s": round(times[0] - t0, 1) if times else None,
-           "busy_gpu_seconds": summary["gpu_seconds_busy"], "held_gpu_seconds": summary["gpu_seconds_held"], "shards": len(times)}
+           "busy_gpu_seconds": summary["gpu_seconds_busy"], "held_gpu_seconds": summary["gpu_seconds_held"],
+           "shards": len(times)}
     if len(times) >= 3:  # steady: the shards after the first, over the time after the first
         per_shard = summary["accepted"] / len(times)
-        rec["steady_objects_per_gpu_hour"] = round(per_shard * (len(times) - 1) / ((times[-1] - times[0]) * gpus / 3600), 1)
+        gpu_hours = (times[-1] - times[0]) * gpus / 3600
+        rec["steady_objects_per_gpu_hour"] = round(per_shard * (len(times) - 1) / gpu_hours, 1)
     print(f"end to end: {rec}", flush=True)
     return rec
 
@@ -367,7 +371,8 @@ def main(argv=None):
         resolve(getattr(cfg, s).model, getattr(cfg, s).revision, what=s)
     print(f"models ready in {time.perf_counter() - t0:.1f} s", flush=True)
     prof.set("models_ready_s", round(time.perf_counter() - t0, 1))
-    stages, built = bench_stages(cfg, device, a.objects, a.repeat, peak, on_record=lambda n, r: prof.set("stages", n, r))
+    stages, built = bench_stages(cfg, device, a.objects, a.repeat, peak,
+                                 on_record=lambda n, r: prof.set("stages", n, r))
     prof.set("settings", {s: {"steps": getattr(getattr(cfg, s), "steps", None),
                               "batch_size": getattr(cfg, s).resources.batch_size} for s in stages})
     unet = []

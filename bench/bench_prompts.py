@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def throughput(latency: float, concurrency: int, requests: int) -> float:
     import fake_openai
-
     from mvboost.config import from_dict
     from mvboost.prompts.llm import PromptGenConfig, generate_bank
 

@@ -10,7 +10,6 @@ CPU rasterizer measured in the same run.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import time
@@ -59,7 +58,8 @@ def backward_peak_mib(size, n):
     code = (f"import resource, torch, sys; sys.path.insert(0, 'bench'); torch.set_num_threads(2)\n"
             f"from bench_render import scene; from mvboost.geometry.cameras import era3d_cameras\n"
             f"from mvboost.gaussians import Gaussians; from mvboost.render import render\n"
-            f"g = scene({n}); p = [t.requires_grad_(True) for t in (g.means, g.opacities, g.scales, g.quats, g.colors)]\n"
+            f"g = scene({n})\n"
+            f"p = [t.requires_grad_(True) for t in (g.means, g.opacities, g.scales, g.quats, g.colors)]\n"
             f"b = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             f"render(Gaussians(*p), era3d_cameras({size})).rgb.mean().backward()\n"
             f"print(b / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
@@ -80,7 +80,8 @@ def main():
         bwd = views_per_s(g, cams, "torch", repeat=1, backward=True)
         line = f"cpu  {size}² {n:>6} Gaussians: forward {fwd:7.2f} views/s, forward+backward {bwd:6.2f} views/s"
         if (size, n) == (128, 16384):
-            line += f" (target >= {TARGET_VIEWS_PER_S:.0f} forward: {'met' if fwd >= TARGET_VIEWS_PER_S else 'NOT met'})"
+            met = "met" if fwd >= TARGET_VIEWS_PER_S else "NOT met"
+            line += f" (target >= {TARGET_VIEWS_PER_S:.0f} forward: {met})"
         if torch.cuda.is_available():
             gpu = views_per_s(g.to("cuda"), cams.to("cuda"), "gsplat", repeat=20)
             line += f" | gsplat {gpu:9.1f} views/s = x{gpu / fwd:.0f} the CPU rasterizer"

@@ -53,7 +53,8 @@ def env() -> dict:
 
 
 def bench_dry_run(tmp: Path) -> None:
-    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(REPO / "ray_jobs/configs/generate_gpu_random.yaml"),
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config",
+           str(REPO / "ray_jobs/configs/generate_gpu_random.yaml"),
            "--n", "100000", "--set", "job.shard_size=100", "--output", str(tmp / "dry"), "--dry-run"]
     s, rss, rc, tail = peak_rss(cmd, env())
     print(f"dry run n=100,000: {s:.1f} s, peak RSS {rss:.0f} MiB (rc {rc}) [target < 30 s, < 1024 MiB]")
@@ -63,7 +64,8 @@ def bench_dry_run(tmp: Path) -> None:
 def bench_driver_rss(tmp: Path, ns: list[int]) -> None:
     peaks = {}
     for n in ns:
-        cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(REPO / "ray_jobs/configs/generate_smoke.yaml"),
+        cmd = [sys.executable, "-m", "ray_jobs.generate", "--config",
+               str(REPO / "ray_jobs/configs/generate_smoke.yaml"),
                "--n", str(n), "--output", str(tmp / f"rss-{n}"), "--set", "job.stages=[synthetic, write]",
                "--set", "job.shard_size=100", "--set", "synthetic.bytes=200000", "--set", "job.progress=false",
                "--set", "synthetic.resources.batch_size=16", "--set", "write.resources.batch_size=16",

@@ -76,7 +76,7 @@ def bare_step_seconds(cfg, shards: Path, steps: int, device: torch.device, dtype
     from mvboost.io.shards import list_shards
     from mvboost.metrics.lpips import load_lpips
     from mvboost.train.data import ShardStream
-    from mvboost.train.loop import build_model, base_of
+    from mvboost.train.loop import base_of, build_model
     from mvboost.train.loss import render_prediction, view_loss
 
     model = build_model(cfg, device).to(dtype)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 

@@ -96,7 +96,8 @@ def cost_plan(cfg, n: int, profile: dict, gpu_hour_usd: float | None = None, gpu
     if e2e_rate:
         # the measured rate counts accepted objects: requested objects pay for the rejected ones too
         end_to_end = n / e2e_rate
-        rate, source = e2e_rate, "end-to-end Ray job" + (", steady" if measured.get("steady_objects_per_gpu_hour") else "")
+        steady = ", steady" if measured.get("steady_objects_per_gpu_hour") else ""
+        rate, source = e2e_rate, "end-to-end Ray job" + steady
     else:
         end_to_end = None
         rate = 3600 * accepted_fraction / sum(per_stage.values()) if per_stage else 0.0
@@ -104,7 +105,8 @@ def cost_plan(cfg, n: int, profile: dict, gpu_hour_usd: float | None = None, gpu
     if not rate:
         raise ValueError("the profile has no GPU stage timings and no end-to-end run")
     gpu_hours = end_to_end if end_to_end is not None else bottom_up
-    return CostPlan(n=n, requested=math.ceil(n / accepted_fraction), gpu_type=profile.get("device", "?"), gpu_seconds_per_object_stages=per_stage,
+    return CostPlan(n=n, requested=math.ceil(n / accepted_fraction), gpu_type=profile.get("device", "?"),
+                    gpu_seconds_per_object_stages=per_stage,
                     gpu_hours_bottom_up=bottom_up, gpu_hours_end_to_end=end_to_end, objects_per_gpu_hour=rate,
                     source=source, accepted_fraction=accepted_fraction, gpu_hours=gpu_hours, gpus=gpus,
                     wall_hours=gpu_hours / max(1, gpus),

@@ -185,13 +185,13 @@ def test_shard_targets_and_the_training_renderer_share_a_frame(tmp_path):
     """The convention chain of asset shards: Gaussians placed on an asset's surface, rendered by the training
     renderer at the cameras the shard records, cover the same pixels as the asset's target views (an
     asymmetric box, so a mirrored, rotated or rescaled frame anywhere would show)."""
+    import trimesh
+
     from mvboost.gaussians import Gaussians
     from mvboost.geometry.cameras import Cameras
     from mvboost.metrics.geometry import sample_surface
     from mvboost.render import render
     from mvboost.stages.asset_render import AssetRenderStage
-
-    import trimesh
 
     box = trimesh.util.concatenate([_box((0.6, 1.0, 0.4)), _box((0.3, 0.3, 0.3)).apply_translation([0.35, 0.3, 0.15])])
     box.export(tmp_path / "lshape.glb")

@@ -3,9 +3,22 @@ import math
 import pytest
 import torch
 
-from mvboost.geometry.cameras import (ERA3D_AZIMUTHS, ERA3D_ORTHO_WORLD_WIDTH, ERA3D_TO_LGM_VIEWS, LGM_INPUT_AZIMUTHS,
-                                      Cameras, c2w_to_w2c, era3d_cameras, focal_from_fovy, lgm_input_cameras,
-                                      opencv_to_opengl, opengl_to_opencv, orbit_camera, ortho_intrinsics, plucker_rays)
+from mvboost.geometry.cameras import (
+    ERA3D_AZIMUTHS,
+    ERA3D_ORTHO_WORLD_WIDTH,
+    ERA3D_TO_LGM_VIEWS,
+    LGM_INPUT_AZIMUTHS,
+    Cameras,
+    c2w_to_w2c,
+    era3d_cameras,
+    focal_from_fovy,
+    lgm_input_cameras,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    orbit_camera,
+    ortho_intrinsics,
+    plucker_rays,
+)
 
 
 def test_orbit_axes_match_spec():

@@ -114,7 +114,8 @@ def test_kuberay_cluster_manifest():
 def test_rayjob_manifest_runs_the_job_on_that_cluster():
     import jsonschema
 
-    from ray_jobs.generate import load as load_job, parse_args
+    from ray_jobs.generate import load as load_job
+    from ray_jobs.generate import parse_args
 
     job, cluster = load("rayjob.yaml"), load("kuberay.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
@@ -181,7 +182,6 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
 
     import fsspec
     import ray
-
     from test_multinode import assert_every_item_once, wait_for_first_commit
 
     spot = tmp_path / "spot"

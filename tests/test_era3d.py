@@ -5,9 +5,16 @@ import pytest
 import torch
 
 from conftest import read_key_list
-from mvboost.models.era3d import (Era3DUNet, apply_guidance, cfg_layout, joint_domain_attention,
-                                  rowwise_view_attention, sdpa_attention, split_cfg)
 from mvboost.models.checkpoint import CheckpointError
+from mvboost.models.era3d import (
+    Era3DUNet,
+    apply_guidance,
+    cfg_layout,
+    joint_domain_attention,
+    rowwise_view_attention,
+    sdpa_attention,
+    split_cfg,
+)
 
 EMA_FIELDS = {"decay": 0.9999, "inv_gamma": 1.0, "min_decay": 0.0, "optimization_step": 40000, "power": 0.6667,
               "update_after_step": 0, "use_ema_warmup": False, "_class_name": "UNetMV2DConditionModel",
@@ -15,7 +22,8 @@ EMA_FIELDS = {"decay": 0.9999, "inv_gamma": 1.0, "min_decay": 0.0, "optimization
 
 
 def official_config(spec_dir):
-    line = next(l for l in (spec_dir / "era3d_unet_state_dict.txt").read_text().splitlines() if l.startswith("# config:"))
+    lines = (spec_dir / "era3d_unet_state_dict.txt").read_text().splitlines()
+    line = next(ln for ln in lines if ln.startswith("# config:"))
     return {**json.loads(line.split(":", 1)[1]), **EMA_FIELDS}
 
 

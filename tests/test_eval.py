@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from mvboost.assets.gso import surface_gaussians
 from mvboost.eval import LPIPSSet, Protocol, evaluate_object, prepare_gt
 from mvboost.eval.align import cube_rotations, similarity, yaw
 from mvboost.eval.fixtures import SOURCES, build_fixtures
-from mvboost.assets.gso import surface_gaussians
 from mvboost.eval.gso import ZUP_TO_YUP, find_texture, list_objects, load_object, resolve_split
 from mvboost.gaussians import Gaussians
 
@@ -37,8 +37,8 @@ def test_fixtures_have_the_gso_layout_and_its_quirks(gso):
     assert "map_Kd texture.png" in (duck / "meshes" / "model.mtl").read_text()
     assert not (duck / "meshes" / "texture.png").exists()  # where the mtl says: absent, as in GSO
     assert find_texture(duck) == duck / "materials" / "textures" / "texture.png"
-    raw = np.array([[float(x) for x in ln.split()[1:]] for ln in (duck / "meshes" / "model.obj").read_text().splitlines()
-                    if ln.startswith("v ")])
+    obj = (duck / "meshes" / "model.obj").read_text().splitlines()
+    raw = np.array([[float(x) for x in ln.split()[1:]] for ln in obj if ln.startswith("v ")])
     assert raw[:, 2].min() == pytest.approx(0, abs=1e-6)  # Z-up, origin on the base plane
     assert raw[:, 2].max() == pytest.approx(SOURCES["duck"][1], rel=1e-4)  # metres
     obj = load_object(str(gso), "duck")
@@ -99,7 +99,8 @@ def test_wrong_colours_score_lower_than_the_texture(gso, lpips):
     bad = evaluate_object(shuffled, box, FAST, gt=gt, lpips=lpips)["aligned"]
     print("box right/shuffled colours:", round(right["psnr"]["all"], 2), round(bad["psnr"]["all"], 2),
           round(right["lpips_alex"]["all"], 3), round(bad["lpips_alex"]["all"], 3))
-    assert bad["psnr"]["all"] < right["psnr"]["all"] - 2 and bad["lpips_alex"]["all"] > right["lpips_alex"]["all"] + 0.05
+    assert bad["psnr"]["all"] < right["psnr"]["all"] - 2
+    assert bad["lpips_alex"]["all"] > right["lpips_alex"]["all"] + 0.05
     assert bad["cd"] == pytest.approx(right["cd"], abs=1e-6)  # same geometry
 
 
@@ -167,7 +168,8 @@ def test_splits():
 
 # ---- the job -------------------------------------------------------------------------------------------
 def run_eval(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ray_jobs.evaluate", "--config", "ray_jobs/configs/evaluate_smoke.yaml",
+    return subprocess.run([sys.executable, "-m", "ray_jobs.evaluate", "--config",
+                           "ray_jobs/configs/evaluate_smoke.yaml",
                            *args], capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[1])
 
 
@@ -224,7 +226,8 @@ def test_ply_mode_scores_a_folder_of_plys_and_records_missing_ones(tmp_path, gso
         surface_gaussians(load_object(str(gso), name), n=8000).save_ply(plys / f"{name}.ply")
     out = tmp_path / "eval"
     r = run_eval("--in-process", "--output", str(out), "--mode", "ply", "--model", f"x={plys}",
-                 "--set", "protocol.resolution=48", "--set", "protocol.mesh_resolution=48", "--set", "job.exports=false")
+                 "--set", "protocol.resolution=48", "--set", "protocol.mesh_resolution=48", "--set",
+                 "job.exports=false")
     assert r.returncode == 0, r.stderr[-2000:]
     duck = json.loads((out / "objects" / "duck.json").read_text())
     assert duck["models"]["x"]["aligned"]["psnr"]["all"] > 18
@@ -281,5 +284,6 @@ def test_thumbnail_mode_scores_the_aligned_variant_only(tmp_path, gso):
     assert "- mode: thumbnail" in md and "no metric was scored in this variant" in md
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model_failures"]["base"] == []  # n/a by design is not a failure
-    r = run_eval("--in-process", "--output", str(tmp_path / "o2"), "--mode", "thumbnail", "--set", "protocol.align=false")
+    r = run_eval("--in-process", "--output", str(tmp_path / "o2"), "--mode", "thumbnail", "--set",
+                 "protocol.align=false")
     assert r.returncode == 2 and "needs protocol.align=true" in r.stderr

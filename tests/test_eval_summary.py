@@ -48,17 +48,21 @@ def _row(summary, label, variant="aligned"):
 
 def test_pairing_removes_the_spread_between_objects():
     """boosted = base + 1 on objects whose values spread over 30 dB: the paired interval is exactly [1, 1]."""
-    recs = [_record(f"o{i}", {"base": {"psnr": p, "cd": 0.1, "f": 0.5}, "boosted": {"psnr": p + 1, "cd": 0.1, "f": 0.5}})
+    recs = [_record(f"o{i}", {"base": {"psnr": p, "cd": 0.1, "f": 0.5},
+                              "boosted": {"psnr": p + 1, "cd": 0.1, "f": 0.5}})
             for i, p in enumerate([10.0, 20.0, 30.0, 40.0])]
     row = _row(summarise(recs, ["base", "boosted"], 1000, 0), "PSNR (21 views)")
-    assert row["boosted − base"]["mean"] == pytest.approx(1.0) and row["boosted − base"]["ci95"] == pytest.approx([1, 1])
+    diff = row["boosted − base"]
+    assert diff["mean"] == pytest.approx(1.0) and diff["ci95"] == pytest.approx([1, 1])
 
 
 def test_a_failure_is_counted_shown_and_imputed_never_dropped():
     """base fails o3 (its prediction) and has no mesh on o4: the side-by-side means are over the objects both
     scored, so they agree with the paired difference; the failures are counted; the imputed rows score all."""
-    recs = [_record("o1", {"base": {"psnr": 20.0, "cd": 0.1, "f": 0.8}, "boosted": {"psnr": 21.0, "cd": 0.05, "f": 0.9}}),
-            _record("o2", {"base": {"psnr": 22.0, "cd": 0.2, "f": 0.9}, "boosted": {"psnr": 25.0, "cd": 0.1, "f": 0.95}}),
+    recs = [_record("o1", {"base": {"psnr": 20.0, "cd": 0.1, "f": 0.8},
+                           "boosted": {"psnr": 21.0, "cd": 0.05, "f": 0.9}}),
+            _record("o2", {"base": {"psnr": 22.0, "cd": 0.2, "f": 0.9},
+                           "boosted": {"psnr": 25.0, "cd": 0.1, "f": 0.95}}),
             _record("o3", {"base": "NaN in the prediction", "boosted": {"psnr": 10.0, "cd": 0.5, "f": 0.2}})]
     no_mesh = _record("o4", {"base": {"psnr": 15.0, "cd": None, "f": None,
                                       "aligned": {"status": "n/a", "reason": "no mesh: …"}},
@@ -236,19 +240,22 @@ def _fake_eval_output(root: Path, models: dict[str, dict[str, float]]):
     names = sorted({o for per in models.values() for o in per})
     recs = []
     for o in names:
-        rec = _record(o, {m: ({"psnr": per[o], "cd": 0.1, "f": 0.5} if o in per else "missing") for m, per in models.items()})
+        rec = _record(o, {m: ({"psnr": per[o], "cd": 0.1, "f": 0.5} if o in per else "missing")
+                          for m, per in models.items()})
         recs.append(rec)
         (root / "objects" / f"{o}.json").write_text(json.dumps(rec))
         (root / "objects" / o).mkdir()
         for m in models:
             Image.new("RGB", (16, 8), (200, 10, 10)).save(root / "objects" / o / f"{m}_views.png")
-    (root / "eval.json").write_text(json.dumps({"objects": names, "config": {"job": {"models": [f"{m}=x" for m in models]}}}))
+    (root / "eval.json").write_text(json.dumps({"objects": names,
+                                                "config": {"job": {"models": [f"{m}=x" for m in models]}}}))
 
     class Out:
         def write(self, rel, data):
             (root / rel).write_bytes(data)
 
-    write_summary(Out(), summarise(recs, list(models), 100, 0, header={"mode": "single", "protocol": {"sha256": "p" * 64}}))
+    header = {"mode": "single", "protocol": {"sha256": "p" * 64}}
+    write_summary(Out(), summarise(recs, list(models), 100, 0, header=header))
 
 
 def test_compare_two_runs_in_one_table_and_gallery(tmp_path):

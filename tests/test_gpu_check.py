@@ -4,7 +4,6 @@ import re
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 

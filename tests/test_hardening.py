@@ -130,11 +130,14 @@ HOSTILE_BANK = [
     (json.dumps({"prompt_id": "good1", "prompt": "a red ceramic coffee mug with a chipped handle"}).encode(), None),
     (b'{"prompt_id": "bad json", ', "bank row: invalid JSON"),
     (json.dumps([1, 2]).encode(), "bank row: a JSON list, not an object"),
-    (json.dumps({"prompt": "a wooden chair with three legs and a blue cushion"}).encode(), "bank row: missing prompt_id"),
+    (json.dumps({"prompt": "a wooden chair with three legs and a blue cushion"}).encode(),
+     "bank row: missing prompt_id"),
     (b'\xff\xfe{"prompt_id": "x"}', "bank row: not UTF-8"),
-    (json.dumps({"prompt_id": "a/b", "prompt": "a small brass telescope on a tripod stand"}).encode(), "prompt_id must"),
+    (json.dumps({"prompt_id": "a/b", "prompt": "a small brass telescope on a tripod stand"}).encode(),
+     "prompt_id must"),
     (json.dumps({"prompt_id": "p" * 300, "prompt": "a small brass telescope on a tripod"}).encode(), "prompt_id must"),
-    (json.dumps({"prompt_id": "nul\u0000", "prompt": "a brass telescope on a tripod stand"}).encode(), "prompt_id must"),
+    (json.dumps({"prompt_id": "nul\u0000", "prompt": "a brass telescope on a tripod stand"}).encode(),
+     "prompt_id must"),
     (json.dumps({"prompt_id": "dup_text", "prompt": "A red ceramic coffee mug, with a chipped handle!"}).encode(),
      "duplicate prompt: same text as prompt_id 'good1'"),
     (json.dumps({"prompt_id": "good1", "prompt": "a green glass bottle with a cork stopper"}).encode(),
@@ -146,7 +149,8 @@ HOSTILE_BANK = [
      "unsafe: instruction-like text"),
     (json.dumps({"prompt_id": "empty", "prompt": "   "}).encode(), "garbage: not natural-language text"),
     (json.dumps({"prompt_id": "huge", "prompt": "a mug " * 200000}).encode(), "too long"),
-    (json.dumps({"prompt_id": "ansi", "prompt": "a red \x1b[31mcoffee mug with a handle"}).encode(), "garbage: control"),
+    (json.dumps({"prompt_id": "ansi", "prompt": "a red \x1b[31mcoffee mug with a handle"}).encode(),
+     "garbage: control"),
     (json.dumps({"prompt_id": 7, "prompt": "a round wooden cutting board with a handle"}).encode(), None),
     (json.dumps({"prompt_id": "near", "prompt": "a small red ceramic coffee mug with a chipped handle"}).encode(),
      "duplicate: near-duplicate (cosine"),
@@ -155,7 +159,8 @@ HOSTILE_BANK = [
 
 
 def run_job(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
+    return subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config",
+                           "ray_jobs/configs/generate_smoke.yaml",
                            *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -265,7 +270,8 @@ def test_local_ray_is_loopback_only_and_nothing_outlives_a_killed_driver(tmp_pat
 
     from ray_jobs.reaper import TAG_ENV
 
-    proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
+    proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.generate", "--config",
+                             "ray_jobs/configs/generate_smoke.yaml",
                              "--output", str(tmp_path / "out")], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     started, deadline = [], time.time() + 180

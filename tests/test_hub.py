@@ -15,8 +15,8 @@ from mvboost.models import hub
 def hf_cache(tmp_path, monkeypatch):
     """A Hugging Face cache with repo acme/lgm: refs main -> commit a…, v2 -> commit b…, each snapshot
     holding a different tiny LGM checkpoint (huggingface_hub reads it offline, exactly as on a node)."""
-    from mvboost.models.lgm import LGM, LGMConfig
     from mvboost.models.checkpoint import save_lgm
+    from mvboost.models.lgm import LGM, LGMConfig
 
     root = tmp_path / "hf" / "hub"
     repo = root / "models--acme--lgm"
@@ -39,7 +39,8 @@ def test_hub_ids_resolve_at_their_revision(hf_cache):
     assert hub.check("acme/lgm", "v2") == f"hub acme/lgm@{'b' * 12}"
     with pytest.raises(hub.ModelNotFound, match=r"acme/lgm.*revision 'v3'.*hf download acme/lgm --revision v3"):
         hub.resolve("acme/lgm", "v3", what="lgm")
-    with pytest.raises(hub.ModelNotFound, match=r"lgm: model 'acme/nothing' at revision 'main'.*hf download acme/nothing`"):
+    with pytest.raises(hub.ModelNotFound,
+                       match=r"lgm: model 'acme/nothing' at revision 'main'.*hf download acme/nothing`"):
         hub.check("acme/nothing", "main", what="lgm")
 
 

@@ -95,7 +95,8 @@ def photos(tmp_path_factory):
     return d
 
 
-CLI_FAST = ["--model", "tiny", "--set", "era3d.steps=2", "--set", "matting.size=128", "--set", "output.turntable_frames=6",
+CLI_FAST = ["--model", "tiny", "--set", "era3d.steps=2", "--set", "matting.size=128", "--set",
+            "output.turntable_frames=6",
             "--set", "output.turntable_size=64", "--set", "output.mesh_resolution=48"]
 
 
@@ -146,7 +147,8 @@ def test_cli_bad_inputs_are_errors_or_recorded_rejections(photos, tmp_path):
     r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "o2"), "--model", "tiny",
                 "--set", "era3d.stepz=2")
     assert r.returncode == 2 and "error:" in r.stderr and "stepz" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "o3"), "--model", "tiny", "--lgm", "tiny:nope")
+    r = run_cli(str(photos / "coffee_rgba.png"), "--output", str(tmp_path / "o3"), "--model", "tiny", "--lgm",
+                "tiny:nope")
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     out = tmp_path / "o4"
     r = run_cli(str(photos / "not_an_image.png"), str(photos / "coffee_rgba.png"), "--output", str(out), *CLI_FAST,

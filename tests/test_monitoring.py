@@ -128,7 +128,8 @@ def test_series_carry_the_job_rejections_are_labelled_and_gpus_held_are_this_job
         ours_lines = [ln for ln in text.splitlines() if ln.startswith("ray_mvboost_")]
         assert ours_lines and all(f'JobId="{m.job_id}"' in ln for ln in ours_lines)
         rejected = [ln for ln in ours_lines if ln.startswith("ray_mvboost_items_rejected_total")]
-        assert any('stage="lgm"' in ln and 'reason="NaN in LGM output"' in ln and ln.endswith(" 1.0") for ln in rejected)
+        assert any('stage="lgm"' in ln and 'reason="NaN in LGM output"' in ln and ln.endswith(" 1.0")
+                   for ln in rejected)
         assert any('stage="write"' in ln and 'reason="none"' in ln and ln.endswith(" 0.0") for ln in rejected)
         assert any(ln.startswith("ray_mvboost_stage_items_in_total") and 'stage="era3d"' in ln for ln in ours_lines)
         m.item({"status": "ok"})  # the last count of a run: the final export waits until it is on the endpoint

@@ -13,8 +13,15 @@ import torch
 from conftest import REPO, read_key_list
 from mvboost.models.checkpoint import CheckpointError
 from mvboost.models.loading import load_openlrm
-from mvboost.models.openlrm import (OpenLRM, OpenLRMConfig, extract_mesh, march, render_camera,
-                                    save_openlrm, source_camera)
+from mvboost.models.openlrm import (
+    OpenLRM,
+    OpenLRMConfig,
+    extract_mesh,
+    march,
+    render_camera,
+    save_openlrm,
+    source_camera,
+)
 
 #: parameters and tensors of the official ModelLRM (v1.1, commit 3108b69) built from its own module definitions
 #: (DINOv2 with pretrained=False) at the model card's sizes: small and large; base is in the spec's key list
@@ -405,8 +412,13 @@ def test_openlrm_renders_have_the_shard_views_framing(framing):
     for the chain's matted input, 1 for an asset shard whose input is its front view — within 1 px at 64².
     The old hand-picked scale (0.5) is 2.5 px off on the chain's framing."""
     from mvboost.geometry.cameras import era3d_cameras
-    from mvboost.models.openlrm import (CHAIN_INPUT_FRACTION, ERA3D_TARGET_FRACTION, OPENLRM_SCALE,
-                                        SAME_FRAMING_SCALE, world_cameras)
+    from mvboost.models.openlrm import (
+        CHAIN_INPUT_FRACTION,
+        ERA3D_TARGET_FRACTION,
+        OPENLRM_SCALE,
+        SAME_FRAMING_SCALE,
+        world_cameras,
+    )
 
     size, half = 64, 1.0
     src = render_camera(torch.cat([source_camera()[0, :12].reshape(3, 4), torch.tensor([[0.0, 0, 0, 1]])])[None])

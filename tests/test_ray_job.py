@@ -113,10 +113,11 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
     job submitted with it — with the runtime env of cluster/rayjob.yaml (Ray refused to merge it with ours
     before), then with a runtime env of the job's own whose env vars clash with ours (the job's win, one line
     says so) and add a new one; the training job submitted the same way trains on the first job's shards."""
-    import yaml
     import secrets
     import urllib.error
     import urllib.request
+
+    import yaml
 
     token_file = tmp_path / "auth_token"
     token_file.write_text(secrets.token_hex(32))
@@ -186,7 +187,8 @@ def test_production_layout_on_a_one_gpu_ray(tmp_path, tiny_cache):
     assert "accepted 8, rejected 0" in r.stdout
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
     summary = json.loads((out / "summary.json").read_text())
-    assert {"era3d", "lgm", "render", "refine"} <= set(summary["stage_seconds"]) and summary["gpu_seconds_busy"] > 0 and summary["gpu_seconds_held"] > 0
+    assert {"era3d", "lgm", "render", "refine"} <= set(summary["stage_seconds"])
+    assert summary["gpu_seconds_busy"] > 0 and summary["gpu_seconds_held"] > 0
 
 
 def test_an_unschedulable_layout_fails_at_start_with_the_stages_named(tmp_path, tiny_cache):
@@ -291,7 +293,8 @@ def test_a_worker_with_a_broken_cuda_context_is_retired_and_its_items_go_through
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     pids = faults.read_text().split()
     assert len(pids) == 2 and len(set(pids)) == 2  # two worker processes broke, one after the other
-    retired = [ln for ln in r.stderr.splitlines() if "retires after an infrastructure error (RuntimeError: CUDA error" in ln]
+    retired = [ln for ln in r.stderr.splitlines()
+               if "retires after an infrastructure error (RuntimeError: CUDA error" in ln]
     assert retired, r.stderr[-3000:]
     assert "accepted 8, rejected 0" in r.stdout and "infrastructure failures retried" in r.stdout, r.stdout
     assert "retrying" in r.stdout and "item(s) that failed for infrastructure reasons (round 1 of 2)" in r.stdout

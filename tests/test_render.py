@@ -192,7 +192,8 @@ g = torch.Generator().manual_seed(0)
 n = 16384
 q = torch.randn(1, n, 4, generator=g)
 params = [torch.rand(1, n, 3, generator=g) - 0.5, torch.rand(1, n, generator=g) * 0.9 + 0.05,
-          torch.rand(1, n, 3, generator=g) * 0.02 + 0.003, q / q.norm(dim=-1, keepdim=True), torch.rand(1, n, 3, generator=g)]
+          torch.rand(1, n, 3, generator=g) * 0.02 + 0.003, q / q.norm(dim=-1, keepdim=True),
+          torch.rand(1, n, 3, generator=g)]
 params = [p.requires_grad_(True) for p in params]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 render(Gaussians(*params), era3d_cameras(SIZE)).rgb.mean().backward()
@@ -258,7 +259,10 @@ def test_sphere_extent_in_perspective_vs_ortho_framing():
     g = Gaussians(d, torch.full((n,), 0.9), torch.full((n, 3), 0.02), q, torch.full((n, 3), 0.5))
     p = render(g, lgm_input_cameras(64, azimuths=(0.0,))).alpha[0, 0, 0]
     o = render(g, era3d_cameras(64)).alpha[0, 0, 0]
-    width = lambda a: (a.max(0).values > 0.5).sum().item()
+
+    def width(a):
+        return (a.max(0).values > 0.5).sum().item()
+
     # ortho: 0.8 world units (+ the Gaussians' soft rim, 0 to 2 std-devs) at 64 / 1.370 px per unit
     lo, hi = 0.8 / 1.370 * 64, (0.8 + 4 * 0.02) / 1.370 * 64
     assert lo - 1 <= width(o) <= hi + 1
@@ -342,7 +346,8 @@ def test_a_gsplat_without_batch_dimensions_is_refused_by_name():
     with pytest.raises(ImportError, match=r"gsplat >= 1\.5\.3"):
         check_gsplat_batched(v1_4)
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     assert extras["gpu"] == [f"gsplat>={GSPLAT_MIN_VERSION}"]
     try:  # where gsplat is installed, the installed one must pass
         from gsplat import rasterization

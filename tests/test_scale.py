@@ -13,7 +13,8 @@ GPU_RANDOM = REPO / "ray_jobs" / "configs" / "generate_gpu_random.yaml"
 
 
 def dry(out, *extra, config=GPU_RANDOM):
-    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(config), "--output", str(out), "--dry-run", *extra]
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(config), "--output", str(out), "--dry-run",
+           *extra]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -51,7 +52,8 @@ def test_memory_accelerator_and_custom_resources_reach_ray_and_the_layout_check(
     assert fused.other == {"gpu_group_a": 1.0, "memory": 32e9, "accelerator_type:H100": 0.001}
     h100 = {"CPU": 16, "GPU": 1, "memory": 64e9, "accelerator_type:H100": 1.0, "gpu_group_a": 1}
     check_layout(units, [h100])
-    with pytest.raises(LayoutError, match=r"no node can hold one worker of era3d\+lgm\+render\+refine .*accelerator_type:H100"):
+    with pytest.raises(LayoutError,
+                       match=r"no node can hold one worker of era3d\+lgm\+render\+refine .*accelerator_type:H100"):
         check_layout(units, [{"CPU": 16, "GPU": 1, "memory": 64e9, "accelerator_type:A10G": 1.0, "gpu_group_a": 1}])
     with pytest.raises(LayoutError, match="memory"):
         check_layout(units, [{**h100, "memory": 16e9}])
@@ -87,8 +89,8 @@ def test_outputs_are_absolute_and_a_relative_one_in_rays_working_dir_copy_is_ref
 def test_streamed_commit_equals_one_tar_of_all_members(tmp_path):
     import numpy as np
 
-    from mvboost.io.sample import tar_members
     from conftest import read_tar, verified
+    from mvboost.io.sample import tar_members
     from mvboost.io.shards import OutputStore, tar_bytes
 
     rng = np.random.default_rng(0)
@@ -159,7 +161,8 @@ def test_dry_run_with_a_file_bank_and_an_interrupted_publication_writes_nothing(
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     bank = tmp_path / "bank.jsonl"
-    bank.write_text("".join(json.dumps({"prompt_id": f"b{i}", "prompt": f"a small {c} ceramic teapot with a lid"}) + "\n"
+    bank.write_text("".join(json.dumps({"prompt_id": f"b{i}",
+                                        "prompt": f"a small {c} ceramic teapot with a lid"}) + "\n"
                             for i, c in enumerate(("red", "blue", "green", "white"))))
     sets = ["--set", "job.stages=[synthetic, write]", "--set", "prompts.source=file", "--set", f"prompts.bank={bank}",
             "--set", "prompts.near_duplicates=false"]

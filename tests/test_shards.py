@@ -3,8 +3,8 @@ import tarfile
 
 import pytest
 
-from mvboost.io.sample import tar_members as sample_members
 from conftest import read_tar, verified
+from mvboost.io.sample import tar_members as sample_members
 from mvboost.io.shards import OutputError, OutputStore
 
 

@@ -6,10 +6,10 @@ import torch
 from mvboost.gaussians import Gaussians
 from mvboost.geometry.cameras import Cameras, era3d_cameras
 from mvboost.io.codec import decode_array, encode_array
+from mvboost.io.sample import encode_sample as sample_fields
 from mvboost.render import render_normals
 from mvboost.stages.era3d import Era3DConfig, Era3DStage, RefineConfig, RefineStage
 from mvboost.stages.lgm import LGMStage, LGMStageConfig, RenderConfig, RenderStage
-from mvboost.io.sample import encode_sample as sample_fields
 
 
 def flat_gaussian(normal_axis_scale=1e-3):

@@ -68,9 +68,7 @@ def test_save_adapter_honours_the_lora_target(tmp_path, target):
 def test_data_verifies_manifests(smoke_shards, tmp_path):
     import shutil
 
-    from mvboost.train.data import ShardStream, list_shards
-
-    from mvboost.train.data import ShardDataError
+    from mvboost.train.data import ShardDataError, ShardStream, list_shards
 
     good = list_shards(str(smoke_shards))
     assert len(good.urls) == 1 and good.skipped == []
@@ -139,8 +137,8 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
     from peft import PeftModel
 
     from mvboost.models.checkpoint import save_lgm
-    from mvboost.models.loading import load_lgm
     from mvboost.models.hub import resolve as resolve_model
+    from mvboost.models.loading import load_lgm
     from mvboost.train.data import ShardStream, list_shards
     from mvboost.train.loop import LocalContext, latest_adapter, train_loop
     from train.merge import merge

@@ -18,9 +18,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
 
-from ..gaussians import Gaussians, quat_to_rotmat
 from ..assets.gso import METRIC_SCALE
 
 
@@ -79,7 +77,10 @@ def align(pred_pts: np.ndarray, gt_pts: np.ndarray, yaw_step: float = 15.0, perm
     from trimesh.registration import icp
 
     rng = np.random.default_rng(seed)
-    sub = lambda p, n: p[rng.choice(len(p), size=min(n, len(p)), replace=False)]
+
+    def sub(p, n):
+        return p[rng.choice(len(p), size=min(n, len(p)), replace=False)]
+
     ps, gs = sub(pred_pts, n_search), sub(gt_pts, n_search)
     tree_g, tree_p = cKDTree(gs), cKDTree(ps)
     cands = []

@@ -12,7 +12,8 @@ from .protocol import Protocol
 __all__ = ["RENDERER", "MeshRenderer", "downsample", "fovy_deg", "eval_cameras", "predicted_views", "supersampled"]
 
 
-def eval_cameras(protocol: Protocol, size: int | None = None, views: list[tuple[float, float]] | None = None) -> Cameras:
+def eval_cameras(protocol: Protocol, size: int | None = None,
+                 views: list[tuple[float, float]] | None = None) -> Cameras:
     """(elevation, azimuth) pairs (positive elevation = above) -> pinhole cameras at the protocol distance."""
     views = views if views is not None else protocol.orbit()
     size = size or protocol.resolution

@@ -185,8 +185,8 @@ class EvalWorker:
     The same class runs in-process and as a Ray actor (``ray_jobs/evaluate.py``)."""
 
     def __init__(self, cfg: EvalConfig, root: str):
-        from ..stages.common import pick_device, pick_dtype
         from ..assets.render import MeshRenderer
+        from ..stages.common import pick_device, pick_dtype
         from .score import LPIPSSet
 
         self.cfg, self.root = cfg, root
@@ -289,8 +289,8 @@ class EvalWorker:
                                       self.cfg.openlrm.mesh_threshold)
 
     def evaluate(self, name: str) -> dict:
-        from ..io import export
         from ..assets.gso import load_object
+        from ..io import export
         from .score import evaluate_object, prepare_gt
 
         t0 = time.perf_counter()
@@ -357,7 +357,7 @@ class EvalWorker:
         return rows
 
 
-# ---- the objects to score, and the in-process executor -----------------------------------------------------------------
+# ---- the objects to score, and the in-process executor --------------------------------------------------------------
 @dataclass
 class EvalObjects:
     """The objects of an evaluation run: the split's objects under ``root`` and those not yet scored."""

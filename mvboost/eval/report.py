@@ -23,7 +23,8 @@ def _uri(png: bytes) -> str:
 def _img(png: bytes | None, title: str = "", height: int = 96) -> str:
     if not png:
         return ""
-    return f'<figure><img src="{_uri(png)}" style="height:{height}px"><figcaption>{html.escape(title)}</figcaption></figure>'
+    return (f'<figure><img src="{_uri(png)}" style="height:{height}px">'
+            f'<figcaption>{html.escape(title)}</figcaption></figure>')
 
 
 def _fig_png(fig) -> bytes:
@@ -147,10 +148,12 @@ def _summary_table(summary: dict, variant: str = "aligned") -> str:
             *[f"{m} own mean (n)" for m in models], "paper LGM / MVBoost (reference)"]
     rows = []
     for row in rows_in:
-        cells = [f"<td style='text-align:left'>{html.escape(row['metric'])} {'↑' if row['higher_is_better'] else '↓'}</td>",
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        cells = [f"<td style='text-align:left'>{html.escape(row['metric'])} {arrow}</td>",
                  f"<td>{row['n']}</td>"]
         cells += [f"<td>{format_value(row[m])}</td>" for m in models]
-        cells += [f"<td class='{_diff_class(row[d], row['higher_is_better'])}'>{format_value(row[d])}</td>" for d in diffs]
+        cells += [f"<td class='{_diff_class(row[d], row['higher_is_better'])}'>{format_value(row[d])}</td>"
+                  for d in diffs]
         cells += [f"<td{' class=bad' if row[f'{m} failed'] else ''}>{row[f'{m} failed']}</td>" for m in models]
         cells += [f"<td>{format_value(row[f'{m} own mean'])} ({row[f'{m} own n']})</td>" for m in models]
         cells.append(f"<td>{html.escape(row.get('paper (reference)', ''))}</td>")
@@ -316,7 +319,8 @@ def compare_report(outs: list, labels: list[str], n_boot: int = 2000, seed: int 
              "</head><body><h1>Comparison of evaluation runs</h1><ul>"]
     for run in runs:
         split = run.get("split") or {}
-        parts.append(f"<li>{html.escape(run['label'])}: {html.escape(run['output'])} (mode {html.escape(str(run.get('mode')))}"
+        parts.append(f"<li>{html.escape(run['label'])}: {html.escape(run['output'])} "
+                     f"(mode {html.escape(str(run.get('mode')))}"
                      f", split {html.escape(str(split.get('split')))}, {split.get('objects')} objects, protocol sha256 "
                      f"{html.escape(str((run.get('protocol') or {}).get('sha256', ''))[:16])}…)</li>")
     shas = {str((run.get("protocol") or {}).get("sha256")) for run in runs}

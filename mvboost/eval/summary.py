@@ -175,7 +175,8 @@ def markdown(summary: dict) -> str:
     floor = summary["noise_floor_cd"]
     lines = ["# Evaluation summary", "", *header_lines(summary),
              f"- objects: {summary['objects']['done']} scored of {summary['objects']['total']}"
-             + (f"; {len(summary['objects']['failed'])} failed for every model" if summary['objects']['failed'] else ""),
+             + (f"; {len(summary['objects']['failed'])} failed for every model"
+                if summary['objects']['failed'] else ""),
              f"- Chamfer noise floor (GT resampled): {format_value(floor['mean'])} ± {format_value(floor['std'])}", ""]
     for variant in ("aligned", "canonical"):
         lines += [f"## {variant} ({'yaw/axis search + ICP' if variant == 'aligned' else 'no search, no ICP'})", ""]

@@ -29,8 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from ..gaussians import Gaussians
-from ..geometry.cameras import (ERA3D_ORTHO_WORLD_WIDTH, LGM_CAM_RADIUS, ORTHO_CAM_RADIUS, Cameras, orbit_camera,
-                                ortho_intrinsics, pinhole_intrinsics)
+from ..geometry.cameras import (
+    ERA3D_ORTHO_WORLD_WIDTH,
+    LGM_CAM_RADIUS,
+    ORTHO_CAM_RADIUS,
+    Cameras,
+    orbit_camera,
+    ortho_intrinsics,
+    pinhole_intrinsics,
+)
 from ..render import render
 
 ATTRIBUTES = ("colors", "opacities", "means", "scales")

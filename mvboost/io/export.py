@@ -109,8 +109,14 @@ def write_glb(g: Gaussians, path: str | Path, resolution: int = 96, level: float
 def turntable_cameras(frames: int = 36, size: int = 256, elevation: float = -15.0, camera: str = "pinhole"):
     """The turntable's cameras: a full circle of ``frames`` azimuths at ``elevation`` (pinhole at LGM's distance
     and field of view, or Era3D's orthographic views)."""
-    from ..geometry.cameras import ERA3D_ORTHO_WORLD_WIDTH, ORTHO_CAM_RADIUS, Cameras, orbit_camera, \
-        ortho_intrinsics, pinhole_intrinsics
+    from ..geometry.cameras import (
+        ERA3D_ORTHO_WORLD_WIDTH,
+        ORTHO_CAM_RADIUS,
+        Cameras,
+        orbit_camera,
+        ortho_intrinsics,
+        pinhole_intrinsics,
+    )
 
     az = [360.0 * i / frames for i in range(frames)]
     if camera == "ortho":

@@ -318,7 +318,8 @@ def write_era3d_folder(folder: Path, unet_config: dict, unet: Era3DUNet, vae, im
     CLIPImageProcessor(size={"shortest_edge": clip_image_size},
                        crop_size={"height": clip_image_size, "width": clip_image_size},
                        image_mean=[0.48145466, 0.4578275, 0.40821073],
-                       image_std=[0.26862954, 0.26130258, 0.27577711]).save_pretrained(str(folder / "feature_extractor"))
+                       image_std=[0.26862954, 0.26130258, 0.27577711]
+                       ).save_pretrained(str(folder / "feature_extractor"))
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
                   prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False,

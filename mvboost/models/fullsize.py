@@ -37,7 +37,8 @@ def sd2_unet(device="cpu"):
 
     with torch.device(device):
         return UNet2DConditionModel(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
             attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, flip_sin_to_cos=True, freq_shift=0,

@@ -136,7 +136,8 @@ class MVAttention(nn.Module):
 class DownBlock(nn.Module):
     def __init__(self, cin, cout, attention, downsample, cfg: LGMConfig, num_layers=2):
         super().__init__()
-        self.nets = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, cfg.norm_groups) for i in range(num_layers))
+        self.nets = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, cfg.norm_groups)
+                                  for i in range(num_layers))
         self.attns = nn.ModuleList(
             MVAttention(cout, cfg.num_heads, cfg.num_views, cfg.norm_groups) for _ in range(num_layers)
         ) if attention else None
@@ -254,7 +255,8 @@ class LGM(nn.Module):
             raise ValueError(f"LGM built for {self.config.num_views} views, got {v}")
         feat = self.conv(self.unet(x.flatten(0, 1)))
         s = feat.shape[-1]
-        raw = feat.reshape(b, v, GAUSSIAN_CHANNELS, s, s).permute(0, 1, 3, 4, 2).reshape(b, v * s * s, GAUSSIAN_CHANNELS)
+        raw = feat.reshape(b, v, GAUSSIAN_CHANNELS, s, s).permute(0, 1, 3, 4, 2)
+        raw = raw.reshape(b, v * s * s, GAUSSIAN_CHANNELS)
         return activate_gaussians(raw, self.config.legacy_rotation_norm)
 
     # ---- input preparation ------------------------------------------------------------------

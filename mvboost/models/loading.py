@@ -8,8 +8,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (LGM_CONFIG_FILENAME, LGM_FILENAME, LGM_LEGACY_FILENAME, CheckpointError, check_state_dict,
-                         read_safetensors)
+from .checkpoint import (
+    LGM_CONFIG_FILENAME,
+    LGM_FILENAME,
+    LGM_LEGACY_FILENAME,
+    CheckpointError,
+    check_state_dict,
+    read_safetensors,
+)
 
 
 def resolve_file(source: str | os.PathLike, filename: str, allow_download: bool = False,
@@ -24,7 +30,8 @@ def resolve_file(source: str | os.PathLike, filename: str, allow_download: bool 
     cand = path / filename
     if not cand.is_file():
         found = sorted(p.name for p in path.glob("*.safetensors"))
-        hint = f"; get it with `{download_hint(str(source), revision)} {filename}`" if looks_like_hub_id(str(source)) else ""
+        hint = (f"; get it with `{download_hint(str(source), revision)} {filename}`"
+                if looks_like_hub_id(str(source)) else "")
         raise FileNotFoundError(f"{path} has no {filename} (safetensors files there: {found or 'none'}){hint}")
     return cand
 

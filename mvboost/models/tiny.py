@@ -76,8 +76,8 @@ def build_tiny_lgm(folder: Path, seed: int = 0) -> None:
     """A tiny LGM saved like ``ashawkey/LGM`` (``model_fp16_fixrot.safetensors``)."""
     import torch
 
-    from .lgm import LGM, LGMConfig
     from .checkpoint import save_lgm
+    from .lgm import LGM, LGMConfig
 
     torch.manual_seed(seed)
     save_lgm(LGM(LGMConfig.preset("tiny")), folder)

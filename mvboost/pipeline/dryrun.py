@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from ..io.shards import OutputStore
 from .config import validate
-from .layout import fmt_resource, min_demand
 from .items import job_plan, plan_items
+from .layout import fmt_resource, min_demand
 from .state import resume_state
 from .units import layout_units
 

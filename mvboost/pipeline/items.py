@@ -132,7 +132,8 @@ def load_prompts(cfg, dry_run: bool = False) -> list[dict]:
 
 def _rejected_row(i: int, line: bytes, reason: str) -> dict:
     # a key that cannot collide with a valid one (valid keys start with "p")
-    return {"prompt_id": "", "prompt": "", "reject": reason, "key": "x" + hashlib.sha256(b"%d:" % i + line).hexdigest()[:16]}
+    return {"prompt_id": "", "prompt": "", "reject": reason,
+            "key": "x" + hashlib.sha256(b"%d:" % i + line).hexdigest()[:16]}
 
 
 def _read_asset_list(url: str) -> list[str]:

@@ -13,8 +13,8 @@
 from .config import JobConfig, JobSection, PromptsSection, job_meta, load_job_config, validate
 from .items import item_seed, load_prompts, plan_items
 from .runner import iter_batches, run_in_process
-from .summary import RunSummary
 from .state import JobState, ShardTracker
+from .summary import RunSummary
 from .units import build_units, gpu_shares, layout_units, model_refs, stage_names
 
 __all__ = ["JobConfig", "JobSection", "PromptsSection", "job_meta", "load_job_config", "validate", "item_seed",

@@ -79,7 +79,8 @@ def retry_items(store: OutputStore, items: list[dict], group: str, shard_size: i
     if rounds and not round_finished(store, rounds[-1]):
         rnd = rounds[-1]
         line = (f"retry round {rnd['round']} (rejects of {rnd['group']!r}) was interrupted: finishing it "
-                f"({len(rnd['items'])} item(s), shards {shard_name(rnd['shards'][0])} … {shard_name(rnd['shards'][-1])})")
+                f"({len(rnd['items'])} item(s), shards {shard_name(rnd['shards'][0])} … "
+                f"{shard_name(rnd['shards'][-1])})")
     else:
         if plan_unfinished:
             raise ConfigError("--retry-rejected: the job has unfinished items; run it without --retry-rejected first")

@@ -1,8 +1,8 @@
 """The in-process executor: the same stage units, batch by batch, in this process."""
 from __future__ import annotations
 
-from .summary import RunSummary
 from .state import JobState
+from .summary import RunSummary
 
 
 def iter_batches(rows: list[dict], size: int):

@@ -86,9 +86,7 @@ class OpenLRMBackend:
         return self.TARGET
 
     def forward(self, model, engine, batch, device, dtype):
-        from ..models.openlrm import openlrm_input, source_camera
-
-        from ..models.openlrm import source_size_for
+        from ..models.openlrm import openlrm_input, source_camera, source_size_for
 
         c = self.cfg.openlrm
         size = c.source_size or source_size_for(model.config)

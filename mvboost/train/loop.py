@@ -191,7 +191,8 @@ def ds_config(cfg: TrainConfig, device: torch.device) -> dict:
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
         "optimizer": {"type": "AdamW", "params": {"lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
-                                                  "betas": list(cfg.optim.betas), "torch_adam": cfg.deepspeed.torch_adam}},
+                                                  "betas": list(cfg.optim.betas),
+                                                  "torch_adam": cfg.deepspeed.torch_adam}},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
@@ -260,8 +261,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
 
     from ..metrics.lpips import load_lpips
     from .data import MixedStream, ShardStream, list_shards
-    from .loss import view_loss
     from .lora import trainable_parameters
+    from .loss import view_loss
 
     torch.manual_seed(cfg.train.seed)
     backend, _ = backend_for(cfg)

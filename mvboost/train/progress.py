@@ -174,7 +174,8 @@ class ProgressBar:
                  enabled: bool = True):
         import threading
 
-        self.dir, self.opts, self.total, self.interval, self.enabled = storage_dir, storage_options, total, interval, enabled
+        self.dir, self.opts, self.total = storage_dir, storage_options, total
+        self.interval, self.enabled = interval, enabled
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
         self.start_time = time.time()
