@@ -60,8 +60,8 @@ def run_on_ray(cfg):
     from tqdm.auto import tqdm
 
     from mvboost.eval.job import EvalWorker, finish, select_objects
-    from mvboost.pipeline.units import ray_resource_args
     from ray_jobs.local_ray import connect
+    from ray_jobs.operators import map_batches_args
 
     p = select_objects(cfg)  # validates models, objects and split before Ray starts
     if p.pending:
@@ -78,9 +78,9 @@ def run_on_ray(cfg):
                 rows = self.worker(list(batch["object"]))
                 return {k: [r[k] for r in rows] for k in ("object", "status", "reason", "seconds")}
 
-        ds = ds.map_batches(EvaluateObjects, batch_size=max(1, res.batch_size), batch_format="numpy",
+        ds = ds.map_batches(EvaluateObjects, batch_format="numpy",
                             compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors or None),
-                            num_gpus=res.num_gpus or None, num_cpus=res.num_cpus, **ray_resource_args(res))
+                            **{**map_batches_args(res), "batch_size": max(1, res.batch_size)})
         with tqdm(total=len(p.names), initial=len(p.names) - len(p.pending), desc="objects",
                   disable=not cfg.job.progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

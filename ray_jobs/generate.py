@@ -29,7 +29,7 @@ import json
 import logging
 import sys
 
-import numpy as np
+from ray_jobs.operators import from_ray, map_batches_args, to_ray
 
 log = logging.getLogger("ray_jobs.generate")
 
@@ -81,36 +81,11 @@ def load(args):
 
 
 # ---- Ray adapters (the only Ray-specific code around the library's stages) -------------------
-def _to_rows_batch(batch: dict) -> dict:
-    return {k: list(v) for k, v in batch.items()}
-
-
-def _to_numpy_batch(batch: dict) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if all(isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) for x in v):
-            out[k] = np.asarray(v)
-        else:
-            arr = np.empty(len(v), dtype=object)
-            arr[:] = v
-            out[k] = arr
-    return out
-
-
 def run_unit(stage, batch: dict) -> dict:
-    """Run a stage or each member of a fused group on a column batch, counting items in and out of
-    every stage for the live metrics."""
+    """Run a stage or fused group on a Ray batch, counting items in and out of every stage for the live metrics."""
     from ray_jobs.metrics import StageMetrics
 
-    metrics = StageMetrics.get()
-    for member in stage.members:
-        n_ok = sum(1 for s in batch.get("status", ["ok"] * len(batch["item_id"])) if s == "ok")
-        if metrics is not None:
-            metrics.entered(member.name, n_ok)
-        batch = member(batch)
-        if metrics is not None:
-            metrics.left(member.name, n_ok)
-    return batch
+    return to_ray(stage.run(from_ray(batch), StageMetrics.get()))
 
 
 class StageActor:
@@ -130,7 +105,7 @@ class StageActor:
     def __call__(self, batch):
         if self.retiring:  # the previous batch hit an infrastructure error: this worker may be broken
             retire(self.stage.name, self.retiring)
-        out = _to_numpy_batch(run_unit(self.stage, _to_rows_batch(batch)))
+        out = run_unit(self.stage, batch)
         self.retiring = self.stage.unhealthy  # its failed items are on their way back to the driver
         return out
 
@@ -154,7 +129,7 @@ def _limit_threads(num_cpus: float) -> None:
 
 def run_stage_task(batch, unit):
     _limit_threads(unit.resources.num_cpus)
-    return _to_numpy_batch(run_unit(unit, _to_rows_batch(batch)))
+    return run_unit(unit, batch)
 
 
 def commit_shard_task(output: str, storage_options: dict, shard: int, keys: list[str], seconds: dict) -> int:
@@ -225,7 +200,7 @@ def check_cluster_layout(cfg, units, local: bool) -> None:
     """Refuse (or warn about) a layout whose actor pools cannot all start on the cluster's nodes."""
     import ray
 
-    from mvboost.pipeline.layout import LayoutError, Unit, check_layout
+    from mvboost.pipeline.layout import Demand, LayoutError, check_layout
     from mvboost.pipeline.units import layout_units
 
     mode = cfg.ray.check_layout
@@ -233,7 +208,7 @@ def check_cluster_layout(cfg, units, local: bool) -> None:
         return
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    commits = Unit("shard commits", 0.0, cfg.job.commit_cpus, 1, False)
+    commits = Demand("shard commits", 0.0, cfg.job.commit_cpus, 1, False)
     try:
         check_layout(layout_units(units) + [commits], nodes)
     except LayoutError as e:
@@ -258,8 +233,6 @@ def build_dataset(ray, cfg, units, items: list[dict]):
     tasks for the others."""
     from ray.data import ActorPoolStrategy
 
-    from mvboost.pipeline.units import ray_resource_args
-
     ds = ray.data.from_items(items, override_num_blocks=num_blocks(len(items), units))
     for unit in units:
         res = unit.resources
@@ -268,11 +241,9 @@ def build_dataset(ray, cfg, units, items: list[dict]):
                                 compute=ActorPoolStrategy(
                                     min_size=res.min_actors, max_size=res.max_actors or None,
                                     max_tasks_in_flight_per_actor=cfg.ray.max_tasks_in_flight_per_actor),
-                                batch_size=res.batch_size, num_gpus=res.num_gpus or None, num_cpus=res.num_cpus,
-                                **ray_resource_args(res))
+                                **map_batches_args(res))
         else:
-            ds = ds.map_batches(named_task(unit.name), fn_args=(unit,),
-                                batch_size=res.batch_size, num_cpus=res.num_cpus, **ray_resource_args(res))
+            ds = ds.map_batches(named_task(unit.name), fn_args=(unit,), **map_batches_args(res))
     return ds
 
 

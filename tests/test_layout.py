@@ -4,7 +4,7 @@ import pytest
 from conftest import REPO
 from mvboost.config import ConfigError
 from mvboost.pipeline.job import build_units, gpu_shares, layout_units, load_job_config
-from mvboost.pipeline.layout import LayoutError, Unit, check_layout
+from mvboost.pipeline.layout import Demand, LayoutError, check_layout
 
 PROD = REPO / "ray_jobs" / "configs" / "generate.yaml"
 ONE_GPU_SMOKE = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
@@ -17,7 +17,7 @@ def node(cpus, gpus, memory=None):
 
 
 def units(*spec):
-    return [Unit(name, g, c, n, True) for name, g, c, n in spec]
+    return [Demand(name, g, c, n, True) for name, g, c, n in spec]
 
 
 def test_the_old_production_fractions_are_refused_on_one_gpu_naming_the_stages():
@@ -71,7 +71,7 @@ def test_whole_gpus_and_cpus_must_be_on_one_node():
 
 
 def test_task_stages_need_cpus_left_after_the_actor_pools():
-    layout = units(("model", 0, 2, 1)) + [Unit("write", 0, 1, 1, False)]
+    layout = units(("model", 0, 2, 1)) + [Demand("write", 0, 1, 1, False)]
     with pytest.raises(LayoutError, match=r"at most 0 CPU is free.*write \(1 CPU\)"):
         check_layout(layout, [node(2, 0)])
     check_layout(layout, [node(3, 0)])

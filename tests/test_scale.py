@@ -41,7 +41,7 @@ def test_dry_run_on_a_partly_done_output_says_what_a_rerun_skips(tmp_path, tiny_
 
 
 def test_memory_accelerator_and_custom_resources_reach_ray_and_the_layout_check():
-    from mvboost.pipeline.units import ray_resource_args
+    from ray_jobs.operators import resource_args as ray_resource_args
 
     cfg = load_job_config(GPU_RANDOM, ["era3d.resources.memory=32e9", "era3d.resources.accelerator_type=H100",
                                        "era3d.resources.custom={gpu_group_a: 1}"])

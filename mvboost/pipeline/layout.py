@@ -21,8 +21,8 @@ class LayoutError(ConfigError):
 
 
 @dataclass
-class Unit:
-    """One operator of the job: a stage or a fused group of stages."""
+class Demand:
+    """What one operator of the job (a stage or a fused group of stages) asks of the cluster."""
 
     name: str
     num_gpus: float
@@ -60,12 +60,12 @@ def fmt_resource(key: str, value: float) -> str:
     return f"{value:g} {key}{'s' if key in ('GPU', 'CPU') else ''}"
 
 
-def _demand(u: Unit) -> str:
+def _demand(u: Demand) -> str:
     parts = [f"{u.num_gpus:g} GPU", f"{u.num_cpus:g} CPU"] + [fmt_resource(k, v) for k, v in u.other.items()]
     return " + ".join(parts)
 
 
-def min_demand(units: list[Unit]) -> dict[str, float]:
+def min_demand(units: list[Demand]) -> dict[str, float]:
     """What the actor pools hold at once at their ``min_actors``: GPU, CPU and every other resource."""
     need = {"GPU": 0.0, "CPU": 0.0}
     for u in units:
@@ -83,7 +83,7 @@ def describe_cluster(nodes: list[dict]) -> str:
     return f"{len(nodes)} node{'s' * (len(nodes) != 1)}: {cpus:g} CPUs, {gpus:g} GPUs"
 
 
-def _place(node: Node, u: Unit) -> bool:
+def _place(node: Node, u: Demand) -> bool:
     if node.cpu_free + EPS < u.num_cpus:
         return False
     if any(node.other.get(k, 0.0) + EPS < v for k, v in u.other.items()):
@@ -114,7 +114,7 @@ def _place(node: Node, u: Unit) -> bool:
     return True
 
 
-def check_layout(units: list[Unit], nodes: list[dict]) -> None:
+def check_layout(units: list[Demand], nodes: list[dict]) -> None:
     """Raise :class:`LayoutError` if the minimum actors of ``units`` cannot all be placed on ``nodes``
     (Ray's ``ray.nodes()`` resource dicts: ``CPU``, ``GPU``) with CPUs left for every task stage."""
     for u in units:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..config import ConfigError
 from ..stages import STAGES
 from ..stages.base import FusedStage, ModelRef, Stage
-from .layout import Unit as LayoutUnit
+from .layout import Demand
 
 Unit = Stage | FusedStage
 
@@ -70,19 +70,7 @@ def other_resources(res) -> dict[str, float]:
     return other
 
 
-def ray_resource_args(res) -> dict:
-    """Keyword arguments of Ray Data's ``map_batches`` for a stage's memory, accelerator and custom resources."""
-    args = {}
-    if res.memory:
-        args["memory"] = float(res.memory)
-    if res.accelerator_type:
-        args["accelerator_type"] = res.accelerator_type
-    if res.custom:
-        args["resources"] = {str(k): float(v) for k, v in res.custom.items()}
-    return args
-
-
-def layout_units(units: list[Unit]) -> list[LayoutUnit]:
+def layout_units(units: list[Unit]) -> list[Demand]:
     """The job's operators with their resources, for :func:`mvboost.pipeline.layout.check_layout`."""
-    return [LayoutUnit(u.name, u.resources.num_gpus, u.resources.num_cpus, u.resources.min_actors, u.uses_actor,
-                       other_resources(u.resources)) for u in units]
+    return [Demand(u.name, u.resources.num_gpus, u.resources.num_cpus, u.resources.min_actors, u.uses_actor,
+                   other_resources(u.resources)) for u in units]

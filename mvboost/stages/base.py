@@ -215,6 +215,17 @@ class Stage:
                 r.setdefault(c, None)
         return rows_to_batch(rows)
 
+    def run(self, batch: dict[str, Any], observer=None) -> dict[str, list]:
+        """``self(batch)``, telling ``observer`` (if any) how many ok items entered and left each stage:
+        ``observer.entered(stage, n)`` / ``observer.left(stage, n)`` (the Ray job's live metrics)."""
+        n_ok = sum(1 for s in batch.get(STATUS, [OK] * len(batch["item_id"])) if s == OK)
+        if observer is not None:
+            observer.entered(self.name, n_ok)
+        out = self(batch)
+        if observer is not None:
+            observer.left(self.name, n_ok)
+        return out
+
     def _run(self, rows: list[Row]) -> list[Row | Exception]:
         """``process`` under the configured timeout. Python cannot stop a running computation: a batch
         that times out is abandoned in its thread (its items rejected) and the next batch gets a fresh one."""
@@ -321,8 +332,12 @@ class FusedStage:
             s.ensure_setup()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        return self.run(batch)
+
+    def run(self, batch: dict[str, Any], observer=None) -> dict[str, list]:
+        """Each member on the batch in turn (see :meth:`Stage.run`)."""
         for s in self.stages:
-            batch = s(batch)
+            batch = s.run(batch, observer)
         return batch
 
 
