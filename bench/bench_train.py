@@ -73,7 +73,7 @@ def log_step(step: int, ctx, metrics: dict) -> None:
 
 def bare_step_seconds(cfg, shards: Path, steps: int, device: torch.device, dtype: torch.dtype) -> float:
     """The same model, LoRA, render and loss on one fixed batch: plain torch AdamW, no DeepSpeed, no data."""
-    from mvboost.io.shards import list_shards
+    from mvboost.io.reader import list_shards
     from mvboost.metrics.lpips import load_lpips
     from mvboost.train.data import ShardStream
     from mvboost.train.loop import base_of, build_model

@@ -359,7 +359,7 @@ class MetricsEndpoint:
     def write_service_discovery(self, folder: str) -> str:
         import fsspec
 
-        from mvboost.io.shards import write_atomic
+        from mvboost.io.files import write_atomic
 
         path = os.path.join(folder, SERVICE_DISCOVERY_FILE)
         doc = [{"labels": {"job": "ray"}, "targets": [f"127.0.0.1:{self.port}"]}]

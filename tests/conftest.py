@@ -138,7 +138,7 @@ def watch_listeners(proc, seen: set, interval: float = 0.3):
 def verified(store, shard: int):
     """The manifest of a committed shard of ``store`` after checking the tar against it (size, sha256,
     keys) with the library's one verifier; an AssertionError names the reason."""
-    from mvboost.io.shards import verify_shard
+    from mvboost.io.reader import verify_shard
 
     m = store.read_manifest(shard)
     assert m is not None, f"shard {shard} has no manifest (not committed)"

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         overrides.append(f"data.source={a.data}")
     if a.output:
         overrides.append(f"run.storage_path={a.output}")
-    from mvboost.io.shards import ShardDataError, list_shards
+    from mvboost.io.reader import ShardDataError, list_shards
 
     try:
         cfg = load_config(TrainConfig, a.config, overrides)

@@ -90,7 +90,7 @@ def write_thumbnail(root: Path, name: str, elevation: float = 20.0, azimuth: flo
     from ..assets.gso import THUMBNAIL, load_object
     from ..assets.render import MeshRenderer
     from ..io.codec import to_uint8
-    from ..io.shards import write_atomic
+    from ..io.files import write_atomic
     from .gt import eval_cameras
     from .protocol import Protocol
 

@@ -29,7 +29,7 @@ from ..gaussians import Gaussians
 from ..infer.openlrm import InferOpenLRMConfig
 from ..infer.run import InferEra3DConfig, InferLGMConfig, InferMattingConfig
 from ..io.codec import encode_png, tile_views
-from ..io.shards import write_atomic
+from ..io.files import write_atomic
 from ..stages.base import Reject, Resources
 from .protocol import Protocol
 

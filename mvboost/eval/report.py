@@ -239,8 +239,8 @@ def shards_report(source: str, max_samples: int = 200, storage_options: dict | N
     """A generation run's gallery: per sample the prompt, input, views, renders and refined views."""
     import fsspec
 
+    from ..io.reader import list_shards
     from ..io.sample import INPUT, VIEW_MEMBERS, decode_prompt, iter_tar
-    from ..io.shards import list_shards
 
     listing = list_shards(source, storage_options)
     fs, base = fsspec.core.url_to_fs(source, **(storage_options or {}))

@@ -25,7 +25,8 @@ Members appear only for the stages that ran (the pipeline is configurable).
 A sample's key is dot- and slash-free (WebDataset splits keys at the first dot); its members are
 adjacent in the tar. The writer is :func:`encode_sample`; readers use :func:`iter_tar`,
 :func:`decode_views`, :func:`decode_cameras`, :func:`decode_meta` and :func:`decode_prompt`; the
-shards' manifests are read by :mod:`mvboost.io.shards` (``ShardManifest``, ``list_shards``).
+shards' manifests are written by :mod:`mvboost.io.shards` (``ShardManifest``) and listed by
+:mod:`mvboost.io.reader` (``list_shards``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Sharded WebDataset output at any fsspec URL, exactly once across crashes and reruns.
+"""Writing sharded WebDataset output at any fsspec URL, exactly once across crashes and reruns (the shard
+format's names, tar bytes and manifest live here too; reading and verifying an output: :mod:`mvboost.io.reader`;
+atomic writes of single files: :mod:`mvboost.io.files`).
 
 Layout under the output URL::
 
@@ -25,7 +27,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .sample import iter_tar, tar_members
+from .files import jsonl_bytes, write_atomic
+from .sample import tar_members
 
 SHARD_PATTERN = "shard-{:06d}"
 MTIME = 0  # fixed member mtime: the same samples always give the same shard bytes
@@ -33,23 +36,6 @@ MTIME = 0  # fixed member mtime: the same samples always give the same shard byt
 
 class OutputError(RuntimeError):
     """The output location cannot be used (unreachable, read-only, or holds a different job)."""
-
-
-class ShardDataError(FileNotFoundError):
-    """No usable shard to read (every reason listed): deterministic, so not worth retrying."""
-
-
-def write_atomic(fs, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` on fsspec filesystem ``fs`` under a temporary name, then rename."""
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
-def jsonl_bytes(rows) -> bytes:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
 
 
 def shard_name(index: int) -> str:
@@ -116,36 +102,6 @@ class ShardManifest:
         if not isinstance(m.bytes, int) or not isinstance(m.sha256, str) or not isinstance(m.samples, int):
             raise ValueError("bytes and samples must be integers and sha256 a string")
         return m
-
-
-class _HashingReader:
-    """A file wrapper that counts and hashes every byte read through it."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        block = self.f.read(size)
-        self.sha.update(block)
-        self.size += len(block)
-        return block
-
-
-def verify_shard(f, manifest: ShardManifest, chunk: int = 8 << 20) -> str | None:
-    """None if the tar read from the binary file ``f`` is the one ``manifest`` describes (size, sha256 and
-    sample keys, checked in one streaming pass), else the reason it is not."""
-    reader = _HashingReader(f)
-    try:
-        keys = sorted(key for key, _ in iter_tar(reader))
-    except (tarfile.TarError, ValueError, EOFError) as e:
-        return f"not a readable tar ({type(e).__name__}: {e})"[:300]
-    while reader.read(chunk):  # the end-of-archive blocks after the last member
-        pass
-    if (reader.size, reader.sha.hexdigest()) != (manifest.bytes, manifest.sha256):
-        return "does not match its manifest (size or sha256)"
-    if keys != sorted(manifest.keys):
-        return "its sample keys differ from the manifest's"
-    return None
 
 
 class OutputStore:
@@ -351,68 +307,3 @@ class OutputStore:
             if self.exists(p):
                 out.extend(json.loads(line) for line in self.read(p).decode().splitlines() if line.strip())
         return out
-
-
-# ---- reading an output: the committed shards, from their manifests ----------------------------------
-@dataclass
-class ShardList:
-    urls: list[str]
-    skipped: list[tuple[str, str]]  # (url, reason)
-    manifests: dict[str, ShardManifest] = field(default_factory=dict)  # url -> its manifest (folder sources)
-
-
-def list_shards(source: str, storage_options: dict | None = None) -> ShardList:
-    """The committed shards of a generation output (listed from their manifests alone), or the tars of
-    a brace pattern / a single ``.tar`` URL (no manifests: nothing to verify against). A tar without a
-    manifest (not committed), an unreadable or invalid manifest and a shard with no accepted sample are
-    skipped with the reason, never silently; no usable shard at all is a :class:`ShardDataError`."""
-    import logging
-
-    import fsspec
-    from braceexpand import braceexpand
-
-    if "{" in source:
-        return ShardList(sorted(braceexpand(source)), [])
-    fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
-    if root.endswith(".tar"):
-        return ShardList([source], [])
-    proto = source.split("://", 1)[0] + "://" if "://" in source else ""
-    base = root.rstrip("/")
-    manifests = sorted(fs.glob(base + "/shard-*.json"))
-    tars = sorted(fs.glob(base + "/shard-*.tar"))
-    urls, skipped, found = [], [], {}
-    with_manifest = {m[: -len(".json")] for m in manifests}
-    for t in tars:
-        if t[: -len(".tar")] not in with_manifest:
-            skipped.append((proto + t if proto else t, "no manifest: the shard is not committed"))
-    for m in manifests:
-        tar = m[: -len(".json")] + ".tar"
-        url = proto + tar if proto else tar
-        try:
-            man = ShardManifest.from_json(fs.cat(m))
-        except Exception as e:  # noqa: BLE001 - reported with the reason, the other shards go on
-            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            skipped.append((url, f"invalid manifest {m.rsplit('/', 1)[-1]}: {why}"[:300]))
-            continue
-        if man.samples == 0:
-            skipped.append((url, "no accepted samples"))
-            continue
-        urls.append(url)
-        found[url] = man
-    for url, why in skipped:
-        logging.getLogger(__name__).warning("skipping shard %s: %s", url, why)
-    if not urls:
-        reasons = "; ".join(f"{u.rsplit('/', 1)[-1]}: {w}" for u, w in skipped[:5]) or "no shard-*.json manifests"
-        raise ShardDataError(f"no usable shards under {source} ({len(skipped)} skipped: {reasons})")
-    return ShardList(urls, skipped, found)
-
-
-def verify_shard_url(url: str, manifest: ShardManifest, storage_options: dict | None = None) -> str | None:
-    """:func:`verify_shard` of the tar at an fsspec URL (``"tar missing"`` when there is none)."""
-    import fsspec
-
-    try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            return verify_shard(f, manifest)
-    except FileNotFoundError:
-        return "tar missing"

@@ -55,7 +55,7 @@ def near_duplicates(texts: list[str], threshold: float, cache_key: str | None = 
     load or a write."""
     import fsspec
 
-    from ..io.shards import write_atomic
+    from ..io.files import write_atomic
     from ..models.hub import cache_root
     from ..prompts.dedupe import Deduper, load_embedder
 

@@ -6,7 +6,8 @@ import collections
 import json
 import time
 
-from ..io.shards import OutputStore, jsonl_bytes, shard_name
+from ..io.files import jsonl_bytes
+from ..io.shards import OutputStore, shard_name
 from ..stages.base import FAILED, OK, STATUS, JobInfo, status_columns, to_python
 from .config import job_meta, validate
 from .items import job_plan, plan_items

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..io.shards import jsonl_bytes, write_atomic
+from ..io.files import jsonl_bytes, write_atomic
 
 
 class BankWriter:

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS
+from ..io.reader import ShardDataError, ShardList, list_shards, verify_shard_url
 from ..io.sample import INPUT, META, VIEW_MEMBERS, decode_alpha, decode_cameras, decode_meta, decode_views, iter_tar
-from ..io.shards import ShardDataError, ShardList, ShardManifest, list_shards, verify_shard_url
+from ..io.shards import ShardManifest
 
 __all__ = ["ShardDataError", "ShardList", "ShardStream", "decode_sample", "foreground_mask", "iter_samples",
            "list_shards"]
