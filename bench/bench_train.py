@@ -42,7 +42,8 @@ def make_shards(out: Path) -> Path:
 def real_steps(cfg, use_ray: bool) -> list[dict]:
     """Per-step metrics of the real loop (step_time, loss, …), in-process or through Ray Train."""
     if not use_ray:
-        from mvboost.train.loop import LocalContext, train_loop
+        from mvboost.train.context import LocalContext
+        from mvboost.train.loop import train_loop
 
         local = LocalContext(cfg, "cuda" if cfg.run.use_gpu else "cpu")
         train_loop(cfg, local.ctx)
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
     print(f"shards ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
     from mvboost.config import load_config
-    from mvboost.train.loop import TrainConfig
+    from mvboost.train.config import TrainConfig
 
     overrides = [f"data.source={shards}", f"run.storage_path={tmp}/runs", f"train.steps={a.steps}",
                  f"train.checkpoint_every={10 ** 6}", "train.log_every=1", f"model.checkpoint={a.model}",

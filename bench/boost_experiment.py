@@ -109,7 +109,9 @@ def train(out: Path, name: str, mode: str, checkpoint: Path, data: Path, steps: 
     import torch
 
     from mvboost.config import load_config
-    from mvboost.train.loop import LocalContext, TrainConfig, train_loop
+    from mvboost.train.config import TrainConfig
+    from mvboost.train.context import LocalContext
+    from mvboost.train.loop import train_loop
 
     cfg = load_config(TrainConfig, None, [
         f"model.checkpoint={checkpoint}", f"lora.mode={mode}", f"lora.rank={size.lora_rank}",
@@ -270,7 +272,7 @@ def run(out: Path, size_name: str, overrides: dict | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     split = build_shards(out, size)
-    from mvboost.train.loop import latest_adapter, latest_model
+    from mvboost.train.context import latest_adapter, latest_model
 
     base_run = train(out, "base", "full", init_model(out), out / "shards" / "A", size.base_steps, size.base_lr, size)
     base = latest_model(base_run)

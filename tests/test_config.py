@@ -53,7 +53,7 @@ def test_overrides(tmp_path):
 def test_every_repo_config_loads_and_has_a_smoke_variant():
     from mvboost.eval.job import EvalConfig
     from mvboost.prompts.llm import PromptGenConfig
-    from mvboost.train.loop import TrainConfig
+    from mvboost.train.config import TrainConfig
 
     def job_or_eval(p):  # ray_jobs/configs holds the generation job's configs and the evaluation job's
         return load_config(EvalConfig, p) if p.stem.startswith("evaluate") else load_job_config(p)

@@ -50,7 +50,8 @@ def test_revision_reaches_the_loaders_trainer_and_stages(hf_cache, tmp_path):
     from mvboost.models.loading import load_lgm
     from mvboost.pipeline.job import build_units, job_meta, load_job_config
     from mvboost.stages.lgm import LGMStage
-    from mvboost.train.loop import TrainConfig, build_model
+    from mvboost.train.config import TrainConfig
+    from mvboost.train.loop import build_model
     from train.merge import merge
 
     main, v2 = load_lgm("acme/lgm"), load_lgm("acme/lgm", revision="v2")

@@ -307,7 +307,7 @@ def test_orthographic_cameras_render_through_distant_pinholes():
 
 def _train_cfg(shards, tmp_path, *extra):
     from mvboost.config import load_config
-    from mvboost.train.loop import TrainConfig
+    from mvboost.train.config import TrainConfig
 
     return load_config(TrainConfig, REPO / "train" / "configs" / "openlrm_lora_smoke.yaml", [
         f"data.source={shards}", f"run.storage_path={tmp_path}/runs", "deepspeed.micro_batch=4", *extra])
@@ -323,7 +323,8 @@ def test_train_openlrm_lora_merge_and_infer(smoke_shards, tmp_path, ds_env, tiny
     from mvboost.infer.__main__ import main as infer
     from mvboost.models.hub import resolve
     from mvboost.models.openlrm import source_camera
-    from mvboost.train.loop import LocalContext, latest_adapter, train_loop
+    from mvboost.train.context import LocalContext, latest_adapter
+    from mvboost.train.loop import train_loop
     from train.merge import main as merge
 
     cfg = _train_cfg(smoke_shards, tmp_path, "train.steps=6", "train.checkpoint_every=6", "optim.lr=0.05")
@@ -372,7 +373,8 @@ def test_train_openlrm_full_parameters_learn_and_write_the_official_layout(smoke
                                                                             tiny_cache):
     """``lora.mode: full`` with OpenLRM: every parameter trains (the loss falls by a fifth in 6 steps, measured
     0.90 -> 0.58 in 8) and the checkpoint's model folder is an official-layout OpenLRM that loads strictly."""
-    from mvboost.train.loop import LocalContext, latest_model, train_loop
+    from mvboost.train.context import LocalContext, latest_model
+    from mvboost.train.loop import train_loop
 
     cfg = _train_cfg(smoke_shards, tmp_path, "lora.mode=full", "train.steps=6", "train.checkpoint_every=6",
                      "optim.lr=0.01", "run.name=full")

@@ -107,7 +107,7 @@ def test_data_verifies_manifests(smoke_shards, tmp_path):
 
 def local_cfg(shards, tmp_path, *extra):
     from mvboost.config import load_config
-    from mvboost.train.loop import TrainConfig
+    from mvboost.train.config import TrainConfig
 
     return load_config(TrainConfig, TRAIN_SMOKE, [f"data.source={shards}", f"run.storage_path={tmp_path}/runs",
                                                   *extra])
@@ -139,8 +139,9 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
     from mvboost.models.checkpoint import save_lgm
     from mvboost.models.hub import resolve as resolve_model
     from mvboost.models.loading import load_lgm
+    from mvboost.train.context import LocalContext, latest_adapter
     from mvboost.train.data import ShardStream, list_shards
-    from mvboost.train.loop import LocalContext, latest_adapter, train_loop
+    from mvboost.train.loop import train_loop
     from train.merge import merge
 
     # one sample repeated: the stream has a single shard holding 4 samples; micro-batch 4 = the same batch
@@ -192,8 +193,9 @@ def test_full_parameter_training_resumes_and_its_checkpoint_is_a_plain_lgm(smoke
     from mvboost.models.hub import resolve as resolve_model
     from mvboost.models.lgm import LGM
     from mvboost.models.loading import load_lgm
+    from mvboost.train.context import LocalContext, latest_model
     from mvboost.train.data import ShardStream, list_shards
-    from mvboost.train.loop import LocalContext, latest_model, train_loop
+    from mvboost.train.loop import train_loop
 
     cfg = local_cfg(smoke_shards, tmp_path, "lora.mode=full", "train.steps=6", "train.checkpoint_every=3",
                     "deepspeed.micro_batch=4", "optim.lr=0.002", "train.lambda_lpips=0")
@@ -295,8 +297,10 @@ def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_sha
     rerun; a resume replays the draws it skips); the training loop reports how many samples each gave."""
     import shutil
 
+    from mvboost.train.context import LocalContext
     from mvboost.train.data import MixedStream, ShardStream, list_shards
-    from mvboost.train.loop import LocalContext, data_sources, train_loop
+    from mvboost.train.inputs import data_sources
+    from mvboost.train.loop import train_loop
 
     other = tmp_path / "assets"
     shutil.copytree(smoke_shards, other)

@@ -22,7 +22,9 @@ def _worker(config: dict):
     import torch
 
     from mvboost.config import from_dict
-    from mvboost.train.loop import LoopContext, TrainConfig, load_step_hook, train_loop
+    from mvboost.train.config import TrainConfig
+    from mvboost.train.context import LoopContext, load_step_hook
+    from mvboost.train.loop import train_loop
 
     cfg = from_dict(TrainConfig, config)
     tc = ray.train.get_context()
@@ -123,24 +125,24 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     from mvboost.config import ConfigError, load_config
-    from mvboost.train.loop import TrainConfig, load_step_hook
+    from mvboost.train.config import TrainConfig, check_config
+    from mvboost.train.context import load_step_hook
+    from mvboost.train.inputs import list_sources
 
     overrides = list(a.overrides)
     if a.data:
         overrides.append(f"data.source={a.data}")
     if a.output:
         overrides.append(f"run.storage_path={a.output}")
-    from mvboost.io.reader import ShardDataError, list_shards
+    from mvboost.io.reader import ShardDataError
 
     try:
         cfg = load_config(TrainConfig, a.config, overrides)
-        if cfg.run.checkpoint_upload not in ("async", "sync"):
-            raise ConfigError(f"run.checkpoint_upload: 'async' or 'sync', got {cfg.run.checkpoint_upload!r}")
+        check_config(cfg)  # once, here, not on every worker
         absolute_paths(cfg)
-        # data problems are deterministic: found here, once, before Ray starts (not retried by workers)
-        from mvboost.train.loop import data_sources
-
-        listings = [list_shards(url, opts) for url, _, opts in data_sources(cfg.data)]
+        # data problems are deterministic: found here, once, before Ray starts (not retried by workers); the same
+        # listing the loop makes
+        listings = [ls for _, _, _, ls in list_sources(cfg.data)]
         load_step_hook(cfg.run.step_hook)  # a hook that cannot be imported fails here, not in every worker
     except (ConfigError, ShardDataError, FileNotFoundError, ValueError, ImportError, AttributeError) as e:
         print(f"error: {e}", file=sys.stderr)
