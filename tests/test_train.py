@@ -297,9 +297,9 @@ def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_sha
     rerun; a resume replays the draws it skips); the training loop reports how many samples each gave."""
     import shutil
 
+    from mvboost.train.config import data_sources
     from mvboost.train.context import LocalContext
     from mvboost.train.data import MixedStream, ShardStream, list_shards
-    from mvboost.train.inputs import data_sources
     from mvboost.train.loop import train_loop
 
     other = tmp_path / "assets"

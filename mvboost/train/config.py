@@ -110,11 +110,31 @@ class TrainConfig:
     openlrm: OpenLRMSection = field(default_factory=OpenLRMSection)  # used when model.checkpoint is openlrm:…
 
 
+def data_sources(data: DataSection) -> list[tuple[str, float, dict]]:
+    """(url, weight, storage options) of every source: ``data.sources`` if given, else ``data.source``."""
+    if not data.sources:
+        return [(data.source, 1.0, dict(data.storage_options))]
+    out = []
+    for i, src in enumerate(data.sources):
+        if isinstance(src, str):
+            src = {"source": src}
+        if not isinstance(src, dict) or not src.get("source"):
+            raise ValueError(f"data.sources[{i}] must be a URL or {{source: URL, weight: w}}, got {src!r}")
+        unknown = sorted(set(src) - {"source", "weight", "storage_options"})
+        if unknown:
+            raise ValueError(f"data.sources[{i}]: unknown keys {unknown}")
+        weight = float(src.get("weight", 1.0))
+        if weight < 0:
+            raise ValueError(f"data.sources[{i}].weight must be >= 0, got {weight}")
+        out.append((str(src["source"]), weight, dict(src.get("storage_options") or data.storage_options)))
+    if sum(w for _, w, _ in out) <= 0:
+        raise ValueError("data.sources: the weights sum to 0")
+    return out
+
+
 def check_config(cfg: TrainConfig) -> None:
     """What a worker would find too late: a wrong mode or upload, malformed data sources, a step hook that is no
     ``module:function``. Raises ``ValueError`` with the key."""
-    from .inputs import data_sources
-
     if cfg.lora.mode not in MODES:
         raise ValueError(f"lora.mode must be one of {', '.join(MODES)}, got {cfg.lora.mode!r}")
     if cfg.run.checkpoint_upload not in CHECKPOINT_UPLOADS:

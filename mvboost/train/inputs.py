@@ -3,29 +3,7 @@ sources (``data.sources`` with weights, or ``data.source``), their committed sha
 and the stream of batches a rank reads (seeded shuffling, the weighted mix, resumed at a step)."""
 from __future__ import annotations
 
-from .config import DataSection, TrainConfig
-
-
-def data_sources(data: DataSection) -> list[tuple[str, float, dict]]:
-    """(url, weight, storage options) of every source: ``data.sources`` if given, else ``data.source``."""
-    if not data.sources:
-        return [(data.source, 1.0, dict(data.storage_options))]
-    out = []
-    for i, src in enumerate(data.sources):
-        if isinstance(src, str):
-            src = {"source": src}
-        if not isinstance(src, dict) or not src.get("source"):
-            raise ValueError(f"data.sources[{i}] must be a URL or {{source: URL, weight: w}}, got {src!r}")
-        unknown = sorted(set(src) - {"source", "weight", "storage_options"})
-        if unknown:
-            raise ValueError(f"data.sources[{i}]: unknown keys {unknown}")
-        weight = float(src.get("weight", 1.0))
-        if weight < 0:
-            raise ValueError(f"data.sources[{i}].weight must be >= 0, got {weight}")
-        out.append((str(src["source"]), weight, dict(src.get("storage_options") or data.storage_options)))
-    if sum(w for _, w, _ in out) <= 0:
-        raise ValueError("data.sources: the weights sum to 0")
-    return out
+from .config import DataSection, TrainConfig, data_sources
 
 
 def list_sources(data: DataSection) -> list[tuple[str, float, dict, object]]:
