@@ -42,6 +42,23 @@ def load_step_hook(spec: str) -> Callable[[int, LoopContext, dict], None] | None
     return getattr(importlib.import_module(module), name)
 
 
+def single_process_group(device: torch.device) -> None:
+    """The one-rank process group DeepSpeed wants, through a file rendezvous: no TCP port to pick, so two local
+    runs on one machine (or a port another process holds) cannot collide (``EADDRINUSE``)."""
+    import atexit
+    import tempfile
+
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        fd, path = tempfile.mkstemp(prefix="mvboost-pg-")
+        os.close(fd)
+        os.unlink(path)  # the rendezvous file must not exist yet
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{path}",
+                                rank=0, world_size=1)
+        atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+
+
 class LocalContext:
     """Single-process runs without Ray (notebooks, tests): checkpoints under storage_path/name/."""
 
@@ -50,9 +67,9 @@ class LocalContext:
         self.root.mkdir(parents=True, exist_ok=True)
         self.history: list[dict] = []
         ckpts = sorted(self.root.glob("checkpoint_*"))
-        for var, val in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                         ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+        for var, val in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
             os.environ.setdefault(var, val)
+        single_process_group(torch.device(device))
         self.ctx = LoopContext(0, 1, torch.device(device), str(ckpts[-1]) if ckpts else None, self.report,
                                str(self.root))
 
