@@ -201,9 +201,14 @@ class JobMetrics:
         want = self.expected()
         values: dict[str, float] = {}
         deadline = time.monotonic() + timeout_s
+        try:
+            url = url or node_metrics_url()
+        except Exception as e:  # noqa: BLE001 - no node to read: the counts cannot be checked
+            log.warning("metrics: the node's endpoint is unknown (%s)", e)
+            return False
         while True:
             try:
-                values = exported_values(fetch(url or node_metrics_url()), self.job_id)
+                values = exported_values(fetch(url), self.job_id)
             except Exception as e:  # noqa: BLE001 - the endpoint is down: the counts cannot be checked
                 log.warning("metrics: the node's endpoint cannot be read (%s)", e)
                 return False
@@ -350,7 +355,6 @@ class MetricsEndpoint:
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-endpoint", daemon=True)
         self._thread.start()
-        self.sd_file = None
 
     @property
     def url(self) -> str:
@@ -364,7 +368,6 @@ class MetricsEndpoint:
         path = os.path.join(folder, SERVICE_DISCOVERY_FILE)
         doc = [{"labels": {"job": "ray"}, "targets": [f"127.0.0.1:{self.port}"]}]
         write_atomic(fsspec.filesystem("file"), path, json.dumps(doc).encode())
-        self.sd_file = path
         return path
 
     def wait_final_scrape(self, final: dict[str, float], timeout_s: float) -> bool:
@@ -401,8 +404,8 @@ def serve_metrics(port: int, local: bool, job_id: str) -> MetricsEndpoint | None
 
 
 def publish_final(metrics: JobMetrics, endpoint: MetricsEndpoint | None, timeout_s: float) -> None:
-    """The job's last word to Prometheus: pending 0 where nothing is left, the final counts exported to the
-    node, and with a local endpoint, read by one scrape before the local Ray ends with the job."""
+    """The job's last word to Prometheus: the final counts exported to the node and, with a local endpoint, read by
+    one scrape before the local Ray ends with the job."""
     if not metrics.final_export(endpoint.upstream if endpoint else None, timeout_s=timeout_s):
         return
     if endpoint is not None:

@@ -48,9 +48,14 @@ def _worker(config: dict):
             if not upload:  # a synchronous upload is done: the local copy goes (async: Ray removes it once uploaded)
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
-    storage = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"  # made absolute by main()
+    storage = run_folder(cfg.run)  # made absolute by main()
     train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage,
                                 load_step_hook(cfg.run.step_hook), dict(cfg.run.storage_options)))
+
+
+def run_folder(run) -> str:
+    """The run's folder under ``run.storage_path`` (a path or URL), where Ray Train keeps its checkpoints."""
+    return f"{run.storage_path.rstrip('/')}/{run.name}"
 
 
 def upload_args(mode: str) -> dict:
@@ -158,9 +163,8 @@ def main(argv=None) -> int:
         return 2
     from mvboost.train.progress import ProgressBar
 
-    run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
     try:
-        with ProgressBar(run_dir, cfg.train.steps, cfg.run.storage_options, enabled=cfg.run.progress_bar):
+        with ProgressBar(run_folder(cfg.run), cfg.train.steps, cfg.run.storage_options, enabled=cfg.run.progress_bar):
             result = build_trainer(cfg, local).fit()
     except Exception as e:  # noqa: BLE001 - Ray Train raises TrainingFailedError after the retries
         print(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e) else ''}",

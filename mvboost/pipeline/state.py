@@ -97,7 +97,9 @@ class JobState:
         self.arrivals: list[tuple[float, int]] = []  # (time, items) per batch of results
         self.run_rejected = 0
         self.by_id = {it["item_id"]: it for it in work}
-        self.failed: dict[str, dict] = {}  # item_id -> its last infrastructure failure (status row), this round
+        # item_id -> its last infrastructure failure (status row); an item that then finishes leaves it, so after a
+        # round it holds exactly the items that failed in that round
+        self.failed: dict[str, dict] = {}
         self.infra_failures = 0  # item attempts that failed for infrastructure reasons in this run
 
     def commit(self, shard: int) -> None:
@@ -134,9 +136,7 @@ class JobState:
 
     def take_failed(self) -> list[dict]:
         """The planned items whose last attempt failed for infrastructure reasons, for another round."""
-        items = [self.by_id[k] for k in sorted(self.failed)]
-        self.last_failed, self.failed = self.failed, {}
-        return items
+        return [self.by_id[k] for k in sorted(self.failed)]
 
     @property
     def run_seconds(self) -> collections.Counter:
@@ -166,10 +166,9 @@ class JobState:
         return finished
 
     def incomplete(self) -> JobIncomplete:
-        failed = getattr(self, "last_failed", {}) | self.failed
-        row = next(iter(failed.values()))
+        row, attempts = next(iter(self.failed.values())), self.cfg.job.infra_retries + 1
         return JobIncomplete(
-            f"{len(failed)} item(s) still failed for infrastructure reasons after {self.cfg.job.infra_retries + 1} "
+            f"{len(self.failed)} item(s) still failed for infrastructure reasons after {attempts} "
             f"attempts (e.g. {row['item_id']} at {row.get('reject_stage')}: {str(row.get('reject_reason'))[:200]}); "
             "nothing of them was recorded and their shards are not committed: run the same command again to "
             "retry them")
@@ -181,7 +180,7 @@ class JobState:
                     if left and s not in self.tracker.committed}
         if not not_done:
             self.store.remove_empty_staging()
-        if not_done and (self.failed or getattr(self, "last_failed", None)):
+        if not_done and self.failed:
             raise self.incomplete()
         if not_done:
             s, keys = next(iter(not_done.items()))

@@ -56,11 +56,10 @@ def ds_config(cfg: TrainConfig, device: torch.device) -> dict:
 def build_model(cfg: TrainConfig, device, backend=None, source: str | None = None):
     """The model to train: the base model with LoRA adapters (``lora.mode: lora``) or itself (``full``); the
     backend as :func:`backend_for` finds it unless given."""
-    from .config import MODES
+    from .config import check_mode
     from .lora import add_lora
 
-    if cfg.lora.mode not in MODES:
-        raise ValueError(f"lora.mode must be one of {', '.join(MODES)}, got {cfg.lora.mode!r}")
+    check_mode(cfg.lora.mode)
     if backend is None:
         backend, source = backend_for(cfg)
     base = backend.load(source, device)

@@ -76,15 +76,13 @@ class Progress:
 
         import fsspec
 
+        from ..io.files import write_atomic
+
         doc = {"step": int(m["step"]), "total": self.total, "loss": float(m.get("loss", float("nan"))),
                "samples_per_s": m["samples_per_s"], "eta_s": m["eta_s"], "time": time.time()}
         try:
             fs, root = fsspec.core.url_to_fs(self.storage_dir, **self.opts)
-            fs.makedirs(root, exist_ok=True)
-            tmp = f"{root.rstrip('/')}/.progress.json.tmp"
-            with fs.open(tmp, "w") as f:
-                f.write(json.dumps(doc))
-            fs.mv(tmp, f"{root.rstrip('/')}/{PROGRESS_FILE}")
+            write_atomic(fs, f"{root.rstrip('/')}/{PROGRESS_FILE}", json.dumps(doc).encode())
         except OSError as e:  # a progress file is a convenience: training goes on
             print(f"progress: cannot write {PROGRESS_FILE} ({e})", flush=True)
 
