@@ -103,9 +103,10 @@ def init_model(out: Path, seed: int = 0) -> Path:
     return folder
 
 
-def train(out: Path, name: str, mode: str, checkpoint: Path, data: Path, steps: int, lr: float, size: Size) -> Path:
+def train(out: Path, name: str, mode: str, checkpoint: Path, data: Path, steps: int, lr: float, size: Size,
+          extra: list[str] | tuple = ()) -> Path:
     """Run (or resume) one training run in process; returns its run folder. Every step's metrics are appended to
-    ``history.jsonl`` there (the curves)."""
+    ``history.jsonl`` there (the curves). ``extra``: more ``--set`` overrides of the training config."""
     import torch
 
     from mvboost.config import load_config
@@ -118,7 +119,7 @@ def train(out: Path, name: str, mode: str, checkpoint: Path, data: Path, steps: 
         f"lora.alpha={size.lora_rank}", f"optim.lr={lr}", "optim.weight_decay=0", "deepspeed.zero_stage=0",
         "deepspeed.precision=fp32", f"deepspeed.micro_batch={size.batch}", f"train.steps={steps}",
         f"train.checkpoint_every={max(1, steps // 4)}", "train.log_every=1", "train.lambda_lpips=0",
-        f"data.source={data}", f"run.name={name}", f"run.storage_path={out / 'runs'}", "run.num_to_keep=1"])
+        f"data.source={data}", f"run.name={name}", f"run.storage_path={out / 'runs'}", "run.num_to_keep=1", *extra])
     local = LocalContext(cfg)
     history = local.root / "history.jsonl"
     done = _last_step(local.root)

@@ -128,3 +128,59 @@ def _rotmat_to_xyzw(r: np.ndarray) -> list[float]:
     from scipy.spatial.transform import Rotation
 
     return Rotation.from_matrix(r).as_quat().tolist()  # scipy: (x, y, z, w), pybullet's order
+
+
+def normal_maps(obj: GSOObject, cams: Cameras, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Normal maps of a mesh at orthographic cameras, the ground truth of Era3D's normal domain: each visible
+    face's normal in world axes (= the front camera's frame for Era3D's cameras), turned to face the camera,
+    encoded (n + 1) / 2 and composited on white; plus the coverage (alpha). Returns ((V,H,W,3), (V,H,W,1)).
+
+    A z-buffer rasterizer in numpy (pixel centres, flat shading); TinyRenderer cannot draw normals. The
+    silhouette matches :meth:`MeshRenderer.render`'s at the same cameras up to edge pixels (tested)."""
+    if cams.model != "ortho":
+        raise ValueError("normal_maps draws orthographic cameras only (Era3D's)")
+    verts, faces = np.asarray(obj.vertices, np.float64), np.asarray(obj.faces, np.int64)
+    tri = verts[faces]  # (F, 3, 3)
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    fn = fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+    size = cams.width * supersample
+    normals, alphas = [], []
+    for c2w, k in zip(cams.c2w.double().numpy(), cams.K.double().numpy()):
+        f = k[0, 0] * supersample
+        rot, pos = c2w[:3, :3], c2w[:3, 3]
+        cam = (tri - pos) @ rot  # camera coordinates (OpenGL: x right, y up, looking along -z)
+        u = cam[..., 0] * f + size / 2  # pixel coordinates (continuous, pixel centres at i + 0.5)
+        v = -cam[..., 1] * f + size / 2
+        depth = -cam[..., 2]
+        zbuf = np.full((size, size), np.inf)
+        face_at = np.full((size, size), -1, np.int64)
+        for i in range(len(faces)):
+            x0, x1 = int(np.floor(u[i].min() - 0.5)), int(np.ceil(u[i].max() - 0.5))
+            y0, y1 = int(np.floor(v[i].min() - 0.5)), int(np.ceil(v[i].max() - 0.5))
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size - 1), min(y1, size - 1)
+            if x1 < x0 or y1 < y0:
+                continue
+            px, py = np.meshgrid(np.arange(x0, x1 + 1) + 0.5, np.arange(y0, y1 + 1) + 0.5)
+            (ax, bx, cx), (ay, by, cy) = u[i], v[i]
+            area = (bx - ax) * (cy - ay) - (cx - ax) * (by - ay)
+            if abs(area) < 1e-12:
+                continue
+            w0 = ((bx - px) * (cy - py) - (cx - px) * (by - py)) / area
+            w1 = ((cx - px) * (ay - py) - (ax - px) * (cy - py)) / area
+            w2 = 1.0 - w0 - w1
+            inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+            if not inside.any():
+                continue
+            z = w0 * depth[i, 0] + w1 * depth[i, 1] + w2 * depth[i, 2]
+            window = zbuf[y0:y1 + 1, x0:x1 + 1]
+            nearer = inside & (z < window)
+            window[nearer] = z[nearer]
+            face_at[y0:y1 + 1, x0:x1 + 1][nearer] = i
+        hit = face_at >= 0
+        n = fn[np.where(hit, face_at, 0)]
+        n = np.where(((n @ rot[:, 2]) < 0)[..., None], -n, n)  # face the camera (its +z axis points back at it)
+        a = hit[..., None].astype(np.float32)
+        img = ((n + 1) / 2).astype(np.float32) * a + (1 - a)
+        normals.append(downsample(img, supersample))
+        alphas.append(downsample(a, supersample))
+    return np.stack(normals), np.stack(alphas)

@@ -128,29 +128,53 @@ class Era3DPipeline:
         self.resolution = side * 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._prompt_embeds = None
 
+    def save(self, folder: str | Path) -> None:
+        """Write this pipeline's components in the official folder layout (a fine-tuned model is loaded back
+        like the released one)."""
+        write_era3d_folder(Path(folder), {"_class_name": ERA3D_UNET_CLASS, **self.unet.config}, self.unet, self.vae,
+                           self.image_encoder, self.text_encoder, self.tokenizer,
+                           int(self.feature_extractor.crop_size["height"]), dtype=torch.float32,
+                           normalizer=self.normalizer)
+        for module in (self.vae, self.image_encoder, self.text_encoder, self.normalizer):
+            module.to(self.device, self.dtype)
+
     # ---- conditioning -------------------------------------------------------------------------
     @torch.no_grad()
     def prompt_embeds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normal (6,77,D), colour (6,77,D)): the checkpoint's text encoder on the documented prompts."""
+        """(normal (6,77,D), colour (6,77,D)): the checkpoint's text encoder on the documented prompts (cached)."""
         if self._prompt_embeds is None:
-            out = []
-            for domain in DOMAINS:
-                prompts = [PROMPT_TEMPLATE.format(view=v, domain=domain) for v in VIEW_NAMES[: self.num_views]]
-                ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt").input_ids.to(self.device)
-                out.append(self.text_encoder(ids)[0].to(self.dtype))
-            self._prompt_embeds = tuple(out)
+            self._prompt_embeds = self.encode_prompts()
         return self._prompt_embeds
+
+    def encode_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prompt_embeds` computed afresh, differentiable (fine-tuning the text encoder uses it)."""
+        out = []
+        for domain in DOMAINS:
+            prompts = [PROMPT_TEMPLATE.format(view=v, domain=domain) for v in VIEW_NAMES[: self.num_views]]
+            ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            out.append(self.text_encoder(ids)[0].to(self.dtype))
+        return tuple(out)
+
+    def clip_pixels(self, images: np.ndarray) -> torch.Tensor:
+        """Condition images (B, H, W, 3) in [0, 1] -> the image encoder's input (the checkpoint's processor)."""
+        return self.feature_extractor(images=[(im * 255).round().astype(np.uint8) for im in images],
+                                      return_tensors="pt").pixel_values.to(self.device, self.dtype)
 
     @torch.no_grad()
     def image_embeds(self, images: np.ndarray, gens: list[torch.Generator]) -> torch.Tensor:
         """CLIP embedding with unCLIP noise augmentation at level 0 + the level's sinusoid -> (B, 2*proj)."""
+        pix = self.clip_pixels(images)
+        noise = torch.stack([torch.randn(self.image_encoder.config.projection_dim, generator=g) for g in gens])
+        return self.clip_condition(pix, noise)
+
+    def clip_condition(self, pix: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The class-label input of the UNet from encoder pixels: CLIP image embedding, unCLIP noise augmentation
+        at level 0 with ``noise``, then the level's sinusoid. Differentiable (fine-tuning uses it as is)."""
         from diffusers.models.embeddings import get_timestep_embedding
 
-        pix = self.feature_extractor(images=[(im * 255).round().astype(np.uint8) for im in images],
-                                     return_tensors="pt").pixel_values.to(self.device, self.dtype)
         emb = self.image_encoder(pix).image_embeds
-        noise = torch.stack([torch.randn(emb.shape[1:], generator=g) for g in gens]).to(emb)
+        noise = noise.to(emb)
         level = torch.zeros(emb.shape[0], dtype=torch.long, device=self.device)
         emb = self.normalizer.unscale(self.noising_scheduler.add_noise(self.normalizer.scale(emb), noise, level))
         sinus = get_timestep_embedding(level, emb.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -298,7 +322,7 @@ MODEL_INDEX = {"_class_name": "StableUnCLIPImg2ImgPipeline", "_diffusers_version
 
 
 def write_era3d_folder(folder: Path, unet_config: dict, unet: Era3DUNet, vae, image_encoder, text_encoder, tokenizer,
-                       clip_image_size: int, dtype: torch.dtype | None = None) -> None:
+                       clip_image_size: int, dtype: torch.dtype | None = None, normalizer=None) -> None:
     """Save Era3D components exactly like the official checkpoint folder (spec models.md §2.1):
     ``model_index.json``, ``unet/{config.json, diffusion_pytorch_model.safetensors}`` and the standard
     diffusers/transformers sub-folders, with the checkpoint's scheduler and processor settings."""
@@ -326,9 +350,11 @@ def write_era3d_folder(folder: Path, unet_config: dict, unet: Era3DUNet, vae, im
                   clip_sample=False).save_pretrained(str(folder / "scheduler"))
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                   prediction_type="epsilon").save_pretrained(str(folder / "image_noising_scheduler"))
-    norm = StableUnCLIPImageNormalizer(embedding_dim=image_encoder.config.projection_dim)
-    with torch.no_grad():
-        norm.mean.normal_(0, 0.1)
-        norm.std.uniform_(0.5, 1.5)
-    norm.save_pretrained(str(folder / "image_normalizer"))
+    norm = normalizer
+    if norm is None:  # a new model: random statistics (a tiny random checkpoint exercises the full path)
+        norm = StableUnCLIPImageNormalizer(embedding_dim=image_encoder.config.projection_dim)
+        with torch.no_grad():
+            norm.mean.normal_(0, 0.1)
+            norm.std.uniform_(0.5, 1.5)
+    norm.to("cpu").save_pretrained(str(folder / "image_normalizer"))
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))

@@ -44,13 +44,15 @@ def tiny_clip_text_model(hidden: int = 32, layers: int = 2, vocab_size: int = 51
     return CLIPTextModel(cfg)
 
 
-def tiny_vae():
+def tiny_vae(channels: tuple[int, ...] = (32, 32, 32, 32)):
+    """SD's VAE class at a tiny width; ``len(channels) - 1`` halvings (the default: 8x like SD's, 64² <-> 8²)."""
     from diffusers import AutoencoderKL
 
+    n = len(channels)
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=32,
-                         sample_size=64)  # 8x down-sampling like SD's VAE: 64² images <-> 8² latents
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=32,
+                         sample_size=8 * 2 ** (n - 1))
 
 
 def build_tiny_sd(folder: Path, seed: int = 0) -> None:
@@ -83,8 +85,10 @@ def build_tiny_lgm(folder: Path, seed: int = 0) -> None:
     save_lgm(LGM(LGMConfig.preset("tiny")), folder)
 
 
-def build_tiny_era3d(folder: Path, seed: int = 0, ortho: bool = False) -> None:
-    """Tiny random Era3D components saved exactly like the official checkpoint folder (64² images)."""
+def build_tiny_era3d(folder: Path, seed: int = 0, ortho: bool = False,
+                     vae_channels: tuple[int, ...] = (32, 32, 32, 32)) -> None:
+    """Tiny random Era3D components saved exactly like the official checkpoint folder: 8² latents, images of
+    8 x 2^(len(vae_channels) - 1) pixels (the default: 64²)."""
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -98,8 +102,8 @@ def build_tiny_era3d(folder: Path, seed: int = 0, ortho: bool = False) -> None:
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                             num_attention_heads=2, image_size=32, patch_size=8,
                                                             projection_dim=32))
-    write_era3d_folder(folder, cfg, Era3DUNet.from_config(cfg), tiny_vae(), vision, tiny_clip_text_model(hidden=32),
-                       tiny_clip_tokenizer(), clip_image_size=32)
+    write_era3d_folder(folder, cfg, Era3DUNet.from_config(cfg), tiny_vae(vae_channels), vision,
+                       tiny_clip_text_model(hidden=32), tiny_clip_tokenizer(), clip_image_size=32)
 
 
 def build_tiny_openlrm(folder: Path, seed: int = 0) -> None:

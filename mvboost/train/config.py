@@ -70,6 +70,9 @@ class DataSection:
     # rerun and continued exactly after a resume
     shuffle: bool = True
     shuffle_buffer: int = 64
+    # what the model learns to render: "refined" (the pseudo ground truth C-up^pi, MVBoost) or "views" (the raw
+    # Era3D views C^pi, the no-refinement ablation)
+    target: str = "refined"
 
 
 @dataclass
@@ -143,4 +146,6 @@ def check_config(cfg: TrainConfig) -> None:
     check_mode(cfg.lora.mode)
     if cfg.run.checkpoint_upload not in CHECKPOINT_UPLOADS:
         raise ValueError(f"run.checkpoint_upload: 'async' or 'sync', got {cfg.run.checkpoint_upload!r}")
+    if cfg.data.target not in ("refined", "views"):
+        raise ValueError(f"data.target: 'refined' or 'views', got {cfg.data.target!r}")
     data_sources(cfg.data)

@@ -7,7 +7,9 @@ skipped, never silently. Worker ``rank`` of ``world`` reads shards ``rank::world
 each one it reads, once, against its manifest (size + streaming sha256) before using it; a shard that
 fails is reported and skipped. Each sample gives LGM's inputs (Era3D colour views 0,2,3,4 = C^pi) and
 the pseudo ground truth (the 6 refined views C-up^pi) with an alpha target and the cameras used to
-render and refine. Member names and decoding come from :mod:`mvboost.io.sample`.
+render and refine. Member names and decoding come from :mod:`mvboost.io.sample`. With ``target="views"``
+the targets are the raw Era3D views C^pi instead (the no-refinement ablation: LGM learns its own inputs),
+their alpha from the Era3D normal maps of the same pass.
 
 The alpha target (:func:`target_alpha`), best source first: the true alpha where the shard has it
 (``alpha.png``: samples rendered from 3D assets); else the refined normal maps, where the background is
@@ -66,12 +68,16 @@ def matted_alpha(views: np.ndarray, threshold: int = 16) -> np.ndarray:
                     ).astype(np.float32) / 255.0
 
 
-def target_alpha(fields: dict, refined: np.ndarray) -> np.ndarray:
+#: what a sample is trained towards (``data.target``) -> (the colour member, the normal member of the same pass)
+TARGETS = {"refined": ("refined", "refined_normals"), "views": ("views", "normals")}
+
+
+def target_alpha(fields: dict, refined: np.ndarray, normals: str = "refined_normals") -> np.ndarray:
     """(V, H, W) alpha target of a sample (the module docstring says which source wins)."""
     if VIEW_MEMBERS["alpha"] in fields:
         return decode_alpha(fields, VIEW_MEMBERS["alpha"])
-    if VIEW_MEMBERS["refined_normals"] in fields:
-        return normals_alpha(decode_views(fields, VIEW_MEMBERS["refined_normals"]))
+    if VIEW_MEMBERS[normals] in fields:
+        return normals_alpha(decode_views(fields, VIEW_MEMBERS[normals]))
     return matted_alpha(refined)
 
 
@@ -84,14 +90,15 @@ def input_rgba(fields: dict) -> np.ndarray | None:
     return np.array(Image.open(io.BytesIO(fields[INPUT])).convert("RGBA"))
 
 
-def decode_sample(fields: dict) -> dict:
+def decode_sample(fields: dict, target: str = "refined") -> dict:
+    colour, normals = TARGETS[target]
     views = decode_views(fields, VIEW_MEMBERS["views"])
-    refined = decode_views(fields, VIEW_MEMBERS["refined"])
+    refined = views if colour == "views" else decode_views(fields, VIEW_MEMBERS[colour])
     cams = decode_cameras(fields)
     return {
         "inputs": torch.from_numpy(views[list(ERA3D_TO_LGM_VIEWS)]).permute(0, 3, 1, 2),  # (4,3,H,W)
         "target": torch.from_numpy(refined).permute(0, 3, 1, 2),  # (6,3,H,W)
-        "mask": torch.from_numpy(target_alpha(fields, refined))[:, None],  # (6,1,H,W)
+        "mask": torch.from_numpy(target_alpha(fields, refined, normals))[:, None],  # (6,1,H,W)
         "cameras": cams,
         "input_rgba": input_rgba(fields),  # (H,W,4) uint8: OpenLRM's single input
         # an asset sample's input.png is its front target view (same framing); the chain's is the matted input
@@ -110,7 +117,10 @@ class ShardStream:
 
     def __init__(self, shards: list[str], rank: int = 0, world: int = 1, storage_options: dict | None = None,
                  manifests: dict[str, ShardManifest] | None = None, seed: int | None = None,
-                 shuffle_buffer: int = 0):
+                 shuffle_buffer: int = 0, target: str = "refined"):
+        if target not in TARGETS:
+            raise ValueError(f"data.target must be one of {sorted(TARGETS)}, got {target!r}")
+        self.target, self.member = target, VIEW_MEMBERS[TARGETS[target][0]]
         mine = shards[rank::world]
         if not mine:  # fewer shards than workers: share them round-robin by sample instead
             mine, self.sample_stride, self.sample_offset = shards, world, rank
@@ -162,7 +172,7 @@ class ShardStream:
                     continue
                 used += 1
                 for key, fields in iter_samples(url, self.opts):
-                    if n % self.sample_stride == self.sample_offset and VIEW_MEMBERS["refined"] in fields:
+                    if n % self.sample_stride == self.sample_offset and self.member in fields:
                         yield key, fields
                     n += 1
             if not used:
@@ -171,16 +181,16 @@ class ShardStream:
             epoch += 1
 
     def batches(self, batch_size: int, skip_batches: int = 0):
-        return batches_of(iter(self), batch_size, skip_batches)
+        return batches_of(iter(self), batch_size, skip_batches, self.target)
 
 
-def batches_of(samples, batch_size: int, skip_batches: int = 0):
+def batches_of(samples, batch_size: int, skip_batches: int = 0, target: str = "refined"):
     """Decoded training batches from an iterator of (key, fields[, …]) samples; ``skip_batches``: resume
     after what earlier steps consumed (skipped samples are not decoded)."""
     for _ in range(skip_batches * batch_size):
         next(samples)
     while True:
-        items = [decode_sample(next(samples)[1]) for _ in range(batch_size)]
+        items = [decode_sample(next(samples)[1], target) for _ in range(batch_size)]
         yield {"inputs": torch.stack([x["inputs"] for x in items]),
                "target": torch.stack([x["target"] for x in items]),
                "mask": torch.stack([x["mask"] for x in items]),
@@ -213,4 +223,4 @@ class MixedStream:
             yield key, fields, k
 
     def batches(self, batch_size: int, skip_batches: int = 0):
-        return batches_of(iter(self), batch_size, skip_batches)
+        return batches_of(iter(self), batch_size, skip_batches, self.streams[0].target)

@@ -22,6 +22,7 @@ def training_batches(cfg: TrainConfig, rank: int, world: int, step: int, sources
 
     sources = list_sources(cfg.data) if sources is None else sources
     streams = [ShardStream(ls.urls, rank, world, opts, manifests=ls.manifests if cfg.data.verify else None,
+                           target=cfg.data.target,
                            **({"seed": cfg.train.seed + k, "shuffle_buffer": cfg.data.shuffle_buffer}
                               if cfg.data.shuffle else {}))
                for k, (_, _, opts, ls) in enumerate(sources)]
