@@ -93,8 +93,7 @@ def init_model(out: Path, seed: int = 0) -> Path:
     """The random-weight starting point of the base, saved like any LGM checkpoint (+ its config)."""
     import torch
 
-    from mvboost.models.checkpoint import LGM_FILENAME, save_lgm
-    from mvboost.models.lgm import LGM, LGMConfig
+    from mvboost.models.lgm import LGM, LGM_FILENAME, LGMConfig, save_lgm
 
     folder = out / "init"
     if not (folder / LGM_FILENAME).is_file():

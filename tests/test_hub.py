@@ -15,8 +15,7 @@ from mvboost.models import hub
 def hf_cache(tmp_path, monkeypatch):
     """A Hugging Face cache with repo acme/lgm: refs main -> commit a…, v2 -> commit b…, each snapshot
     holding a different tiny LGM checkpoint (huggingface_hub reads it offline, exactly as on a node)."""
-    from mvboost.models.checkpoint import save_lgm
-    from mvboost.models.lgm import LGM, LGMConfig
+    from mvboost.models.lgm import LGM, LGMConfig, save_lgm
 
     root = tmp_path / "hf" / "hub"
     repo = root / "models--acme--lgm"
@@ -166,7 +165,7 @@ def test_tiny_era3d_folder_is_what_the_official_class_would_load(tiny_cache):
 @pytest.mark.slow
 def test_random_lgm_is_saved_in_the_official_layout_and_loads(tmp_path, monkeypatch):
     """random:lgm end to end on CPU (≈ 3 GB peak, a minute): built, saved as the official file, loaded."""
-    from mvboost.models.checkpoint import LGM_FILENAME
+    from mvboost.models.lgm import LGM_FILENAME
     from mvboost.models.loading import load_lgm
 
     monkeypatch.setenv("MVBOOST_CACHE", str(tmp_path))

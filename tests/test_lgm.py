@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import read_key_list
-from mvboost.models.checkpoint import CheckpointError, save_lgm
-from mvboost.models.lgm import LGM, LGMConfig, activate_gaussians
+from mvboost.models.checkpoint import CheckpointError
+from mvboost.models.lgm import LGM, LGMConfig, activate_gaussians, save_lgm
 from mvboost.models.loading import load_lgm
 
 

@@ -136,8 +136,8 @@ def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tmp_path, ds_env, capsys):
     from peft import PeftModel
 
-    from mvboost.models.checkpoint import save_lgm
     from mvboost.models.hub import resolve as resolve_model
+    from mvboost.models.lgm import save_lgm
     from mvboost.models.loading import load_lgm
     from mvboost.train.context import LocalContext, latest_adapter
     from mvboost.train.data import ShardStream, list_shards

@@ -14,18 +14,9 @@ import sys
 
 def merge(base: str, adapter: str, preset: str | None = None, revision: str | None = None):
     """The base model (``lgm`` or ``openlrm:<source>``) with ``adapter`` merged into its weights."""
-    from mvboost.models.hub import model_ref, resolve
-    from mvboost.models.loading import load_lgm, load_openlrm
-    from mvboost.train.lora import merge_adapter
+    from mvboost.models.loading import load_model
 
-    backend, source = model_ref(base)
-    if backend == "openlrm":
-        if preset:
-            raise ValueError("--preset is for LGM; an OpenLRM checkpoint carries its config.json")
-        model = load_openlrm(resolve(source, revision, what="openlrm"))
-    else:
-        model = load_lgm(source, preset=preset, revision=revision)
-    return merge_adapter(model, adapter)
+    return load_model(base, revision=revision, adapter=adapter, preset=preset)
 
 
 def main(argv=None) -> int:
@@ -40,9 +31,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from mvboost.models.checkpoint import save_lgm
     from mvboost.models.hub import ModelNotFound
-    from mvboost.models.openlrm import OpenLRM, save_openlrm
+    from mvboost.models.loading import save_model
+    from mvboost.models.openlrm import OpenLRM
 
     try:
         merged = merge(a.base, a.adapter, a.preset, a.revision)
@@ -50,12 +41,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-    if isinstance(merged, OpenLRM):
-        path = save_openlrm(merged, a.out, dtype=dt)
-        print(f"merged OpenLRM written to {path}")
-    else:
-        path = save_lgm(merged, a.out, dtype=dt)
-        print(f"merged LGM written to {path}")
+    path = save_model(merged, a.out, dtype=dt)
+    print(f"merged {'OpenLRM' if isinstance(merged, OpenLRM) else 'LGM'} written to {path}")
     return 0
 
 

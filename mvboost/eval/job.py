@@ -212,16 +212,11 @@ class EvalWorker:
                     c = replace(icfg, lgm=replace(cfg.lgm, model=s.source, revision=s.revision), lora=s.lora)
                     self.lgms[s.name] = load_reconstructor(c, self.device, pick_dtype(cfg.lgm.dtype, self.device))
             for s in self.specs:
-                if s.backend == "openlrm":
-                    from ..models.hub import resolve
-                    from ..models.loading import load_openlrm
+                if s.backend == "openlrm":  # with a training run's adapter merged (as train.merge writes it)
+                    from ..models.loading import load_model
 
-                    model = load_openlrm(resolve(s.source, s.revision, what="openlrm"))
-                    if s.lora:  # a training run's adapter (train.merge writes the same merged model)
-                        from ..train.lora import merge_adapter
-
-                        model = merge_adapter(model, s.lora)
-                    self.openlrms[s.name] = model.to(self.device).eval()
+                    self.openlrms[s.name] = load_model(f"openlrm:{s.source}", revision=s.revision, adapter=s.lora,
+                                                       device=self.device)
         if self.runner is not None:
             self.matting = self.runner.matting
         elif self.openlrms:
@@ -390,17 +385,13 @@ def summary_header(cfg: EvalConfig, p: EvalObjects) -> dict:
     default = to_dict(Protocol())
     models = []
     for spec in (parse_model(m, cfg.job.mode) for m in cfg.job.models):
-        rec = {"name": spec.name, "source": spec.source, "backend": spec.backend}
-        if cfg.job.mode != "ply":
-            from ..models.hub import ModelNotFound, is_built, looks_like_hub_id, resolve, resolved_commit
+        rec = {"name": spec.name, "backend": spec.backend}
+        if cfg.job.mode == "ply":
+            rec["id"] = spec.source
+        else:
+            from ..models.hub import model_record
 
-            rec["revision"] = None if is_built(spec.source) or not looks_like_hub_id(spec.source) else spec.revision
-            if looks_like_hub_id(spec.source):
-                try:
-                    rec["commit"] = resolved_commit(resolve(spec.source, spec.revision, what=spec.name))
-                except ModelNotFound:
-                    rec["commit"] = None
-            rec["adapter"] = spec.lora or None
+            rec.update(model_record(spec.source, spec.revision, what=spec.name, adapter=spec.lora))
         models.append(rec)
     return {"mode": cfg.job.mode, "renderer": RENDERER,
             "protocol": {"sha256": hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest(),

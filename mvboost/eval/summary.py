@@ -165,7 +165,7 @@ def header_lines(summary: dict) -> list[str]:
                      f"{str(split.get('sha256', ''))[:16]}…)")
     for m in h.get("models", []):
         extra = "".join(f", {k} {m[k]}" for k in ("revision", "commit", "adapter") if m.get(k))
-        lines.append(f"- model {m['name']}: {m['source']}{extra}")
+        lines.append(f"- model {m['name']}: {m['id']}{extra}")
     return lines
 
 

@@ -58,11 +58,12 @@ def item_name(source: str, taken: set[str]) -> str:
     return name
 
 
-def model_record(model: str, revision: str, what: str) -> dict:
-    from ..models.hub import resolve, resolved_commit
+def model_record(model: str, revision: str, what: str, adapter: str = "") -> dict:
+    """The hub's one model record, with the local folder it resolved to (``path``)."""
+    from ..models.hub import model_record as record
+    from ..models.hub import resolve
 
-    path = resolve(model, revision, what=what)
-    return {"id": model, "revision": revision, "resolved": resolved_commit(path) or str(path)}
+    return {**record(model, revision, what=what, adapter=adapter), "path": str(resolve(model, revision, what=what))}
 
 
 @dataclass

@@ -53,8 +53,7 @@ class OpenLRMImageTo3D:
     """Loads matting and OpenLRM once; ``__call__(sources, output)`` writes one folder per image."""
 
     def __init__(self, cfg):
-        from ..models.hub import resolve
-        from ..models.loading import load_openlrm
+        from ..models.loading import load_model
         from .common import model_record
 
         self.cfg, c = cfg, cfg.openlrm
@@ -66,7 +65,7 @@ class OpenLRMImageTo3D:
         self.dtype = pick_dtype(c.dtype, self.device)
         self.matting = MattingStage(cfg.matting)
         self.matting.ensure_setup()
-        self.model = load_openlrm(resolve(c.model, c.revision, what="openlrm"), device=self.device, dtype=self.dtype)
+        self.model = load_model(f"openlrm:{c.model}", revision=c.revision, device=self.device, dtype=self.dtype)
         self.models = {"openlrm": model_record(c.model, c.revision, "openlrm")}
 
     def __call__(self, sources: list[str], output: str | Path, progress=None):

@@ -126,17 +126,11 @@ def image_to_3d(cfg: InferConfig):
 
 # ---- models ---------------------------------------------------------------------------------------------
 def load_reconstructor(cfg: InferConfig, device: torch.device, dtype: torch.dtype):
-    """LGM from ``cfg.lgm`` (resolved by the hub), with ``cfg.lora`` merged in when given."""
-    from ..models.hub import resolve
-    from ..models.loading import load_lgm
+    """LGM from ``cfg.lgm``, with ``cfg.lora`` merged in when given."""
+    from ..models.loading import load_model
 
-    path = resolve(cfg.lgm.model, cfg.lgm.revision, what="lgm")
-    model = load_lgm(path, preset=cfg.lgm.preset or None, device="cpu")
-    if cfg.lora:
-        from ..train.lora import merge_adapter
-
-        model = merge_adapter(model, cfg.lora)
-    return model.to(device=device, dtype=dtype).eval()
+    return load_model(f"lgm:{cfg.lgm.model}", revision=cfg.lgm.revision, adapter=cfg.lora,
+                      preset=cfg.lgm.preset or None, device=device, dtype=dtype)
 
 
 @torch.no_grad()
@@ -171,9 +165,8 @@ class ImageTo3D:
                                    dtype=self.era3d_dtype, attention_upcast=cfg.era3d.attention_upcast)
         self.lgm = load_reconstructor(cfg, self.device, self.lgm_dtype)
         self.models = {"era3d": model_record(cfg.era3d.model, cfg.era3d.revision, "era3d"),
-                       "lgm": model_record(cfg.lgm.model, cfg.lgm.revision, "lgm")}
-        if cfg.lora:
-            self.models["lora"] = {"adapter": str(Path(cfg.lora).resolve())}
+                       "lgm": model_record(cfg.lgm.model, cfg.lgm.revision, "lgm",
+                                           str(Path(cfg.lora).resolve()) if cfg.lora else "")}
         self._lpips = None
 
     def lpips(self):

@@ -132,7 +132,7 @@ def build_random_era3d(folder: Path, seed: int = 0, ortho: bool = False, device:
 
 
 def build_random_lgm(folder: Path, seed: int = 0, device: str | None = None) -> None:
-    from .checkpoint import save_lgm
+    from .lgm import save_lgm
 
     torch.manual_seed(seed)
     save_lgm(lgm_big(device or default_device()), folder)

@@ -191,6 +191,20 @@ def check(model: str, revision: str | None = None, *, what: str = "model") -> st
     return f"hub {model}@{commit[:12]}" if commit else str(path)
 
 
+def model_record(model: str, revision: str | None = None, *, what: str = "model", adapter: str | None = None) -> dict:
+    """The one record of a model that produced an output (samples' meta.json, evaluation tables, inference
+    meta): ``id``, ``revision`` (None for a local folder or a built model), ``commit`` (the Hugging Face cache
+    snapshot the revision resolves to; None if not a Hub id or not downloaded) and ``adapter`` (a LoRA folder)."""
+    rec = {"id": model, "revision": None if is_built(model) or not looks_like_hub_id(model) else revision,
+           "commit": None, "adapter": adapter or None}
+    if looks_like_hub_id(model):
+        try:  # the commit the revision points at in the local cache (what the workers load)
+            rec["commit"] = resolved_commit(resolve(model, revision, what=what))
+        except ModelNotFound:
+            pass  # the preflight reports it
+    return rec
+
+
 def resolved_commit(path: Path) -> str | None:
     """The commit hash of a Hugging Face cache snapshot folder (``…/snapshots/<commit>``), else None."""
     path = Path(path)

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..geometry.cameras import LGM_FOVY_DEG, lgm_input_cameras, plucker_rays
+
+#: the official checkpoint's file names (``ashawkey/LGM``)
+LGM_FILENAME = "model_fp16_fixrot.safetensors"
+LGM_LEGACY_FILENAME = "model_fp16.safetensors"
+LGM_CONFIG_FILENAME = "lgm_config.json"  # optional, written by us for non-preset models
 
 SKIP_SCALE = math.sqrt(0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -283,3 +289,22 @@ class LGM(nn.Module):
         rays = rays.to(x).expand(b, v, 6, size, size)
         return torch.cat([x, rays], dim=2)
 
+
+# ---- the checkpoint format ---------------------------------------------------------------------------
+def save_lgm(model, folder, filename: str = LGM_FILENAME, dtype: torch.dtype = torch.float16,
+             with_config: bool = False) -> Path:
+    """Write ``model`` in the official layout (one safetensors file with ``unet.…``/``conv.…`` keys);
+    ``with_config`` also writes its :class:`LGMConfig` as ``lgm_config.json`` (needed to load a model whose
+    shapes match no preset)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    out = folder / filename
+    save_file(state, str(out), metadata={"format": "pt"})
+    if with_config:
+        (folder / LGM_CONFIG_FILENAME).write_text(json.dumps(model.config.to_dict(), indent=1))
+    return out

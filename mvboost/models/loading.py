@@ -1,5 +1,9 @@
-"""Loading LGM checkpoints: a model reference (path, Hugging Face id at a revision, ``tiny:``/``random:``)
-resolved through :mod:`mvboost.models.hub`, read and checked in the format of :mod:`.checkpoint`."""
+"""Loading and saving reconstruction models by reference: the one owner for training, merge, evaluation and
+inference. A reference (``[lgm:|openlrm:]<path | Hugging Face id | tiny:… | random:…>``, parsed by
+:func:`mvboost.models.hub.model_ref`) is resolved through :mod:`mvboost.models.hub`, read and checked in its
+backend's checkpoint format (LGM: :mod:`.checkpoint`; OpenLRM: beside its model in :mod:`.openlrm`), and a LoRA
+adapter, if given, is merged here (:func:`load_model`); :func:`save_model` writes either backend in its
+official layout."""
 from __future__ import annotations
 
 import json
@@ -8,14 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (
-    LGM_CONFIG_FILENAME,
-    LGM_FILENAME,
-    LGM_LEGACY_FILENAME,
-    CheckpointError,
-    check_state_dict,
-    read_safetensors,
-)
+from .checkpoint import CheckpointError, check_state_dict, read_safetensors
+from .lgm import LGM_CONFIG_FILENAME, LGM_FILENAME, LGM_LEGACY_FILENAME
 
 
 def resolve_file(source: str | os.PathLike, filename: str, allow_download: bool = False,
@@ -112,3 +110,47 @@ def load_openlrm(source, *, revision: str | None = None, device="cpu", dtype: to
     model = model.to_empty(device=device)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
     return model.to(dtype).eval()
+
+
+def merge_adapter(model: torch.nn.Module, adapter: str):
+    """``model`` with a saved peft adapter folder (a training checkpoint's ``adapter/``) merged into its
+    weights: a plain model again."""
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ImportError("LoRA adapters need peft: pip install 'mvboost[train]'") from e
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"not a LoRA adapter folder (no adapter_config.json): {adapter}")
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+def load_model(ref: str, *, revision: str | None = None, adapter: str = "", preset: str | None = None,
+               device="cpu", dtype: torch.dtype = torch.float32):
+    """The reconstruction model a reference names (LGM or OpenLRM), with ``adapter`` merged in when given, in
+    eval mode on ``device`` / ``dtype``. ``preset`` is for LGM only (an OpenLRM checkpoint carries its config)."""
+    from .hub import model_ref
+
+    backend, source = model_ref(ref)
+    if backend == "openlrm":
+        if preset:
+            raise ValueError("a preset is for LGM; an OpenLRM checkpoint carries its config.json")
+        model = load_openlrm(source, revision=revision)
+    else:
+        model = load_lgm(source, preset=preset or None, revision=revision)
+    if adapter:
+        model = merge_adapter(model, adapter)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save_model(model: torch.nn.Module, folder, dtype: torch.dtype = torch.float32) -> Path:
+    """Write an LGM or an OpenLRM in its official layout (with its config), which :func:`load_model` reads;
+    returns the weights file."""
+    from .lgm import LGM, save_lgm
+    from .openlrm import OpenLRM, save_openlrm
+
+    if isinstance(model, OpenLRM):
+        return save_openlrm(model, folder, dtype=dtype)
+    if isinstance(model, LGM):
+        return save_lgm(model, folder, dtype=dtype, with_config=True)
+    raise TypeError(f"save_model writes LGM or OpenLRM, got {type(model).__name__}")

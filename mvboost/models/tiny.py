@@ -78,8 +78,7 @@ def build_tiny_lgm(folder: Path, seed: int = 0) -> None:
     """A tiny LGM saved like ``ashawkey/LGM`` (``model_fp16_fixrot.safetensors``)."""
     import torch
 
-    from .checkpoint import save_lgm
-    from .lgm import LGM, LGMConfig
+    from .lgm import LGM, LGMConfig, save_lgm
 
     torch.manual_seed(seed)
     save_lgm(LGM(LGMConfig.preset("tiny")), folder)

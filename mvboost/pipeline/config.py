@@ -127,19 +127,10 @@ def validate(cfg) -> list[Unit]:
 
 def job_meta(cfg, units: list[Unit]) -> dict:
     """Model ids, revisions and settings recorded in every sample's meta.json."""
-    from ..models.hub import ModelNotFound, is_built, looks_like_hub_id, resolve, resolved_commit
+    from ..models.hub import model_record
 
     meta: dict = {"job": cfg.job.name, "job_seed": cfg.job.seed, "mvboost_version": _version()}
-    models = {}
-    for ref in model_refs(units):
-        rec = {"id": ref.id, "revision": None if is_built(ref.id) else ref.revision}
-        if looks_like_hub_id(ref.id):
-            try:  # the commit the revision points at in the local cache (what the workers load)
-                rec["commit"] = resolved_commit(resolve(ref.id, ref.revision, what=ref.stage))
-            except ModelNotFound:
-                rec["commit"] = None  # preflight reports it
-        models[ref.stage] = rec
-    meta["models"] = models
+    meta["models"] = {ref.stage: model_record(ref.id, ref.revision, what=ref.stage) for ref in model_refs(units)}
     if "refine" in stage_names(units):
         meta["strength"] = cfg.refine.strength
     return meta

@@ -40,10 +40,10 @@ class LGMBackend:
         self.cfg = cfg
 
     def load(self, source: str, device):
-        from ..models.loading import load_lgm
+        from ..models.loading import load_model
 
         m = self.cfg.model
-        return load_lgm(source, revision=m.revision, preset=m.preset or None, device=device)
+        return load_model(f"lgm:{source}", revision=m.revision, preset=m.preset or None, device=device)
 
     def lora_target(self, model) -> str:
         return DEFAULT_TARGET
@@ -58,9 +58,9 @@ class LGMBackend:
         return rgb, alpha, batch["target"].to(device), batch["mask"].to(device)
 
     def save(self, model, folder: Path) -> None:
-        from ..models.checkpoint import save_lgm
+        from ..models.loading import save_model
 
-        save_lgm(model, folder, dtype=torch.float32, with_config=True)
+        save_model(model, folder)
 
 
 class OpenLRMBackend:
@@ -72,15 +72,14 @@ class OpenLRMBackend:
         self.cfg = cfg
 
     def load(self, source: str, device):
-        from ..models.hub import resolve
-        from ..models.loading import load_openlrm
+        from ..models.loading import load_model
 
         cfg = self.cfg
         if cfg.model.preset:
             raise ValueError("model.preset is for LGM; an OpenLRM checkpoint carries its config.json")
         if cfg.openlrm.source_size % 14:
             raise ValueError(f"openlrm.source_size must be a multiple of 14, got {cfg.openlrm.source_size}")
-        return load_openlrm(resolve(source, cfg.model.revision, what="openlrm"), device=device)
+        return load_model(f"openlrm:{source}", revision=cfg.model.revision, device=device)
 
     def lora_target(self, model) -> str:
         return self.TARGET
@@ -114,9 +113,9 @@ class OpenLRMBackend:
         return out["rgb"], out["alpha"], target, mask
 
     def save(self, model, folder: Path) -> None:
-        from ..models.openlrm import save_openlrm
+        from ..models.loading import save_model
 
-        save_openlrm(model, folder, dtype=torch.float32)
+        save_model(model, folder)
 
 
 def backend_for(cfg):

@@ -91,7 +91,7 @@ def _latest(run_dir: str | Path, folder: str, files: tuple[str, ...], what: str)
 
 def latest_model(run_dir: str | Path) -> Path:
     """The newest full-parameter checkpoint's model folder (LGM's or OpenLRM's layout: its loader reads it)."""
-    from ..models.checkpoint import LGM_FILENAME
+    from ..models.lgm import LGM_FILENAME
     from ..models.openlrm import WEIGHTS_FILENAME
 
     return _latest(run_dir, MODEL_DIR, (LGM_FILENAME, WEIGHTS_FILENAME), "a full model")

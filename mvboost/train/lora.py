@@ -24,18 +24,6 @@ def add_lora(model: torch.nn.Module, rank: int = 32, alpha: float = 32.0, dropou
     return get_peft_model(model, cfg)
 
 
-def merge_adapter(model: torch.nn.Module, adapter: str):
-    """``model`` with a saved peft adapter folder (a training checkpoint's ``adapter/``) merged into its
-    weights: a plain model again, what ``train.merge`` writes and the inference CLI's ``--lora`` runs."""
-    try:
-        from peft import PeftModel
-    except ImportError as e:
-        raise ImportError("LoRA adapters need peft: pip install 'mvboost[train]'") from e
-    from pathlib import Path
-
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"not a LoRA adapter folder (no adapter_config.json): {adapter}")
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
