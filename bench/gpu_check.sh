@@ -62,7 +62,7 @@ print(f'gsplat ready in {time.time() - t:.1f} s')" > "$OUT_DIR/gsplat_build.log"
     | grep --line-buffered -v "Loading\|Writing model" | log bench_gpu.log
   wait
   if [ "$CPU" != 1 ]; then
-    timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -s tests/test_render.py 2>&1 | log pytest_gpu.log
+    timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -s tests/core/test_render.py 2>&1 | log pytest_gpu.log
   fi
   timeout 20 python3 -m ray_jobs.cost_plan --config ray_jobs/configs/generate.yaml --n 100000 \
     --profile "$OUT_DIR/profile.json" --gpu-hour-usd 2.5 2>&1 | log plan.txt

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,25 @@ def ds_env(tmp_path_factory):
     path = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "mvboost" / "torch_extensions"))
     os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
     return path
+
+
+def job_env(cache, base: dict | None = None) -> dict:
+    """The environment of a job started as a subprocess: the session's model cache, the Hub offline, this checkout
+    importable (Ray workers too), Ray's log de-duplication off. From ``base`` (a cluster's own environment, its
+    address and token) or, by default, this process's environment without an inherited Ray address and with Ray's
+    token auth off (the job starts its own local Ray)."""
+    env = dict(os.environ if base is None else base, MVBOOST_CACHE=str(cache), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
+    if base is None:
+        env["RAY_AUTH_MODE"] = "disabled"
+        env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_generate(*args, config: Path = SMOKE, env: dict | None = None, timeout: float = 300):
+    """``python -m ray_jobs.generate --config <config> <args>`` from the checkout (output captured)."""
+    return subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", str(config), *map(str, args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def shard_keys(out: Path) -> list[str]:

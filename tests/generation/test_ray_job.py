@@ -8,21 +8,13 @@ import time
 
 import pytest
 
-from conftest import REPO, SMOKE, shard_keys, verified
+from conftest import REPO, SMOKE, job_env, run_generate, shard_keys, verified
 
 pytestmark = pytest.mark.ray
 
 
-def job_env(cache):
-    env = dict(os.environ, MVBOOST_CACHE=str(cache), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def run_job(out, cache, *extra, timeout=300):
-    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *extra]
-    return subprocess.run(cmd, cwd=REPO, env=job_env(cache), capture_output=True, text=True, timeout=timeout)
+    return run_generate("--output", out, *extra, env=job_env(cache), timeout=timeout)
 
 
 def expected_keys(out, n):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, verified
+from conftest import REPO, job_env, verified
 
 pytestmark = pytest.mark.ray
 
@@ -37,10 +37,6 @@ def cluster(tmp_path_factory, tiny_cache):
         with LocalCluster(workers=3, worker_gpus=1, worker_cpus=2, head_cpus=1, resources={"mvboost_gpu": 1},
                           token_file=d / "token", log=d / "cluster.log") as c:
             yield c
-
-
-def job_env(cluster, cache):
-    return dict(cluster.env, MVBOOST_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
 
 
 def generate_cmd(out, opts, *extra):
@@ -109,11 +105,11 @@ def test_multinode_generation_to_s3_equals_a_single_node_run(cluster, moto_s3, t
     from mvboost.pipeline.job import load_job_config, run_in_process
 
     # one item per model call on both sides: an item's output does not depend on the other items of its batch
-    # (checked in tests/test_era3d.py), but the batch size changes CPU float rounding (~2e-6), which the tiny
+    # (checked in tests/models/test_era3d.py), but the batch size changes CPU float rounding (~2e-6), which the tiny
     # random UNet amplifies over its steps; so the comparison holds the batch size, and the torch threads, equal
     one = ["text_to_image.resources.batch_size=1", "era3d.resources.batch_size=1", "job.n=4", "job.shard_size=2"]
     r = subprocess.run(generate_cmd("s3://bkt/multi", moto_s3, *[a for o in one for a in ("--set", o)]), cwd=REPO,
-                       env=job_env(cluster, tiny_cache), capture_output=True, text=True, timeout=600)
+                       env=job_env(tiny_cache, cluster.env), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "accepted 4, rejected 0" in r.stdout
     cfg = load_job_config(CONFIG, [f"job.output={tmp_path / 'single'}", "job.progress=false", *one])
@@ -144,7 +140,7 @@ def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache)
     batches = [a for st in ("text_to_image", "matting", "era3d", "write") for a in
                ("--set", f"{st}.resources.batch_size=2")]
     proc = subprocess.Popen(generate_cmd(out, moto_s3, "--n", str(n), "--set", "job.shard_size=2", *batches),
-                            cwd=REPO, env=job_env(cluster, tiny_cache), stdout=subprocess.PIPE,
+                            cwd=REPO, env=job_env(tiny_cache, cluster.env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     fs, root = fsspec.core.url_to_fs(out, **moto_s3)
     victim = cluster.workers[0]
@@ -166,7 +162,7 @@ def train(cluster, cache, shards, opts, out, *extra, wait=True):
            "--set", "train.steps=4", "--set", "train.checkpoint_every=2", "--set", "run.max_failures=2",
            "--set", "run.placement_strategy=STRICT_SPREAD", "--set", "run.resources_per_worker={mvboost_gpu: 1}",
            *extra]
-    env = dict(job_env(cluster, cache), TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", ""))
+    env = dict(job_env(cache, cluster.env), TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", ""))
     if wait:
         return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -4,7 +4,7 @@ import re
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 

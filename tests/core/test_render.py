@@ -346,7 +346,7 @@ def test_a_gsplat_without_batch_dimensions_is_refused_by_name():
     with pytest.raises(ImportError, match=r"gsplat >= 1\.5\.3"):
         check_gsplat_batched(v1_4)
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert extras["gpu"] == [f"gsplat>={GSPLAT_MIN_VERSION}"]
     try:  # where gsplat is installed, the installed one must pass

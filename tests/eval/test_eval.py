@@ -170,7 +170,7 @@ def test_splits():
 def run_eval(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "ray_jobs.evaluate", "--config",
                            "ray_jobs/configs/evaluate_smoke.yaml",
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[1])
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[2])
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_evaluation_errors_are_one_line(tmp_path):
 
 
 def test_shards_gallery_of_a_generation_run(tmp_path):
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     out = tmp_path / "gen"
     r = subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
                         "--in-process", "--output", str(out), "--set", "job.n=3", "--set", "job.shard_size=2"],

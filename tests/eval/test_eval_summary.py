@@ -13,7 +13,7 @@ import pytest
 from mvboost.eval.protocol import Protocol
 from mvboost.eval.summary import PAPER, bootstrap_ci, markdown, summarise
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 
 
 # ---- the bootstrap -------------------------------------------------------------------------------------

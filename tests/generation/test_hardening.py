@@ -4,17 +4,14 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import is_loopback, listeners
+from conftest import REPO, is_loopback, listeners, run_generate
 from fake_openai import HOSTILE_MODES, FakeOpenAI
 from mvboost.config import load_config
 from mvboost.prompts.filters import check_prompt, check_prompt_id
 from mvboost.prompts.llm import PromptGenConfig, generate_bank
-
-REPO = Path(__file__).parents[1]
 
 
 @pytest.mark.parametrize("mode", HOSTILE_MODES)
@@ -159,9 +156,7 @@ HOSTILE_BANK = [
 
 
 def run_job(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config",
-                           "ray_jobs/configs/generate_smoke.yaml",
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return run_generate(*args, timeout=timeout)
 
 
 def test_hostile_file_bank_rows_are_rejected_with_reasons_and_the_job_goes_on(tmp_path):

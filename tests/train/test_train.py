@@ -289,7 +289,7 @@ def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_pa
     for k, v in first[2].items():  # the step-2 adapter is kept unchanged
         torch.testing.assert_close(after[2][k], v)
     # that the resumed run reproduces an uninterrupted one (same data order, optimizer state, seed) is checked
-    # across a lost node in tests/test_multinode.py (to the same tolerance)
+    # across a lost node in tests/generation/test_multinode.py (to the same tolerance)
 
 
 def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_shards, tmp_path, ds_env):

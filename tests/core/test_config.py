@@ -6,7 +6,7 @@ import pytest
 from mvboost.config import ConfigError, apply_overrides, from_dict, load_config
 from mvboost.pipeline.job import load_job_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -60,7 +60,7 @@ def test_every_repo_config_loads_and_has_a_smoke_variant():
 
     loaders = {"ray_jobs": job_or_eval, "prompts": lambda p: load_config(PromptGenConfig, p),
                "train": lambda p: load_config(TrainConfig, p)}
-    # the smoke variants run in tests/test_ray_job.py, test_eval.py, test_prompts.py and test_train.py
+    # the smoke variants run in tests/generation/test_ray_job.py, test_eval.py, test_prompts.py and test_train.py
     for folder, load in loaders.items():
         configs = sorted((REPO / folder / "configs").glob("*.yaml"))
         assert configs, f"no configs in {folder}/configs"
