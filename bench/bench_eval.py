@@ -21,9 +21,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     from mvboost.eval import LPIPSSet, Protocol, evaluate_object, prepare_gt
+    from mvboost.eval.config import EvalConfig
     from mvboost.eval.fixtures import build_fixtures
     from mvboost.eval.gso import load_object
-    from mvboost.eval.job import EvalConfig, EvalWorker
+    from mvboost.eval.predict import EvalWorker
 
     proto = (Protocol(resolution=128, mesh_resolution=96, lpips_nets=["alex"]) if args.quick else Protocol())
     root = build_fixtures(Path(tempfile.mkdtemp()) / "gso")

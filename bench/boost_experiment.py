@@ -163,7 +163,8 @@ def read_history(run: Path) -> list[dict]:
 # ---- 5: evaluation ------------------------------------------------------------------------------------------
 def evaluate(out: Path, mode: str, domain: str, models: list[str], size: Size) -> dict:
     from mvboost.config import load_config
-    from mvboost.eval.job import EvalConfig, run_in_process, select_objects
+    from mvboost.eval.config import EvalConfig
+    from mvboost.eval.job import run_in_process, select_objects
 
     lib = out / "library"
     dest = out / "eval" / f"{mode}_{domain}"

@@ -17,7 +17,7 @@ import sys
 
 
 def parse_args(argv=None):
-    from mvboost.eval.job import MODES
+    from mvboost.eval.config import MODES
 
     p = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
@@ -38,7 +38,7 @@ def load(args):
     import json
 
     from mvboost.config import absolute_path, load_config
-    from mvboost.eval.job import EvalConfig
+    from mvboost.eval.config import EvalConfig
 
     overrides = list(args.set)
     for flag, key in ((args.objects, "job.objects"), (args.split, "job.split"), (args.output, "job.output"),
@@ -59,7 +59,8 @@ def run_on_ray(cfg):
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm.auto import tqdm
 
-    from mvboost.eval.job import EvalWorker, finish, select_objects
+    from mvboost.eval.job import finish, select_objects
+    from mvboost.eval.predict import EvalWorker
     from ray_jobs.local_ray import connect
     from ray_jobs.operators import map_batches_args
 

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         return 2
     try:
         if a.compare:
-            from mvboost.eval.job import EvalOutput
+            from mvboost.eval.output import EvalOutput
             from mvboost.eval.report import compare_report
 
             page, md = compare_report([EvalOutput(u) for u in a.compare], labels)
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         else:
             import json
 
-            from mvboost.eval.job import EvalOutput
+            from mvboost.eval.output import EvalOutput
             from mvboost.eval.report import eval_report
 
             ev = EvalOutput(a.eval)

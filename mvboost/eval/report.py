@@ -202,7 +202,7 @@ def _object_text(model: str, rec: dict, base: dict | None) -> str:
 
 
 def eval_report(out, records: list[dict], summary: dict) -> str:
-    """``out``: an :class:`mvboost.eval.job.EvalOutput` (images are read from it and embedded)."""
+    """``out``: an :class:`mvboost.eval.output.EvalOutput` (images are read from it and embedded)."""
     models = summary["models"]
 
     def read(rel):

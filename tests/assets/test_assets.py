@@ -237,7 +237,8 @@ def test_gt_ortho_evaluation_feeds_lgm_the_shards_input_views(tmp_path):
     """The evaluation's gt_ortho inputs for an object are the asset shard's input views of the same object
     (one renderer, same cameras, size and supersampling), so a model is scored on what it was trained on."""
     from mvboost.config import load_config
-    from mvboost.eval.job import EvalConfig, EvalWorker
+    from mvboost.eval.config import EvalConfig
+    from mvboost.eval.predict import EvalWorker
     from mvboost.eval.score import prepare_gt
     from mvboost.geometry.cameras import ERA3D_TO_LGM_VIEWS
     from mvboost.io.codec import decode_array, to_uint8

@@ -51,7 +51,7 @@ def test_overrides(tmp_path):
 
 
 def test_every_repo_config_loads_and_has_a_smoke_variant():
-    from mvboost.eval.job import EvalConfig
+    from mvboost.eval.config import EvalConfig
     from mvboost.prompts.llm import PromptGenConfig
     from mvboost.train.config import TrainConfig
 

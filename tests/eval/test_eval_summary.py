@@ -105,7 +105,7 @@ def test_the_papers_column_sits_beside_the_variant_it_corresponds_to():
                                                   "split": {"split": "all", "objects": 3, "sha256": "ab" * 32},
                                                   "protocol": {"sha256": "cd" * 32,
                                                                "differs_from_default": {"resolution": 64}},
-                                                  "models": [{"name": "base", "source": "tiny:lgm"}]})
+                                                  "models": [{"name": "base", "id": "tiny:lgm"}]})
     assert _row(s, "F_sq@0.05")["paper (reference)"] == PAPER["F_sq@0.05"] == "0.6349 / 0.7977"
     assert _row(s, "F@0.1")["paper (reference)"] == ""
     assert all(r["paper (reference)"] == "" for r in s["tables"]["canonical"])
@@ -205,7 +205,7 @@ class _Page(HTMLParser):
 
 
 def test_report_plots_only_computed_metrics_colours_zero_neutral_and_reads_well(tmp_path):
-    from mvboost.eval.job import EvalOutput
+    from mvboost.eval.output import EvalOutput
     from mvboost.eval.report import _plots, eval_report
 
     recs = [_record(f"o{i}", {"base": {"psnr": 20.0 + i, "cd": 0.1, "f": 0.5},

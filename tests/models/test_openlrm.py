@@ -252,7 +252,8 @@ def test_evaluation_scores_openlrm_beside_lgm(tmp_path):
     import json
 
     from mvboost.config import load_config
-    from mvboost.eval.job import EvalConfig, run_in_process
+    from mvboost.eval.config import EvalConfig
+    from mvboost.eval.job import run_in_process
 
     save_openlrm(_tiny(), tmp_path / "lrm")
     (tmp_path / "split.txt").write_text("duck\n")
@@ -271,7 +272,7 @@ def test_evaluation_scores_openlrm_beside_lgm(tmp_path):
     assert rows["PSNR (21 views)"]["n"] == 1 and "lrm − lgm" in rows["PSNR (21 views)"]
     assert [m["backend"] for m in summary["header"]["models"]] == ["lgm", "openlrm"]
     with pytest.raises(ValueError, match="one image"):
-        from mvboost.eval.job import parse_model
+        from mvboost.eval.config import parse_model
 
         parse_model("x=openlrm:tiny", "gt4")
 
@@ -354,7 +355,8 @@ def test_train_openlrm_lora_merge_and_infer(smoke_shards, tmp_path, ds_env, tiny
     assert merge(["--base", "openlrm:tiny", "--adapter", str(tmp_path), "--out", str(tmp_path / "m2")]) == 2
     # the evaluation takes the adapter as LGM's (openlrm:<base>+<adapter>) and scores it as the merged model
     from mvboost.config import load_config
-    from mvboost.eval.job import EvalConfig, ModelSpec, parse_model, run_in_process
+    from mvboost.eval.config import EvalConfig, ModelSpec, parse_model
+    from mvboost.eval.job import run_in_process
 
     assert parse_model("b=openlrm:tiny@v2+/ad", "single") == ModelSpec("b", "tiny:openlrm", "v2", "/ad", "openlrm")
     (tmp_path / "split.txt").write_text("duck\n")
