@@ -263,16 +263,14 @@ def run_chain(out: Path, name: str, images: Path, era3d: Path, lgm: Path, size: 
 # ---- 6: the targets against the ground truth (Table 3) -----------------------------------------------------
 def _samples(folder: Path) -> dict[str, dict]:
     """object name -> the sample's fields, for every committed shard of a job's output."""
-    from mvboost.io.reader import list_shards
+    from mvboost.io.reader import iter_output
     from mvboost.io.sample import decode_meta, decode_prompt
-    from mvboost.train.data import iter_samples
 
     res = {}
-    for url in list_shards(str(folder)).urls:
-        for _, fields in iter_samples(url):
-            meta = decode_meta(fields)
-            name = meta["asset"]["name"] if "asset" in meta else Path(decode_prompt(fields)).stem
-            res[name] = fields
+    for _, _, fields in iter_output(str(folder)):
+        meta = decode_meta(fields)
+        name = meta["asset"]["name"] if "asset" in meta else Path(decode_prompt(fields)).stem
+        res[name] = fields
     return res
 
 

@@ -239,8 +239,8 @@ def shards_report(source: str, max_samples: int = 200, storage_options: dict | N
     """A generation run's gallery: per sample the prompt, input, views, renders and refined views."""
     import fsspec
 
-    from ..io.reader import list_shards
-    from ..io.sample import INPUT, VIEW_MEMBERS, decode_prompt, iter_tar
+    from ..io.reader import iter_samples, list_shards
+    from ..io.sample import INPUT, VIEW_MEMBERS, decode_prompt
 
     listing = list_shards(source, storage_options)
     fs, base = fsspec.core.url_to_fs(source, **(storage_options or {}))
@@ -256,18 +256,16 @@ def shards_report(source: str, max_samples: int = 200, storage_options: dict | N
              "<h2>Summary</h2>", summary, "<h2>Samples</h2>"]
     n = 0
     for url in listing.urls:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            for key, fields in iter_tar(f):
-                prompt = decode_prompt(fields)
-                parts.append(f"<div class='row'><b>{html.escape(key)}</b>: {html.escape(prompt)}<br>")
-                parts.append(_img(fields.get(INPUT), "input (RGBA)"))
-                for column, title in (("views", "Era3D views"), ("renders", "LGM renders"),
-                                      ("refined", "refined views")):
-                    parts.append(_img(fields.get(VIEW_MEMBERS[column]), title))
-                parts.append("</div>")
-                n += 1
-                if n >= max_samples:
-                    break
+        for key, fields in iter_samples(url, storage_options):
+            prompt = decode_prompt(fields)
+            parts.append(f"<div class='row'><b>{html.escape(key)}</b>: {html.escape(prompt)}<br>")
+            parts.append(_img(fields.get(INPUT), "input (RGBA)"))
+            for column, title in (("views", "Era3D views"), ("renders", "LGM renders"), ("refined", "refined views")):
+                parts.append(_img(fields.get(VIEW_MEMBERS[column]), title))
+            parts.append("</div>")
+            n += 1
+            if n >= max_samples:
+                break
         if n >= max_samples:
             break
     parts.append(f"<p>{n} samples shown</p></body></html>")

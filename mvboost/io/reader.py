@@ -106,3 +106,19 @@ def verify_shard_url(url: str, manifest: ShardManifest, storage_options: dict | 
             return verify_shard(f, manifest)
     except FileNotFoundError:
         return "tar missing"
+
+
+def iter_samples(url: str, storage_options: dict | None = None):
+    """(key, {member: bytes}) for every sample of one shard tar (any fsspec URL), in order: THE reader of samples
+    (training, the gallery, the experiments); members are decoded with :mod:`mvboost.io.sample`."""
+    import fsspec
+
+    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        yield from iter_tar(f)
+
+
+def iter_output(source: str, storage_options: dict | None = None):
+    """(shard url, key, members) of every sample of every committed shard of an output (see :func:`list_shards`)."""
+    for url in list_shards(source, storage_options).urls:
+        for key, fields in iter_samples(url, storage_options):
+            yield url, key, fields

@@ -27,22 +27,13 @@ import numpy as np
 import torch
 
 from ..geometry.cameras import ERA3D_TO_LGM_VIEWS
-from ..io.reader import ShardDataError, ShardList, list_shards, verify_shard_url
-from ..io.sample import INPUT, META, VIEW_MEMBERS, decode_alpha, decode_cameras, decode_meta, decode_views, iter_tar
+from ..io.reader import ShardDataError, ShardList, iter_samples, list_shards, verify_shard_url
+from ..io.sample import INPUT, META, VIEW_MEMBERS, decode_alpha, decode_cameras, decode_meta, decode_views
 from ..io.shards import ShardManifest
 
-__all__ = ["ShardDataError", "ShardList", "ShardStream", "decode_sample", "foreground_mask", "iter_samples",
-           "list_shards"]
+__all__ = ["ShardDataError", "ShardList", "ShardStream", "decode_sample", "foreground_mask", "list_shards"]
 
 log = logging.getLogger(__name__)
-
-
-def iter_samples(url: str, storage_options: dict | None = None):
-    """(key, {member: bytes}) for every sample of one tar, in order."""
-    import fsspec
-
-    with fsspec.open(url, "rb", **(storage_options or {})) as f:
-        yield from iter_tar(f)
 
 
 def foreground_mask(img: np.ndarray, threshold: float = 0.98) -> np.ndarray:
