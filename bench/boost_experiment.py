@@ -82,7 +82,8 @@ def build_shards(out: Path, size: Size) -> dict:
             f"prompts.asset_list={lib}/{domain}_train.txt",
             f"asset_render.size={size.image}", "job.shard_size=16", "job.progress=false", f"job.name=boost-{domain}"])
         s = run_in_process(cfg)
-        log(f"shards {domain}: {s.accepted} new, {s.skipped_already_done} already there, {s.rejected} rejected")
+        log(f"shards {domain}: {s.accepted} accepted ({s.skipped_already_done} of them done by an earlier run), "
+            f"{s.rejected} rejected")
         if s.rejected:
             raise SystemExit(f"error: {s.rejected} asset(s) of domain {domain} were rejected: {s.rejected_by_reason}")
     return split

@@ -187,15 +187,22 @@ def generator_quality(out: Path, model: Path, split: dict, size: Size) -> dict:
     from mvboost.models.era3d_pipeline import Era3DPipeline
 
     cond, views, normals = examples(out, split, "held_out", size, 1)
-    pipe = Era3DPipeline(model)
-    outs = [pipe.generate([c], seeds=[i], steps=size.gen_steps, guidance=size.guidance) for i, c in enumerate(cond)]
     lp = LPIPSSet(["alex"])
-    per = [image_metrics(o.colors[0], v.astype(np.float32) / 255, lp, 0) for o, v in zip(outs, views)]
+
+    def score(folder):
+        pipe = Era3DPipeline(folder)
+        outs = [pipe.generate([c], seeds=[i], steps=size.gen_steps, guidance=size.guidance)
+                for i, c in enumerate(cond)]
+        return outs, [image_metrics(o.colors[0], v.astype(np.float32) / 255, lp, 0) for o, v in zip(outs, views)]
+
+    outs, per = score(model)
     res = {k: {"per_view": np.mean([p[k]["per_view"] for p in per], 0).round(4).tolist(),
                "mean": float(np.mean([p[k]["all"] for p in per])),
                "novel": float(np.mean([p[k]["novel"] for p in per]))}
            for k in ("psnr", "ssim", "lpips_alex")}
     res["objects"] = len(per)
+    _, before = score(out / "era3d_init")  # the same classes with the initial (random) weights: the reference
+    res["untrained"] = {k: float(np.mean([p[k]["all"] for p in before])) for k in ("psnr", "ssim", "lpips_alex")}
     _strip(out / "era3d_samples.png", [
         [cond[i][..., :3]] + list(views[i]) for i in range(min(4, len(cond)))], [
         [np.full_like(cond[i][..., :3], 255)] + list((outs[i].colors[0] * 255).round().astype(np.uint8))
@@ -254,7 +261,8 @@ def run_chain(out: Path, name: str, images: Path, era3d: Path, lgm: Path, size: 
         sets.append(f"refine.strength={float(name[1:].replace('_', '.'))}")
     cfg = load_job_config(REPO / "ray_jobs" / "configs" / "images_smoke.yaml", sets)
     s = run_in_process(cfg)
-    log(f"chain {name}: {s.accepted} new, {s.skipped_already_done} already there, {s.rejected} rejected")
+    log(f"chain {name}: {s.accepted} accepted ({s.skipped_already_done} of them done by an earlier run), "
+        f"{s.rejected} rejected")
     if s.rejected:
         log(f"chain {name}: rejects by reason: {s.rejected_by_reason}")
     return dest
@@ -416,7 +424,9 @@ def markdown(summary: dict) -> str:
              f"| all 6 views | {gq['psnr']['mean']:.2f} | {gq['ssim']['mean']:.3f} | {gq['lpips_alex']['mean']:.3f} |",
              f"| 5 novel views | {gq['psnr']['novel']:.2f} | {gq['ssim']['novel']:.3f} | "
              f"{gq['lpips_alex']['novel']:.3f} |",
-             f"| per view (PSNR) | {' / '.join(f'{x:.1f}' for x in gq['psnr']['per_view'])} | | |", "",
+             f"| per view (PSNR) | {' / '.join(f'{x:.1f}' for x in gq['psnr']['per_view'])} | | |",
+             f"| untrained (initial weights), all 6 | {gq['untrained']['psnr']:.2f} | {gq['untrained']['ssim']:.3f} | "
+             f"{gq['untrained']['lpips_alex']:.3f} |", "",
              f"## Table 3 in miniature: the training targets against the ground truth ({tq['objects']} domain-B "
              "training objects; mean [95 % CI]; Δ: paired difference from the raw views)", "",
              "| targets | PSNR ↑ | Δ PSNR | SSIM ↑ | LPIPS-alex ↓ | Δ LPIPS | consistency (dB) ↑ |",
