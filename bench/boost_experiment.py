@@ -301,6 +301,22 @@ def run(out: Path, size_name: str, overrides: dict | None = None) -> dict:
     return summary
 
 
+def size_overrides(items: list[str], size, exclude: tuple = ()) -> dict:
+    """``--set FIELD=VALUE`` items -> {field: value typed like ``size``'s field}; raises ValueError with the reason."""
+    fields = [k for k in type(size).__dataclass_fields__ if k not in exclude]
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {fields}")
+        kind = type(getattr(size, key))
+        try:
+            overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {key} takes a {kind.__name__}") from None
+    return overrides
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python bench/boost_experiment.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="outputs/boost", help="output folder (a rerun resumes there)")
@@ -308,15 +324,11 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"change one size field ({', '.join(Size.__dataclass_fields__)}), e.g. --set base_steps=800")
     a = p.parse_args(argv)
-    overrides = {}
-    for item in a.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in Size.__dataclass_fields__:
-            print(f"error: --set {item!r}: expected FIELD=VALUE with FIELD one of {list(Size.__dataclass_fields__)}",
-                  file=sys.stderr)
-            return 2
-        kind = type(getattr(SIZES[a.size], key))
-        overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    try:
+        overrides = size_overrides(a.overrides, SIZES[a.size])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run(Path(a.out), a.size, overrides)
     return 0
 

@@ -562,19 +562,11 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"change one size field ({', '.join(Size.__dataclass_fields__)}), e.g. --set unet_steps=800")
     a = p.parse_args(argv)
-    overrides = {}
-    for item in a.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in Size.__dataclass_fields__ or key == "strengths":
-            print(f"error: --set {item!r}: expected FIELD=VALUE with FIELD one of "
-                  f"{[k for k in Size.__dataclass_fields__ if k != 'strengths']}", file=sys.stderr)
-            return 2
-        kind = type(getattr(SIZES[a.size], key))
-        try:
-            overrides[key] = kind(value)
-        except ValueError:
-            print(f"error: --set {item!r}: {key} takes a {kind.__name__}", file=sys.stderr)
-            return 2
+    try:
+        overrides = boost.size_overrides(a.overrides, SIZES[a.size], exclude=("strengths",))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run(Path(a.out), a.size, overrides)
     return 0
 
