@@ -78,8 +78,8 @@ def test_revision_reaches_the_loaders_trainer_and_stages(hf_cache, tmp_path):
     job = load_job_config(None, ["job.stages=[text_to_image, matting, era3d, lgm, write]", "lgm.model=acme/lgm",
                                  "lgm.revision=v2", "text_to_image.model=tiny:sd", "era3d.model=tiny:era3d"])
     meta = job_meta(job, build_units(job))["models"]
-    assert meta["lgm"] == {"id": "acme/lgm", "revision": "v2", "commit": hf_cache["v2"]}
-    assert meta["era3d"] == {"id": "tiny:era3d", "revision": None}
+    assert meta["lgm"] == {"id": "acme/lgm", "revision": "v2", "commit": hf_cache["v2"], "adapter": None}
+    assert meta["era3d"] == {"id": "tiny:era3d", "revision": None, "commit": None, "adapter": None}  # one record shape
 
 
 def test_local_paths_and_errors(tmp_path):
