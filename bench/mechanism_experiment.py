@@ -108,9 +108,10 @@ def _turned(obj, yaw_deg: float):
     return replace(obj, vertices=obj.vertices @ r.T, transform=t @ obj.transform)
 
 
-def render_examples(lib: Path, names: list[str], size: Size, yaws: int, seed: int = 0):
+def render_examples(lib: Path, names: list[str], size: Size, yaws: int, seed: int = 0, targets: bool = True):
     """(cond RGBA (N,c,c,4), views (N,6,s,s,3), normals (N,6,s,s,3)) uint8: each object at ``yaws`` turns
-    (the first unturned), Era3D's cameras, the front view at the chain's input size."""
+    (the first unturned), Era3D's cameras, the front view at the chain's input size. ``targets=False``: the
+    front views only (views and normals None)."""
     import tempfile
 
     from mvboost.assets.gso import load_asset
@@ -128,14 +129,13 @@ def render_examples(lib: Path, names: list[str], size: Size, yaws: int, seed: in
             base = load_asset(str(lib), name, "gso", Path(cache))
             for k in range(yaws):
                 obj = base if k == 0 else _turned(base, float(rng.uniform(0, 360)))
-                rgb, _ = renderer.render(obj, cams, 2)
-                nrm, _ = normal_maps(obj, cams, 2)
                 crgb, calpha = renderer.render(obj, front, 2)
                 conds.append(np.concatenate([to_uint8(crgb[0]), to_uint8(calpha[0])], -1))
-                views.append(to_uint8(rgb))
-                normals.append(to_uint8(nrm))
+                if targets:
+                    views.append(to_uint8(renderer.render(obj, cams, 2)[0]))
+                    normals.append(to_uint8(normal_maps(obj, cams, 2)[0]))
     renderer.close()
-    return np.stack(conds), np.stack(views), np.stack(normals)
+    return np.stack(conds), np.stack(views) if targets else None, np.stack(normals) if targets else None
 
 
 def examples(out: Path, split: dict, part: str, size: Size, yaws: int):
@@ -240,7 +240,7 @@ def image_folder(out: Path, split: dict, size: Size) -> Path:
     if folder.is_dir() and len(list(folder.glob("*.png"))) == len(names):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    cond, _, _ = render_examples(out / "library", names, replace(size, image=8), 1)  # views unused: 8 px
+    cond, _, _ = render_examples(out / "library", names, size, 1, targets=False)
     for name, rgba in zip(names, cond):
         Image.fromarray(rgba, "RGBA").save(folder / f"{name}.png")
     return folder

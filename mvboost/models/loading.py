@@ -1,9 +1,9 @@
 """Loading and saving reconstruction models by reference: the one owner for training, merge, evaluation and
 inference. A reference (``[lgm:|openlrm:]<path | Hugging Face id | tiny:… | random:…>``, parsed by
 :func:`mvboost.models.hub.model_ref`) is resolved through :mod:`mvboost.models.hub`, read and checked in its
-backend's checkpoint format (LGM: :mod:`.checkpoint`; OpenLRM: beside its model in :mod:`.openlrm`), and a LoRA
-adapter, if given, is merged here (:func:`load_model`); :func:`save_model` writes either backend in its
-official layout."""
+backend's checkpoint format (beside its model: :mod:`.lgm`, :mod:`.openlrm`; strict checks:
+:mod:`.checkpoint`), and a LoRA adapter, if given, is merged here (:func:`load_model`); :func:`save_model` writes
+either backend in its official layout."""
 from __future__ import annotations
 
 import json

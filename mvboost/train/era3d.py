@@ -239,9 +239,11 @@ def fit_era3d(init: str | Path, data: Era3DExamples, work: str | Path, cfg: Era3
     if done.is_file() and json.loads(done.read_text()).get("config") == asdict(cfg):
         return model
     fit = _Fit(Path(init), data, work, cfg, progress or (lambda *a: None))
-    state = fit._load_state()
-    fit.fit_vae(state)
-    fit.fit_unet(fit._load_state())
+    try:
+        fit.fit_vae(fit._load_state())
+        fit.fit_unet(fit._load_state())
+    finally:
+        fit.history.close()
     fit.pipe.save(model)
     done.write_text(json.dumps({"config": asdict(cfg), "examples": fit.n}, indent=1))
     return model
