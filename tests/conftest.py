@@ -8,9 +8,23 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist runs the suite on parallel workers (pyproject.toml: -n 2): each gets its share of the cores, for its
+# own torch and, through OMP_NUM_THREADS, for the jobs and Ray workers it starts (no oversubscribed thread pools)
+THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``long(minutes)`` run first, the longest first: with parallel workers taking one test at a
+    time, the long ones spread over the workers from the start instead of ending the run on one of them."""
+    def minutes(item):
+        mark = item.get_closest_marker("long")
+        return -(mark.args[0] if mark and mark.args else 1) if mark else 0
+
+    items.sort(key=minutes)  # stable: collection order otherwise
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +134,40 @@ def moto_s3():
         server.stop()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tagged_env(env: dict) -> tuple[dict, str]:
+    """``env`` plus a fresh reaper tag (ray_jobs/reaper.py): every process started with it, and everything those
+    start (a ``ray start`` head, its GCS, raylet, agents and workers), carries the tag, so ``reap(tag)`` stops
+    exactly that cluster and nothing else on the machine (``ray stop`` would stop every Ray here, a parallel
+    test's too)."""
+    import uuid
+
+    from ray_jobs.reaper import TAG_ENV
+
+    tag = uuid.uuid4().hex
+    return dict(env, **{TAG_ENV: tag, "SPT_NOENV": "1"}), tag
+
+
+def ray_start_head(gcs: int, dashboard: int) -> list[str]:
+    """``ray start --head`` options for a head that shares nothing with another on this machine: every port fixed
+    by default (GCS 6379, dashboard 8265, dashboard agent 52365, Ray client 10001) on a free one, and a temp dir of
+    its own (Ray's job supervisor resolves the cluster it runs a job's driver on through ``<temp dir>/
+    ray_current_cluster``, which every ``ray start`` rewrites: with the shared default, a parallel test's head
+    would get the job). The folder's path is short: Ray's sockets live under it."""
+    import tempfile
+
+    return ["--head", f"--port={gcs}", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", f"--temp-dir={tempfile.mkdtemp(prefix='ray-', dir='/tmp')}"]
+
+
 def is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -186,6 +234,7 @@ def gltf_validate(tmp_path_factory):
     """validate(path) -> the Khronos glTF validator's report (``issues``: numErrors, numWarnings, messages).
     The validator is installed from npm once per machine (~/.cache/mvboost-tests); skipped, with the reason,
     only where node/npm or the package cannot be had."""
+    import fcntl
     import json
     import shutil
     import subprocess
@@ -195,12 +244,14 @@ def gltf_validate(tmp_path_factory):
         pytest.skip("the glTF validator needs node and npm (apt-get install nodejs npm)")
     prefix = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mvboost-tests" / "gltf-validator"
     modules = prefix / "node_modules"
-    if not (modules / "gltf-validator" / "package.json").is_file():
-        prefix.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix),
-                            GLTF_VALIDATOR], capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            pytest.skip(f"npm could not install {GLTF_VALIDATOR}: {(r.stderr or r.stdout).strip()[-300:]}")
+    prefix.mkdir(parents=True, exist_ok=True)
+    with open(prefix.parent / "gltf-validator.lock", "w") as lock:  # one install when parallel workers ask at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (modules / "gltf-validator" / "package.json").is_file():
+            r = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix),
+                                GLTF_VALIDATOR], capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                pytest.skip(f"npm could not install {GLTF_VALIDATOR}: {(r.stderr or r.stdout).strip()[-300:]}")
 
     def validate(path) -> dict:
         r = subprocess.run([node, str(REPO / "tests" / "gltf_validate.js"), str(modules), str(path)],

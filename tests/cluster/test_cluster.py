@@ -1,7 +1,9 @@
 """Cluster operation: the launcher config against Ray's own schema and AWS bootstrap (moto), the KubeRay
 manifests against the v1 fields they use, and token authentication everywhere."""
 import copy
+import os
 import shlex
+import sys
 
 import pytest
 import yaml
@@ -144,16 +146,29 @@ def test_a_typo_in_a_manifest_is_caught():
 
 def _fake_autoscaling_cluster(worker_types: dict, head: dict, provider: dict | None = None):
     """Ray's AutoscalingCluster with its fake multi-node provider config given inline (the PyPI wheel does
-    not ship the example.yaml it reads), or ``provider`` in its place. start() and shutdown() run
-    `ray stop --force`."""
+    not ship the example.yaml it reads), or ``provider`` in its place. Its own start() and shutdown() would run
+    `ray stop --force` (every Ray on the machine, a parallel test's too) and put the head on the fixed default
+    ports; here the head takes free ports (``.address``, also the provider's GCS address for the nodes it
+    launches) and shutdown() stops exactly the processes carrying this cluster's reaper tag."""
+    import json
+    import subprocess
+    import tempfile
+
+    from ray._private.services import get_node_ip_address
     from ray.cluster_utils import AutoscalingCluster
+
+    from conftest import free_port, ray_start_head, tagged_env
+    from ray_jobs.reaper import reap
+
+    gcs = free_port()
+    address = f"{get_node_ip_address()}:{gcs}"
 
     class InlineAutoscalingCluster(AutoscalingCluster):
         def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **kw):
             cfg = {"cluster_name": "fake_multinode", "max_workers": 8, "idle_timeout_minutes": 0.05,
                    "upscaling_speed": 1.0, "head_node_type": "ray.head.default",
                    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                                "disable_launch_config_check": True, **(provider or {})},
+                                "disable_launch_config_check": True, "gcs_address": address, **(provider or {})},
                    "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
                    "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
                    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
@@ -162,9 +177,32 @@ def _fake_autoscaling_cluster(worker_types: dict, head: dict, provider: dict | N
                 "resources": head_resources, "node_config": {}, "max_workers": 0}}
             return cfg
 
-    return InlineAutoscalingCluster(head_resources=dict(head), worker_node_types=worker_types)
+        def start(self, override_env: dict | None = None):
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(self._config, f)
+            res = dict(self._head_resources)
+            cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "start",
+                   f"--autoscaling-config={f.name}", *ray_start_head(gcs, free_port()),
+                   f"--num-cpus={res.pop('CPU', 0)}", f"--num-gpus={res.pop('GPU', 0)}", "--disable-usage-stats"]
+            if res:
+                cmd.append(f"--resources={json.dumps(res)}")
+            env, self.tag = tagged_env(dict(os.environ, AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1",
+                                            **(override_env or {})))
+            try:
+                subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+            except BaseException:
+                reap(self.tag)
+                raise
+
+        def shutdown(self):
+            reap(self.tag)
+
+    cluster = InlineAutoscalingCluster(head_resources=dict(head), worker_node_types=worker_types)
+    cluster.address = address
+    return cluster
 
 
+@pytest.mark.long(1.3)
 @pytest.mark.ray
 def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp_path, tiny_cache, moto_s3):
     """A head without GPUs and a spot GPU node group (min 0, max 1) on Ray's fake multi-node provider, shards on
@@ -175,9 +213,7 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
     autoscaler sees that demand and launches a new node; the job finishes there: every planned item accepted
     exactly once, every manifest valid, nothing staged left. Then the idle GPU node goes away."""
     import json as js
-    import os
     import subprocess
-    import sys
     import time
 
     import fsspec
@@ -196,7 +232,8 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
     cluster.start(override_env={"RAY_AUTH_MODE": "disabled", "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"})
     out, n = "s3://bkt/spot", 8
     config = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
-    opts = ["ray.address=auto", "job.progress=false", f"job.storage_options={js.dumps(moto_s3)}", "job.shard_size=2",
+    opts = [f"ray.address={cluster.address}", "job.progress=false", f"job.storage_options={js.dumps(moto_s3)}",
+            "job.shard_size=2",
             "text_to_image.resources.custom={mvboost_gpu: 0.25}", "era3d.resources.custom={mvboost_gpu: 0.75}",
             *(f"{st}.resources.batch_size=2" for st in ("text_to_image", "matting", "era3d", "write"))]
     cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(config), "--output", out, "--n", str(n),
@@ -204,7 +241,7 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     fs, root = fsspec.core.url_to_fs(out, **moto_s3)
     try:
-        ray.init(address="auto", log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=False)
         wait_for_first_commit(proc, fs, root)
         gpu_nodes = [x["NodeID"] for x in ray.nodes() if x["Alive"] and x["Resources"].get("GPU")]
         assert len(gpu_nodes) == 1

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, free_port
 
 pytestmark = pytest.mark.ray
 
@@ -142,12 +141,6 @@ def test_series_carry_the_job_rejections_are_labelled_and_gpus_held_are_this_job
         ray.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prometheus_query(base: str, path: str, **params) -> list:
     url = f"{base}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     doc = json.loads(urllib.request.urlopen(url, timeout=10).read())
@@ -185,6 +178,7 @@ def prometheus(tmp_path):
     proc.wait(timeout=30)
 
 
+@pytest.mark.long(1)
 def test_a_real_prometheus_sees_the_exact_counts_of_a_local_run_and_every_panel_has_data(tmp_path, tiny_cache,
                                                                                      prometheus):
     """The smoke chain, 24 items, with --metrics-port: the final counters Prometheus stored equal the job's
