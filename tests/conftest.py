@@ -8,23 +8,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# pytest-xdist runs the suite on parallel workers (pyproject.toml: -n 2): each gets its share of the cores, for its
-# own torch and, through OMP_NUM_THREADS, for the jobs and Ray workers it starts (no oversubscribed thread pools)
-THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-torch.set_num_threads(THREADS)
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``long(minutes)`` run first, the longest first: with parallel workers taking one test at a
-    time, the long ones spread over the workers from the start instead of ending the run on one of them."""
-    def minutes(item):
-        mark = item.get_closest_marker("long")
-        return -(mark.args[0] if mark and mark.args else 1) if mark else 0
-
-    items.sort(key=minutes)  # stable: collection order otherwise
 
 
 @pytest.fixture(scope="session")
@@ -146,8 +132,8 @@ def free_port() -> int:
 def tagged_env(env: dict) -> tuple[dict, str]:
     """``env`` plus a fresh reaper tag (ray_jobs/reaper.py): every process started with it, and everything those
     start (a ``ray start`` head, its GCS, raylet, agents and workers), carries the tag, so ``reap(tag)`` stops
-    exactly that cluster and nothing else on the machine (``ray stop`` would stop every Ray here, a parallel
-    test's too)."""
+    exactly that cluster and nothing else on the machine (``ray stop`` would stop every Ray here: a developer's
+    own cluster, another test run's)."""
     import uuid
 
     from ray_jobs.reaper import TAG_ENV
@@ -160,8 +146,8 @@ def ray_start_head(gcs: int, dashboard: int) -> list[str]:
     """``ray start --head`` options for a head that shares nothing with another on this machine: every port fixed
     by default (GCS 6379, dashboard 8265, dashboard agent 52365, Ray client 10001) on a free one, and a temp dir of
     its own (Ray's job supervisor resolves the cluster it runs a job's driver on through ``<temp dir>/
-    ray_current_cluster``, which every ``ray start`` rewrites: with the shared default, a parallel test's head
-    would get the job). The folder's path is short: Ray's sockets live under it."""
+    ray_current_cluster``, which every ``ray start`` rewrites: with the shared default, another head started
+    meanwhile on this machine would get the job). The folder's path is short: Ray's sockets live under it."""
     import tempfile
 
     return ["--head", f"--port={gcs}", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
@@ -245,7 +231,7 @@ def gltf_validate(tmp_path_factory):
     prefix = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mvboost-tests" / "gltf-validator"
     modules = prefix / "node_modules"
     prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix.parent / "gltf-validator.lock", "w") as lock:  # one install when parallel workers ask at once
+    with open(prefix.parent / "gltf-validator.lock", "w") as lock:  # one install when two test runs ask at once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (modules / "gltf-validator" / "package.json").is_file():
             r = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix),

@@ -165,7 +165,6 @@ def test_load_asset_reasons(tmp_path):
         load_asset(str(tmp_path), "missing", "gso")
 
 
-@pytest.mark.long(0.5)
 def test_assets_smoke_job_on_ray_reads_back_with_ray_data(tmp_path):
     out = tmp_path / "shards"
     r = subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out)],

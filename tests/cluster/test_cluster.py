@@ -147,7 +147,7 @@ def test_a_typo_in_a_manifest_is_caught():
 def _fake_autoscaling_cluster(worker_types: dict, head: dict, provider: dict | None = None):
     """Ray's AutoscalingCluster with its fake multi-node provider config given inline (the PyPI wheel does
     not ship the example.yaml it reads), or ``provider`` in its place. Its own start() and shutdown() would run
-    `ray stop --force` (every Ray on the machine, a parallel test's too) and put the head on the fixed default
+    `ray stop --force` (every Ray on the machine, a developer's own cluster too) and put the head on the fixed default
     ports; here the head takes free ports (``.address``, also the provider's GCS address for the nodes it
     launches) and shutdown() stops exactly the processes carrying this cluster's reaper tag."""
     import json
@@ -202,7 +202,6 @@ def _fake_autoscaling_cluster(worker_types: dict, head: dict, provider: dict | N
     return cluster
 
 
-@pytest.mark.long(1.3)
 @pytest.mark.ray
 def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp_path, tiny_cache, moto_s3):
     """A head without GPUs and a spot GPU node group (min 0, max 1) on Ray's fake multi-node provider, shards on

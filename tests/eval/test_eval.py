@@ -190,7 +190,6 @@ def adapter(tmp_path_factory):
     return d
 
 
-@pytest.mark.long(0.8)
 @pytest.mark.ray
 def test_evaluation_job_smoke_on_ray_then_resume_and_report(tmp_path, adapter):
     out = tmp_path / "eval"

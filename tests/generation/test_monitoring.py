@@ -178,7 +178,6 @@ def prometheus(tmp_path):
     proc.wait(timeout=30)
 
 
-@pytest.mark.long(1)
 def test_a_real_prometheus_sees_the_exact_counts_of_a_local_run_and_every_panel_has_data(tmp_path, tiny_cache,
                                                                                      prometheus):
     """The smoke chain, 24 items, with --metrics-port: the final counters Prometheus stored equal the job's

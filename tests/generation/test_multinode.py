@@ -99,7 +99,6 @@ def assert_every_item_once(proc, log: str, out: str, opts: dict, config, n: int,
     assert [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p] == []
 
 
-@pytest.mark.long(0.9)
 def test_multinode_generation_to_s3_equals_a_single_node_run(cluster, moto_s3, tiny_cache, tmp_path):
     """The production layout across three GPU nodes, commits as Ray tasks anywhere, shards on S3: equal, key for
     key, member for member, byte for byte (timings aside) to the same plan run in one process."""
@@ -130,7 +129,6 @@ def test_multinode_generation_to_s3_equals_a_single_node_run(cluster, moto_s3, t
     assert all(verified(store, s) for s in range(2))
 
 
-@pytest.mark.long(0.9)
 def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache):
     """A GPU node SIGKILLed (raylet and workers) once the first shard is committed: the job finishes on the two
     nodes left (Ray Data restarts the lost actors elsewhere and re-runs their tasks; a commit task lost with its
@@ -170,7 +168,6 @@ def train(cluster, cache, shards, opts, out, *extra, wait=True):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.long(1.9)
 def test_node_loss_during_training_resumes_on_the_remaining_nodes(cluster, moto_s3, smoke_shards, ds_env,
                                                                     tiny_cache, tmp_path):
     """Two Ray Train workers, one per GPU node (STRICT_SPREAD), shards read from S3 and checkpoints written to S3

@@ -24,7 +24,6 @@ def expected_keys(out, n):
     return [it["item_id"] for it in plan_items(load_job_config(SMOKE, [f"job.output={out}", f"job.n={n}"]))]
 
 
-@pytest.mark.long(0.9)
 def test_smoke_on_local_ray_readable_by_both_readers(tmp_path, tiny_cache):
     out = tmp_path / "out"
     r = run_job(out, tiny_cache)
@@ -78,7 +77,6 @@ def kill_once(cmd, cache, ready, out) -> dict:
             if (out / p.name.replace(".tar", ".json")).exists()}
 
 
-@pytest.mark.long(1.4)
 def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     out = tmp_path / "out"
     n = 16
@@ -102,7 +100,6 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     assert not list(out.rglob("*.tmp-*")) and not list((out / "_staging").glob("*"))
 
 
-@pytest.mark.long(2.6)
 def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
     """The cluster configs' security as a user meets it: a head started with RAY_AUTH_MODE=token refuses the
     job-submission API without the token (plain HTTP and `ray job submit` with a wrong token) and runs the
@@ -175,7 +172,6 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
 ONE_GPU_SMOKE = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
 
 
-@pytest.mark.long(0.7)
 def test_production_layout_on_a_one_gpu_ray(tmp_path, tiny_cache):
     """generate_1gpu_smoke.yaml: the production stage layout and GPU fractions (text-to-image 0.25, the
     fused era3d+lgm+render+refine group 0.75) on a local Ray that declares 1 GPU completes the chain."""
@@ -207,7 +203,6 @@ def test_an_unschedulable_layout_fails_at_start_with_the_stages_named(tmp_path, 
     assert time.time() - t0 < 120
 
 
-@pytest.mark.long(0.8)
 def test_a_run_waiting_for_capacity_that_never_comes_stops_with_one_line_and_a_rerun_finishes(tmp_path, tiny_cache):
     """The GPU work pinned to a node group this Ray does not have, and only warned about (ray.check_layout=warn,
     as on an autoscaling cluster whose nodes never come): after ray.no_progress_timeout_s the job stops with one
@@ -280,7 +275,6 @@ def test_the_driver_never_receives_a_payload(tmp_path, tiny_cache):
     assert "MapBatches(synthetic)" in r.stderr + r.stdout and "MapBatches(write)" in r.stderr + r.stdout
 
 
-@pytest.mark.long(1.5)
 def test_a_worker_with_a_broken_cuda_context_is_retired_and_its_items_go_through_again(tmp_path, tiny_cache):
     """The LGM actor's process breaks (a CUDA error on every batch from its first on) twice in a row: each broken
     worker hands its items back as infrastructure failures, exits before its next batch, Ray restarts it, and
@@ -304,7 +298,6 @@ def test_a_worker_with_a_broken_cuda_context_is_retired_and_its_items_go_through
     assert (out / "rejects.jsonl").read_text() == ""
 
 
-@pytest.mark.long(1.9)
 def test_retry_rejected_killed_and_rerun_commits_every_retried_item_exactly_once(tmp_path, tiny_cache, monkeypatch):
     """12 of 16 items recorded as rejected (in process); --retry-rejected on Ray, killed with -9 once its first
     retry shard is committed; the same command finishes the round: every item in exactly one shard, the shards

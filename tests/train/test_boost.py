@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from conftest import REPO
 
 
@@ -18,7 +16,6 @@ def _run(out):
     return json.loads((out / "summary.json").read_text())
 
 
-@pytest.mark.long(2)
 def test_boost_improves_held_out_domain_b_without_forgetting_a(tmp_path):
     out = tmp_path / "boost"
     summary = _run(out)

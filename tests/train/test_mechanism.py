@@ -120,7 +120,6 @@ def test_training_on_raw_views_reads_views_and_their_normals():
         decode_sample(fields)  # the default target (refined) is absent: such a sample is skipped by the stream
 
 
-@pytest.mark.long(6)
 def test_mechanism_experiment_ci_size(tmp_path):
     """The whole mechanism at CI size (5-6 min on 2 cores). What it must show, each with its interval: training on
     ground truth of the same domain-B objects (the oracle arm) improves held-out B; reconstructing and rendering

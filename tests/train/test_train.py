@@ -133,7 +133,6 @@ def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-@pytest.mark.long(0.7)
 def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tmp_path, ds_env, capsys):
     from peft import PeftModel
 
@@ -187,7 +186,6 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
         torch.testing.assert_close(load_lgm(path)(x), y_lora, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.long(0.5)
 def test_full_parameter_training_resumes_and_its_checkpoint_is_a_plain_lgm(smoke_shards, tmp_path, ds_env):
     """lora.mode=full trains every parameter with the same loop: the loss falls, a resumed run continues from
     the checkpoint's step, and the checkpoint's model/ folder is an LGM in the official layout that load_lgm
@@ -258,7 +256,6 @@ def adapters(run_dir):
     return out
 
 
-@pytest.mark.long(1.8)
 @pytest.mark.ray
 def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_path, ds_env):
     bound = set()
