@@ -165,7 +165,7 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
         assert rel.returncode != 0 and "job.output 'outputs/eval-rel' is relative" in rel.stdout + rel.stderr, \
             (rel.stdout + rel.stderr)[-2000:]
     finally:
-        reap(tag)  # this head and everything it started, not a parallel test's Ray
+        reap(tag)  # this head and everything it started, not another Ray on this machine
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
 
 
