@@ -33,17 +33,23 @@ TAG_ENV = "MVBOOST_LOCAL_RAY_TAG"
 
 def start_reaper(pid: int | None = None) -> subprocess.Popen:
     """Tag this process's environment (inherited by everything started from now on) and watch ``pid``."""
-    tag = uuid.uuid4().hex
-    os.environ[TAG_ENV] = tag
-    # Ray names its processes with setproctitle ("ray::DashboardAgent"), which by default overwrites the memory
-    # behind /proc/<pid>/environ; SPT_NOENV (setproctitle's documented switch) keeps it readable, so the tag
-    # stays visible. Titles are then bounded by the original command line's length (Ray's are long).
-    os.environ["SPT_NOENV"] = "1"
+    tag = tag_environment(os.environ)
     env = {k: v for k, v in os.environ.items() if k != TAG_ENV}  # the reaper itself carries no tag
     return subprocess.Popen([sys.executable, "-m", "ray_jobs.reaper", str(pid or os.getpid()), tag],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=env,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tag_environment(env) -> str:
+    """Put a fresh tag into ``env`` (a dict, or ``os.environ``): every process started with it carries the tag."""
+    tag = uuid.uuid4().hex
+    env[TAG_ENV] = tag
+    # Ray names its processes with setproctitle ("ray::DashboardAgent"), which by default overwrites the memory
+    # behind /proc/<pid>/environ; SPT_NOENV (setproctitle's documented switch) keeps it readable, so the tag
+    # stays visible. Titles are then bounded by the original command line's length (Ray's are long).
+    env["SPT_NOENV"] = "1"
+    return tag
 
 
 def wait_for_exit(pid: int) -> None:

@@ -134,12 +134,10 @@ def tagged_env(env: dict) -> tuple[dict, str]:
     start (a ``ray start`` head, its GCS, raylet, agents and workers), carries the tag, so ``reap(tag)`` stops
     exactly that cluster and nothing else on the machine (``ray stop`` would stop every Ray here: a developer's
     own cluster, another test run's)."""
-    import uuid
+    from ray_jobs.reaper import tag_environment
 
-    from ray_jobs.reaper import TAG_ENV
-
-    tag = uuid.uuid4().hex
-    return dict(env, **{TAG_ENV: tag, "SPT_NOENV": "1"}), tag
+    env = dict(env)
+    return env, tag_environment(env)
 
 
 def ray_start_head(gcs: int, dashboard: int) -> list[str]:
