@@ -57,6 +57,7 @@ class Size:
     cond_image: int  # the single-view images the chain reads (px)
     yaws: int  # turns of each domain-A object in Era3D's training data
     vae_steps: int
+    vae_batch: int  # images per VAE step
     unet_steps: int
     era3d_batch: int
     gen_steps: int  # DDIM steps of generation (refinement keeps int(gen_steps * s) of them)
@@ -73,12 +74,13 @@ class Size:
 
 
 SIZES = {
-    "full": Size(per_domain=80, held_out=16, image=32, cond_image=128, yaws=4, vae_steps=800, unet_steps=4000,
-                 era3d_batch=4, gen_steps=20, guidance=2.0, strengths=(0.5, 0.9, 0.95, 1.0), base_steps=2000,
-                 boost_steps=800, batch=4, base_lr=2e-3, boost_lr=2e-3, lora_rank=16, eval_resolution=48),
-    "ci": Size(per_domain=24, held_out=8, image=32, cond_image=96, yaws=2, vae_steps=150, unet_steps=500,
-               era3d_batch=4, gen_steps=10, guidance=2.0, strengths=(0.95,), base_steps=150, boost_steps=80,
-               batch=4, base_lr=2e-3, boost_lr=2e-3, lora_rank=16, eval_resolution=48, bootstrap=1000),
+    "full": Size(per_domain=80, held_out=16, image=32, cond_image=128, yaws=4, vae_steps=800, vae_batch=32,
+                 unet_steps=4000, era3d_batch=4, gen_steps=20, guidance=2.0, strengths=(0.5, 0.9, 0.95, 1.0),
+                 base_steps=2000, boost_steps=800, batch=4, base_lr=2e-3, boost_lr=2e-3, lora_rank=16,
+                 eval_resolution=48),
+    "ci": Size(per_domain=24, held_out=8, image=32, cond_image=96, yaws=2, vae_steps=150, vae_batch=16,
+               unet_steps=500, era3d_batch=2, gen_steps=10, guidance=2.0, strengths=(0.95,), base_steps=150,
+               boost_steps=80, batch=4, base_lr=2e-3, boost_lr=2e-3, lora_rank=16, eval_resolution=48, bootstrap=1000),
 }
 #: MVBoost (arXiv 2411.17772) Tables 3 and 4, PSNR (dB): the original views vs refined at s = 0.95
 PAPER = {"table3": (17.811, 19.132), "table4": (17.851, 18.093)}
@@ -159,7 +161,8 @@ def train_generator(out: Path, split: dict, size: Size) -> Path:
     if not (init / "model_index.json").is_file():
         build_tiny_era3d(init, seed=0, ortho=True, vae_channels=ERA3D_VAE)
     cond, views, normals = examples(out, split, "train", size, size.yaws)
-    cfg = Era3DFitConfig(vae_steps=size.vae_steps, unet_steps=size.unet_steps, batch=size.era3d_batch)
+    cfg = Era3DFitConfig(vae_steps=size.vae_steps, vae_batch=size.vae_batch, unet_steps=size.unet_steps,
+                         batch=size.era3d_batch)
     log(f"Era3D: {len(cond)} training examples (domain A, {size.yaws} turns per object); VAE {cfg.vae_steps} steps, "
         f"UNet {cfg.unet_steps} steps of {cfg.batch} objects")
     bars = {}
