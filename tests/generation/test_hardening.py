@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import REPO, is_loopback, listeners, run_generate
+from conftest import REPO, SMOKE, is_loopback, listeners, run_generate
 from fake_openai import HOSTILE_MODES, FakeOpenAI
 from mvboost.config import load_config
 from mvboost.prompts.filters import check_prompt, check_prompt_id
@@ -196,16 +196,24 @@ def test_hostile_file_bank_rows_are_rejected_with_reasons_and_the_job_goes_on(tm
     (["--set", "ray.num_cpus=-1"], "ray.num_cpus must be >= 0"),  # was a ValueError traceback from ray.init
     (["--set", "ray.address=127.0.0.1:1"], "cannot connect to the Ray cluster"),  # was minutes of retries
 ])
-def test_config_misuse_is_one_error_line_before_ray_starts(tmp_path, args, needle):
+def test_config_misuse_is_one_error_line_before_ray_starts(tmp_path, args, needle, capsys):
+    """The CLI's main() in this process (the exit code and the printed lines are what `python -m ray_jobs.generate`
+    gives; test_ray_job runs that command for the same kind of error): exit 2, one error line, no traceback, and
+    Ray never started."""
+    import ray
+
+    from ray_jobs.generate import main
+
     args = [a.replace("BANKDIR", str(tmp_path)).replace("MISSING", str(tmp_path / "none.jsonl")) for a in args]
-    t = time.perf_counter()
-    r = run_job("--output", str(tmp_path / "o"), *args) if args[0] != "--output" else run_job(*args)
-    took = time.perf_counter() - t
-    assert r.returncode == 2, (args, r.stdout[-500:], r.stderr[-1500:])
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and needle in err[0], r.stderr[-800:]
-    assert "Started a local Ray" not in r.stderr + r.stdout and took < 60
+    argv = ["--config", str(SMOKE), *(args if args[0] == "--output" else ["--output", str(tmp_path / "o"), *args])]
+    assert not ray.is_initialized()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (args, out[-500:], err[-1500:])
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], err[-800:]
+    assert not ray.is_initialized()
 
 
 def test_training_data_errors_are_reported_once_before_ray(tmp_path):

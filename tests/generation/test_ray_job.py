@@ -24,26 +24,6 @@ def expected_keys(out, n):
     return [it["item_id"] for it in plan_items(load_job_config(SMOKE, [f"job.output={out}", f"job.n={n}"]))]
 
 
-def test_smoke_on_local_ray_readable_by_both_readers(tmp_path, tiny_cache):
-    out = tmp_path / "out"
-    r = run_job(out, tiny_cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "accepted 8, rejected 0" in r.stdout and f"shards at {out}" in r.stdout
-    assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
-    import webdataset as wds
-
-    samples = list(wds.WebDataset(str(out / "shard-{000000..000001}.tar"), shardshuffle=False).decode("rgb"))
-    assert len(samples) == 8 and samples[0]["input.png"].shape == (64, 64, 3)
-    import ray
-
-    ray.init(address="local", num_cpus=1, include_dashboard=False)
-    try:
-        rows = ray.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
-    finally:
-        ray.shutdown()
-    assert len(rows) == 8 and {"prompt.txt", "input.png", "refined.png", "gaussians.ply", "meta.json"} <= set(rows[0])
-
-
 def test_bad_config_and_missing_model_fail_at_start(tmp_path, tiny_cache):
     r = run_job(tmp_path / "o1", tiny_cache, "--set", "matting.treshold=3")
     assert r.returncode == 2 and "unknown config key(s) matting.treshold" in r.stderr
@@ -78,6 +58,8 @@ def kill_once(cmd, cache, ready, out) -> dict:
 
 
 def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
+    """kill -9 of the whole job once its first shard is committed; the same command finishes: every item in exactly
+    one shard, the committed shards untouched, and the output readable by webdataset and Ray Data."""
     out = tmp_path / "out"
     n = 16
     args = ["--n", str(n)] + [a for st in ("text_to_image", "matting", "era3d", "lgm", "render", "refine", "write")
@@ -98,6 +80,20 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     store = OutputStore(str(out))
     assert all(verified(store, s) for s in range(n // 4))
     assert not list(out.rglob("*.tmp-*")) and not list((out / "_staging").glob("*"))
+    # the resumed output is a plain WebDataset: webdataset and Ray Data read every sample
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(str(out / "shard-{000000..000003}.tar"), shardshuffle=False).decode("rgb"))
+    assert sorted(x["__key__"] for x in samples) == sorted(keys) and samples[0]["input.png"].shape == (64, 64, 3)
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        rows = ray.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
+    finally:
+        ray.shutdown()
+    assert len(rows) == len(keys)
+    assert {"prompt.txt", "input.png", "refined.png", "gaussians.ply", "meta.json"} <= set(rows[0])
 
 
 def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
@@ -143,8 +139,10 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
         assert "accepted 8, rejected 0" in sub.stdout and "Failed to merge" not in sub.stdout + sub.stderr
         own = json.dumps({"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MVBOOST_USER_FLAG": "x"}})
         out2 = tmp_path / "out2"
+        # (the synthetic stage: what is checked here is how the job joins the cluster, not the chain again)
         sub2 = subprocess.run([*head, "--runtime-env-json", own, "--", sys.executable, "-m", "ray_jobs.generate",
-                               "--config", "ray_jobs/configs/generate_smoke.yaml", "--output", str(out2), "--n", "4"],
+                               "--config", "ray_jobs/configs/generate_smoke.yaml", "--output", str(out2), "--n", "4",
+                               "--set", "job.stages=[synthetic, write]", "--set", "synthetic.actor=true"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         assert sub2.returncode == 0, (sub2.stdout + sub2.stderr)[-3000:]
         assert "accepted 4, rejected 0" in sub2.stdout
@@ -172,20 +170,6 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
 ONE_GPU_SMOKE = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
 
 
-def test_production_layout_on_a_one_gpu_ray(tmp_path, tiny_cache):
-    """generate_1gpu_smoke.yaml: the production stage layout and GPU fractions (text-to-image 0.25, the
-    fused era3d+lgm+render+refine group 0.75) on a local Ray that declares 1 GPU completes the chain."""
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(ONE_GPU_SMOKE), "--output", str(out)]
-    r = subprocess.run(cmd, cwd=REPO, env=job_env(tiny_cache), capture_output=True, text=True, timeout=420)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "accepted 8, rejected 0" in r.stdout
-    assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
-    summary = json.loads((out / "summary.json").read_text())
-    assert {"era3d", "lgm", "render", "refine"} <= set(summary["stage_seconds"])
-    assert summary["gpu_seconds_busy"] > 0 and summary["gpu_seconds_held"] > 0
-
-
 def test_an_unschedulable_layout_fails_at_start_with_the_stages_named(tmp_path, tiny_cache):
     """The layout that used to sit at 0 items ("1/1 GPU, pending: 2 GPU") now stops at once, exit 2."""
     old = ["job.stages=[text_to_image, matting, era3d, lgm, render, refine, write]",
@@ -210,12 +194,12 @@ def test_a_run_waiting_for_capacity_that_never_comes_stops_with_one_line_and_a_r
     out = tmp_path / "o"
     job = ["job.stages=[synthetic, write]", "synthetic.actor=true", "synthetic.bytes=1000", "job.n=8",
            "job.progress=false"]
-    waits = [*job, "ray.check_layout=warn", "ray.no_progress_timeout_s=15", "synthetic.resources.custom={spot_gpu: 1}"]
+    waits = [*job, "ray.check_layout=warn", "ray.no_progress_timeout_s=6", "synthetic.resources.custom={spot_gpu: 1}"]
     stalled = run_job(out, tiny_cache, *(a for o in waits for a in ("--set", o)), timeout=240)
     assert stalled.returncode == 3, (stalled.stdout + stalled.stderr)[-3000:]
     assert "Traceback" not in stalled.stderr
     (line,) = [ln for ln in stalled.stderr.splitlines() if ln.startswith("error:")]
-    assert "nothing moved for 15 s" in line and "MapBatches(synthetic)" in line and "8 of 8 items not done" in line
+    assert "nothing moved for 6 s" in line and "MapBatches(synthetic)" in line and "8 of 8 items not done" in line
     r = run_job(out, tiny_cache, *(a for o in job for a in ("--set", o)))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "accepted 8, rejected 0" in r.stdout
@@ -275,14 +259,16 @@ def test_the_driver_never_receives_a_payload(tmp_path, tiny_cache):
     assert "MapBatches(synthetic)" in r.stderr + r.stdout and "MapBatches(write)" in r.stderr + r.stdout
 
 
-def test_a_worker_with_a_broken_cuda_context_is_retired_and_its_items_go_through_again(tmp_path, tiny_cache):
-    """The LGM actor's process breaks (a CUDA error on every batch from its first on) twice in a row: each broken
+def test_production_layout_on_a_one_gpu_ray_retires_a_worker_with_a_broken_cuda_context(tmp_path, tiny_cache):
+    """generate_1gpu_smoke.yaml: the production stage layout and GPU fractions (text-to-image 0.25, the fused
+    era3d+lgm+render+refine group 0.75) on a local Ray that declares 1 GPU completes the chain, also when the fused
+    worker's process breaks (a CUDA error in LGM on every batch from its first on) twice in a row: each broken
     worker hands its items back as infrastructure failures, exits before its next batch, Ray restarts it, and
     the failed items go through again. Every item is accepted, nothing is recorded as rejected."""
     out, faults = tmp_path / "out", tmp_path / "faults.txt"
     env = dict(job_env(tiny_cache), MVBOOST_FAULT_CUDA_FILE=str(faults), MVBOOST_FAULT_CUDA_TIMES="2",
                PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "fault_site"), str(REPO)]))
-    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out),
+    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(ONE_GPU_SMOKE), "--output", str(out),
            "--set", "job.progress=false"]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -294,8 +280,10 @@ def test_a_worker_with_a_broken_cuda_context_is_retired_and_its_items_go_through
     assert "accepted 8, rejected 0" in r.stdout and "infrastructure failures retried" in r.stdout, r.stdout
     assert "retrying" in r.stdout and "item(s) that failed for infrastructure reasons (round 1 of 2)" in r.stdout
     assert sorted(shard_keys(out)) == sorted(expected_keys(out, 8))
-    assert json.loads((out / "summary.json").read_text())["rejected"] == 0
-    assert (out / "rejects.jsonl").read_text() == ""
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rejected"] == 0 and (out / "rejects.jsonl").read_text() == ""
+    assert {"era3d", "lgm", "render", "refine"} <= set(summary["stage_seconds"])
+    assert summary["gpu_seconds_busy"] > 0 and summary["gpu_seconds_held"] > 0
 
 
 def test_retry_rejected_killed_and_rerun_commits_every_retried_item_exactly_once(tmp_path, tiny_cache, monkeypatch):
