@@ -19,7 +19,8 @@ last checkpoint), a line per step and progress bars. Everything comes from what 
 4. **The chain on domain-B images only**: the front views of the domain-B *training* objects, written as a folder
    of RGBA images, go through the generation job (``prompts.source: images``, stages ``[image_read, matting,
    era3d, lgm, render, refine, write]``) with the trained checkpoints resolved like any local model, once per
-   refine strength ``s``, and once without the refine stage (raw Era3D views as targets).
+   refine strength ``s``. Each sample keeps the raw Era3D views and the LGM renders beside the refined views: the
+   raw arm trains on those views (``data.target: views``) of the first strength's samples.
 5. **The arms**: LoRA boosts of the same base (the paper's recipe) on each arm's shards; the oracle arm boosts on
    ground-truth asset shards of the same domain-B objects (the ceiling). The evaluation job scores every arm
    against the base on held-out B (the boost) and held-out A (forgetting): paired differences, bootstrap 95 %.
@@ -253,15 +254,13 @@ def run_chain(out: Path, name: str, images: Path, era3d: Path, lgm: Path, size: 
     from mvboost.pipeline.job import load_job_config, run_in_process
 
     dest = out / "chain" / name
-    stages = "[image_read, matting, era3d, lgm, render, write]" if name == "raw" else \
-        "[image_read, matting, era3d, lgm, render, refine, write]"
     sets = [f"job.output={dest}", f"job.name=mechanism-{name}", "job.progress=false", "job.shard_size=16",
-            f"job.stages={stages}", f"prompts.images={images}", f"image_read.min_size={size.cond_image}",
+            "job.stages=[image_read, matting, era3d, lgm, render, refine, write]", f"prompts.images={images}",
+            f"image_read.min_size={size.cond_image}",
             f"matting.size={size.cond_image}", f"era3d.model={era3d}", f"era3d.steps={size.gen_steps}",
             f"era3d.guidance={size.guidance}", f"lgm.model={lgm}", f"render.size={size.image}",
-            f"refine.model={era3d}", f"refine.steps={size.gen_steps}", f"refine.guidance={size.guidance}"]
-    if name != "raw":
-        sets.append(f"refine.strength={float(name[1:].replace('_', '.'))}")
+            f"refine.model={era3d}", f"refine.steps={size.gen_steps}", f"refine.guidance={size.guidance}",
+            f"refine.strength={float(name[1:].replace('_', '.'))}"]
     cfg = load_job_config(REPO / "ray_jobs" / "configs" / "images_smoke.yaml", sets)
     s = run_in_process(cfg)
     log(f"chain {name}: {s.accepted} accepted ({s.skipped_already_done} of them done by an earlier run), "
@@ -269,6 +268,12 @@ def run_chain(out: Path, name: str, images: Path, era3d: Path, lgm: Path, size: 
     if s.rejected:
         log(f"chain {name}: rejects by reason: {s.rejected_by_reason}")
     return dest
+
+
+def chain_folder(out: Path, name: str, size: Size) -> Path:
+    """The chain output an arm trains on: its strength's, or for ``raw`` the first strength's (the raw views and
+    renders of a sample do not depend on the refinement that follows them)."""
+    return out / "chain" / (arm(size.strengths[0]) if name == "raw" else name)
 
 
 # ---- 6: the targets against the ground truth (Table 3) -----------------------------------------------------
@@ -294,7 +299,7 @@ def target_sets(out: Path, size: Size) -> tuple[dict, dict]:
         return (decode(fields, member) * 255).round().astype(np.uint8)
 
     gt = {k: decode_views(f, VIEW_MEMBERS["refined"]) for k, f in _samples(out / "shards" / "B").items()}
-    raw = _samples(out / "chain" / "raw")
+    raw = _samples(chain_folder(out, "raw", size))
     sets = {"raw Era3D views": {k: decode_views(f, VIEW_MEMBERS["views"]) for k, f in raw.items()},
             "LGM renders": {k: decode_views(f, VIEW_MEMBERS["renders"]) for k, f in raw.items()}}
     for s in size.strengths:
@@ -527,12 +532,12 @@ def run(out: Path, size_name: str, overrides: dict | None = None) -> dict:
     base = latest_model(base_run)
     images = image_folder(out, split, size)
     arms = arm_names(size)
-    for name in arms:
+    for name in arms[1:]:  # the raw arm's views are in every chain's samples
         run_chain(out, name, images, era3d, base, size)
     runs = {"base (A, full)": base_run}
     models = [f"base={base}"]
     for name in arms + ["oracle"]:
-        data = out / "shards" / "B" if name == "oracle" else out / "chain" / name
+        data = out / "shards" / "B" if name == "oracle" else chain_folder(out, name, size)
         extra = ["data.target=views"] if name == "raw" else []
         r = boost.train(out, f"boost-{name}", "lora", base, data, size.boost_steps, size.boost_lr, size, extra)
         runs[f"{name} (B, LoRA)"] = r

@@ -68,6 +68,23 @@ def ds_env(tmp_path_factory):
     return path
 
 
+def call_main(module: str, *args) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` run as ``<module>.main(args)`` in this process, its printed output captured: the
+    exit code and the lines a user sees, without a new interpreter's imports (for runs that start no Ray)."""
+    import contextlib
+    import importlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = importlib.import_module(module).main(argv)
+        except SystemExit as e:  # argparse's own errors
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    return subprocess.CompletedProcess([module, *argv], code, out.getvalue(), err.getvalue())
+
+
 def job_env(cache, base: dict | None = None) -> dict:
     """The environment of a job started as a subprocess: the session's model cache, the Hub offline, this checkout
     importable (Ray workers too), Ray's log de-duplication off. From ``base`` (a cluster's own environment, its

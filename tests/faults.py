@@ -1,21 +1,6 @@
 """Fault injection for the tests, installed through ``run.step_hook`` (the library has none of its own)."""
 from __future__ import annotations
 
-import os
-
-
-def worker_exits_once_after_step_3(step: int, ctx, metrics: dict) -> None:
-    """Worker 1 (worker 0 in a one-worker run) dies after step 3, once per run folder: Ray Train must
-    replace it and resume from the last checkpoint."""
-    if step != 3 or ctx.rank != min(1, ctx.world - 1):
-        return
-    fs, marker = _marker(ctx, f".injected-failure-{step}")
-    if fs.exists(marker):
-        return
-    fs.pipe(marker, b"worker killed on purpose (tests.faults)\n")
-    print(f"fault injection: worker {ctx.rank} exits at step {step}", flush=True)
-    os._exit(1)
-
 
 def record_node_and_pause_once_at_step_3(step: int, ctx, metrics: dict) -> None:
     """At step 3, once per run folder, every worker writes its Ray node id to ``.node-rank<rank>`` and waits up

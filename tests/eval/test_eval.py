@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import call_main
 from mvboost.assets.gso import surface_gaussians
 from mvboost.eval import LPIPSSet, Protocol, evaluate_object, prepare_gt
 from mvboost.eval.align import cube_rotations, similarity, yaw
@@ -168,9 +169,13 @@ def test_splits():
 
 # ---- the job -------------------------------------------------------------------------------------------
 def run_eval(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ray_jobs.evaluate", "--config",
-                           "ray_jobs/configs/evaluate_smoke.yaml",
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[2])
+    """``python -m ray_jobs.evaluate`` on the smoke config; an ``--in-process`` run (no Ray) is its main() here."""
+    root = Path(__file__).parents[2]
+    config = root / "ray_jobs" / "configs" / "evaluate_smoke.yaml"
+    if "--in-process" in args:
+        return call_main("ray_jobs.evaluate", "--config", config, *args)
+    return subprocess.run([sys.executable, "-m", "ray_jobs.evaluate", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=root)
 
 
 @pytest.fixture(scope="module")
@@ -247,12 +252,10 @@ def test_evaluation_errors_are_one_line(tmp_path):
 def test_shards_gallery_of_a_generation_run(tmp_path):
     root = Path(__file__).parents[2]
     out = tmp_path / "gen"
-    r = subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", "ray_jobs/configs/generate_smoke.yaml",
-                        "--in-process", "--output", str(out), "--set", "job.n=3", "--set", "job.shard_size=2"],
-                       capture_output=True, text=True, timeout=900, cwd=root)
+    r = call_main("ray_jobs.generate", "--config", root / "ray_jobs" / "configs" / "generate_smoke.yaml",
+                  "--in-process", "--output", out, "--set", "job.n=3", "--set", "job.shard_size=2")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "ray_jobs.report", "--shards", str(out)], capture_output=True, text=True,
-                       timeout=300, cwd=root)
+    r = call_main("ray_jobs.report", "--shards", out)
     assert r.returncode == 0, r.stderr[-2000:]
     page = (out / "gallery.html").read_text()
     accepted = json.loads((out / "summary.json").read_text())["accepted"]

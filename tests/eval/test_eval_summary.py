@@ -2,14 +2,13 @@
 scored, failures counted and imputed (never dropped), the bootstrap interval against hand-computed cases,
 the paper's column beside the right variant, the header, the report's structure, and run comparison."""
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import call_main
 from mvboost.eval.protocol import Protocol
 from mvboost.eval.summary import PAPER, bootstrap_ci, markdown, summarise
 
@@ -263,8 +262,7 @@ def test_compare_two_runs_in_one_table_and_gallery(tmp_path):
     _fake_eval_output(a, {"base": {"o1": 20.0, "o2": 22.0, "o3": 24.0}})
     _fake_eval_output(b, {"base": {"o1": 21.0, "o2": 24.0}})  # run b did not evaluate o3
     out = tmp_path / "cmp.html"
-    r = subprocess.run([sys.executable, "-m", "ray_jobs.report", "--compare", str(a), str(b), "--labels", "v1", "v2",
-                        "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = call_main("ray_jobs.report", "--compare", a, b, "--labels", "v1", "v2", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     md = (tmp_path / "cmp.md").read_text()
     assert "| PSNR (21 views) ↑ | 2 | 21.0000 | 22.5000 | +1.5000" in md  # paired over o1, o2
@@ -273,6 +271,5 @@ def test_compare_two_runs_in_one_table_and_gallery(tmp_path):
     page.feed(out.read_text())
     assert page.imgs == 5  # o1, o2 in both runs + o3 in run v1
     assert any(i.startswith("v1: ") for i in page.items) and any(i.startswith("v2: ") for i in page.items)
-    r = subprocess.run([sys.executable, "-m", "ray_jobs.report", "--compare", str(a)], capture_output=True, text=True,
-                       cwd=REPO, timeout=60)
+    r = call_main("ray_jobs.report", "--compare", a)
     assert r.returncode == 2 and r.stderr.startswith("error: --compare needs at least two")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, call_main
 from mvboost.pipeline.job import load_job_config
 from ray_jobs.cost_plan import cost_plan
 
@@ -65,12 +65,12 @@ def test_plan_warns_when_the_profile_measured_other_models():
 
 
 def test_plan_cli_errors_are_one_line(tmp_path):
-    cmd = [sys.executable, "-m", "ray_jobs.cost_plan", "--config", str(PROD), "--n", "100000"]
-    r = subprocess.run(cmd + ["--profile", str(tmp_path / "none.json")], cwd=REPO, capture_output=True, text=True)
+    cmd = ["ray_jobs.cost_plan", "--config", PROD, "--n", "100000"]
+    r = call_main(*cmd, "--profile", tmp_path / "none.json")
     assert r.returncode == 2 and r.stderr.startswith("error: cannot read the profile") and "Traceback" not in r.stderr
     good = tmp_path / "p.json"
     good.write_text(json.dumps(profile()))
-    r = subprocess.run(cmd + ["--profile", str(good), "--gpu-hour-usd", "3"], cwd=REPO, capture_output=True, text=True)
+    r = call_main(*cmd, "--profile", good, "--gpu-hour-usd", "3")
     assert r.returncode == 0, r.stderr
     assert "plan for 100,000 accepted objects" in r.stdout and "$333.33" in r.stdout
 
@@ -90,7 +90,6 @@ def test_gpu_benchmark_runs_on_tiny_models_and_its_profile_plans(tmp_path, tiny_
     unet = prof["era3d_unet"][0]
     assert unet["objects_per_call"] == 1 and unet["images_per_call"] == 24 and unet["gflop_per_call"] > 0
     assert prof["stages"]["era3d"]["gflop_per_object"] > 4 * unet["gflop_per_call"]
-    r = subprocess.run([sys.executable, "-m", "ray_jobs.cost_plan", "--config", str(REPO / "ray_jobs" / "configs" /
-                        "generate_1gpu_smoke.yaml"), "--n", "1000", "--profile", str(out)], cwd=REPO,
-                       capture_output=True, text=True)
+    r = call_main("ray_jobs.cost_plan", "--config", REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml",
+                  "--n", "1000", "--profile", out)
     assert r.returncode == 0 and "sum of stages" in r.stdout, r.stderr

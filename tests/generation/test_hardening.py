@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import REPO, SMOKE, is_loopback, listeners, run_generate
+from conftest import REPO, SMOKE, call_main, is_loopback, listeners, run_generate
 from fake_openai import HOSTILE_MODES, FakeOpenAI
 from mvboost.config import load_config
 from mvboost.prompts.filters import check_prompt, check_prompt_id
@@ -83,11 +83,10 @@ def test_request_cap_stops_and_a_rerun_resumes(tmp_path):
 
 def test_cli_exit_code_when_a_bound_stops_the_run(tmp_path):
     with FakeOpenAI(mode="garbage") as server:
-        r = subprocess.run([sys.executable, "-m", "prompts.generate", "--source", "llm", "--base-url", server.base_url,
-                            "--model", "m", "--n", "10", "--out", str(tmp_path / "b.jsonl"), "--set", "progress=false",
-                            "--set", "near_duplicates=false", "--set", f"cache_dir={tmp_path}/c",
-                            "--set", "llm.max_consecutive_failures=2", "--set", "llm.max_retries=0"],
-                           capture_output=True, text=True, timeout=120, cwd=REPO)
+        r = call_main("prompts.generate", "--source", "llm", "--base-url", server.base_url, "--model", "m",
+                      "--n", "10", "--out", tmp_path / "b.jsonl", "--set", "progress=false",
+                      "--set", "near_duplicates=false", "--set", f"cache_dir={tmp_path}/c",
+                      "--set", "llm.max_consecutive_failures=2", "--set", "llm.max_retries=0")
     assert r.returncode == 3 and "STOPPED" in r.stdout and "Traceback" not in r.stderr, r.stderr[-1000:]
 
 
@@ -98,8 +97,7 @@ def test_cli_exit_code_when_a_bound_stops_the_run(tmp_path):
 def test_prompt_cli_misuse_is_one_error_line(tmp_path, args, needle):
     """Before: a malformed base URL cost 42 s of failing requests before the failure bound stopped it."""
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "prompts.generate", *args, "--out", str(tmp_path / "b.jsonl")],
-                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    r = call_main("prompts.generate", *args, "--out", tmp_path / "b.jsonl")
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(err) == 1 and needle in err[0], r.stderr[-800:]
     assert "Traceback" not in r.stderr and time.perf_counter() - t < 30 and not (tmp_path / "b.jsonl").exists()
@@ -324,16 +322,6 @@ def test_local_ray_is_loopback_only_and_nothing_outlives_a_killed_driver(tmp_pat
                 k.kill()
             except psutil.Error:
                 pass
-
-
-def test_a_finished_output_is_recognised_without_starting_ray(tmp_path):
-    out = tmp_path / "out"
-    r = run_job("--in-process", "--output", str(out), "--n", "4")
-    assert r.returncode == 0, r.stderr[-2000:]
-    t = time.perf_counter()
-    r = run_job("--output", str(out), "--n", "4")  # the Ray executor, on a finished output
-    assert r.returncode == 0 and "accepted 4" in r.stdout, r.stderr[-2000:]
-    assert "Started a local Ray" not in r.stderr + r.stdout and time.perf_counter() - t < 60
 
 
 def test_the_reaper_kills_tagged_descendants_even_reparented_ones_and_nothing_else(tmp_path):

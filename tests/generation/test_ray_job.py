@@ -59,7 +59,7 @@ def kill_once(cmd, cache, ready, out) -> dict:
 
 def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     """kill -9 of the whole job once its first shard is committed; the same command finishes: every item in exactly
-    one shard, the committed shards untouched, and the output readable by webdataset and Ray Data."""
+    one shard, the committed shards untouched, and the output readable by webdataset."""
     out = tmp_path / "out"
     n = 16
     args = ["--n", str(n)] + [a for st in ("text_to_image", "matting", "era3d", "lgm", "render", "refine", "write")
@@ -80,20 +80,13 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     store = OutputStore(str(out))
     assert all(verified(store, s) for s in range(n // 4))
     assert not list(out.rglob("*.tmp-*")) and not list((out / "_staging").glob("*"))
-    # the resumed output is a plain WebDataset: webdataset and Ray Data read every sample
+    # the resumed output is a plain WebDataset: the webdataset package reads every sample (Ray Data's reader reads
+    # the same tar layout, written by the same code, in tests/assets/test_assets.py)
     import webdataset as wds
 
     samples = list(wds.WebDataset(str(out / "shard-{000000..000003}.tar"), shardshuffle=False).decode("rgb"))
     assert sorted(x["__key__"] for x in samples) == sorted(keys) and samples[0]["input.png"].shape == (64, 64, 3)
-    import ray
-
-    ray.init(address="local", num_cpus=1, include_dashboard=False)
-    try:
-        rows = ray.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
-    finally:
-        ray.shutdown()
-    assert len(rows) == len(keys)
-    assert {"prompt.txt", "input.png", "refined.png", "gaussians.ply", "meta.json"} <= set(rows[0])
+    assert all({"prompt.txt", "input.png", "refined.png", "gaussians.ply", "meta.json"} <= set(x) for x in samples)
 
 
 def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, call_main
 from mvboost.config import ConfigError
 from mvboost.pipeline.job import build_units, layout_units, load_job_config, run_in_process
 from mvboost.pipeline.layout import LayoutError, check_layout
@@ -13,9 +13,7 @@ GPU_RANDOM = REPO / "ray_jobs" / "configs" / "generate_gpu_random.yaml"
 
 
 def dry(out, *extra, config=GPU_RANDOM):
-    cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(config), "--output", str(out), "--dry-run",
-           *extra]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return call_main("ray_jobs.generate", "--config", config, "--output", out, "--dry-run", *extra)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_cache):
@@ -108,18 +106,22 @@ def test_streamed_commit_equals_one_tar_of_all_members(tmp_path):
     assert read_tar(data) == whole and verified(store, 0).samples == 9
 
 
-def test_a_finished_output_is_recognised_without_starting_ray(tmp_path, tiny_cache):
+def test_a_finished_output_is_recognised_without_starting_ray(tmp_path, tiny_cache, monkeypatch):
+    """A rerun on a finished output reports it and never starts (or joins) a Ray."""
+    import ray_jobs.generate as g
+
     out = tmp_path / "out"
-    base = ["--config", str(SMOKE), "--output", str(out), "--n", "4", "--set", "job.stages=[synthetic, write]",
+    base = ["--config", SMOKE, "--output", out, "--n", "4", "--set", "job.stages=[synthetic, write]",
             "--set", "synthetic.bytes=10"]
-    assert subprocess.run([sys.executable, "-m", "ray_jobs.generate", *base, "--in-process"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120).returncode == 0
-    code = ("import sys, ray_jobs.generate as g\n"
-            "g.init_ray = lambda cfg: (_ for _ in ()).throw(SystemExit('ray started'))\n"
-            f"sys.exit(g.main({base!r}))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert call_main("ray_jobs.generate", *base, "--in-process").returncode == 0
+
+    def no_ray(cfg):
+        raise AssertionError("Ray was started for a finished output")
+
+    monkeypatch.setattr(g, "init_ray", no_ray)
+    r = call_main("ray_jobs.generate", *base)  # the Ray executor, on a finished output
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "(4 were already finished before this run)" in r.stdout
+    assert "accepted 4" in r.stdout and "(4 were already finished before this run)" in r.stdout
 
 
 def test_working_dir_upload_leaves_out_venvs_outputs_and_caches(tmp_path):

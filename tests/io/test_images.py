@@ -2,15 +2,13 @@
 generation job from images with bad ones recorded as rejects that name their files."""
 import io
 import json
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, shard_keys
+from conftest import REPO, call_main, shard_keys
 from mvboost.io.images import list_images, read_image
 from mvboost.pipeline.job import load_job_config, plan_items, run_in_process
 
@@ -143,9 +141,7 @@ def test_images_from_an_s3_compatible_bucket(dataset, tmp_path, tiny_cache, moto
 
 def test_dry_run_plans_an_image_dataset_and_bad_sources_are_one_line(dataset, tmp_path, tiny_cache):
     def gen(*args):
-        return subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", str(IMAGES_SMOKE),
-                               "--output", str(tmp_path / "o"), *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+        return call_main("ray_jobs.generate", "--config", IMAGES_SMOKE, "--output", tmp_path / "o", *args)
 
     r = gen("--images", str(dataset), "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]

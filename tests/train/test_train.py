@@ -257,30 +257,27 @@ def adapters(run_dir):
 
 
 @pytest.mark.ray
-def test_ray_train_two_workers_zero2_resume_and_worker_loss(smoke_shards, tmp_path, ds_env):
-    """Two Ray Train workers with DeepSpeed ZeRO-2 on the embedded Ray; worker 1 dies once after step 3: Ray Train
-    replaces it and the group resumes from the step-2 checkpoint to step 4. (A second launch of the same run
-    continuing from its last checkpoint is checked in process, in the full-parameter test; the same restart across
-    a lost node, against an uninterrupted run, in tests/generation/test_multinode.py.)"""
+def test_ray_train_two_workers_zero2_on_the_embedded_ray(smoke_shards, tmp_path, ds_env):
+    """Two Ray Train workers with DeepSpeed ZeRO-2 on the embedded Ray, as a user's first launch runs. (Losing a
+    worker and resuming from the last checkpoint, against an uninterrupted run, is tests/generation/test_multinode.py's
+    node-loss test; a second launch of the same run continuing from its checkpoint is checked in process, in the
+    full-parameter test.)"""
     bound = set()
     ckpt_dirs_before = set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*"))
-    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=4",
-                   "--set", "run.step_hook=tests.faults:worker_exits_once_after_step_3", listening=bound)
+    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=4", listening=bound)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     # the local run is reachable from nowhere: no listener (Ray's, torch's process group, gloo's) off loopback;
     # before, torch's rendezvous TCPStore on rank 0 listened on `::`
     assert any("RayTrainWorker" in name for _, _, name in bound), bound
     assert not [b for b in bound if not is_loopback(b[0])], bound
-    assert "trainable parameters" in r.stdout
-    assert "fault injection: worker 1 exits at step 3" in r.stdout and "resumed from step 2" in r.stdout
-    assert "done: step 4" in r.stdout
+    assert "trainable parameters" in r.stdout and "done: step 4" in r.stdout
     run_dir = tmp_path / "runs" / "lora-smoke"
     # the driver's progress bar follows rank 0's progress.json to the last step
     assert "training steps: 100%" in r.stderr.replace("\r", "\n"), r.stderr[-2000:]
     assert json.loads((run_dir / "progress.json").read_text())["step"] == 4
     saved = adapters(run_dir)
     assert sorted(saved) == [2, 4] and all(v.numel() > 0 for a in saved.values() for v in a.values())
-    assert any(not torch.equal(saved[2][k], v) for k, v in saved[4].items())  # steps 3-4 trained on from step 2
+    assert any(not torch.equal(saved[2][k], v) for k, v in saved[4].items())  # steps 3-4 trained on
     # checkpoints are uploaded asynchronously on this Ray (run.checkpoint_upload: async) and no local copy is left
     from train.launch import upload_args
 
