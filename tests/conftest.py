@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,40 @@ def watch_listeners(proc, seen: set, interval: float = 0.3):
             pass
         time.sleep(interval)
     return proc.returncode
+
+
+def run_launch(shards, tmp_path, *extra, timeout=900, listening: set | None = None):
+    """Run train.launch on the embedded Ray; ``listening`` collects its processes' TCP listeners."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "train.launch", "--config", str(TRAIN_SMOKE), "--data", str(shards),
+           "--output", str(tmp_path / "runs"), *extra]
+    if listening is None:
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+        try:
+            code = watch_listeners(proc, listening)
+        finally:
+            proc.kill()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+
+
+@pytest.fixture(scope="session")
+def embedded_lora_run(smoke_shards, ds_env, tmp_path_factory):
+    """One launch of train/configs/lora_smoke.yaml (2 workers, ZeRO-2, 4 steps, checkpoints at 2 and 4) on the
+    embedded Ray, its processes' TCP listeners watched: what the embedded-launch test checks, and the uninterrupted
+    run the node-loss test compares its resumed run with."""
+    import tempfile
+    from types import SimpleNamespace
+
+    out = tmp_path_factory.mktemp("lora-run")
+    before = set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*"))
+    bound: set = set()
+    r = run_launch(smoke_shards, out, "--set", "train.steps=4", listening=bound)
+    return SimpleNamespace(result=r, bound=bound, run_dir=out / "runs" / "lora-smoke", ckpt_dirs_before=before)
 
 
 def verified(store, shard: int):

@@ -1,15 +1,12 @@
 """LoRA boosting: LPIPS with real weights, LoRA counts, the DeepSpeed loop in-process and on Ray Train."""
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, TRAIN_SMOKE, is_loopback, watch_listeners
+from conftest import TRAIN_SMOKE, is_loopback
 
 
 def test_lpips_uses_real_imagenet_weights():
@@ -226,25 +223,6 @@ def test_full_parameter_training_resumes_and_its_checkpoint_is_a_plain_lgm(smoke
         build_model(local_cfg(smoke_shards, tmp_path, "lora.mode=half"), "cpu")
 
 
-def run_launch(shards, tmp_path, *extra, timeout=900, listening: set | None = None):
-    """Run train.launch on the embedded Ray; ``listening`` collects its processes' TCP listeners."""
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "train.launch", "--config", str(TRAIN_SMOKE), "--data", str(shards),
-           "--output", str(tmp_path / "runs"), *extra]
-    if listening is None:
-        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
-        try:
-            code = watch_listeners(proc, listening)
-        finally:
-            proc.kill()
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
-
-
 def adapters(run_dir):
     from safetensors.torch import load_file
 
@@ -257,21 +235,18 @@ def adapters(run_dir):
 
 
 @pytest.mark.ray
-def test_ray_train_two_workers_zero2_on_the_embedded_ray(smoke_shards, tmp_path, ds_env):
-    """Two Ray Train workers with DeepSpeed ZeRO-2 on the embedded Ray, as a user's first launch runs. (Losing a
-    worker and resuming from the last checkpoint, against an uninterrupted run, is tests/generation/test_multinode.py's
-    node-loss test; a second launch of the same run continuing from its checkpoint is checked in process, in the
-    full-parameter test.)"""
-    bound = set()
-    ckpt_dirs_before = set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*"))
-    r = run_launch(smoke_shards, tmp_path, "--set", "train.steps=4", listening=bound)
+def test_ray_train_two_workers_zero2_on_the_embedded_ray(embedded_lora_run):
+    """Two Ray Train workers with DeepSpeed ZeRO-2 on the embedded Ray, as a user's first launch runs (the session's
+    run, conftest.embedded_lora_run). (Losing a worker and resuming from the last checkpoint, compared with this
+    uninterrupted run, is tests/generation/test_multinode.py's node-loss test; a second launch of the same run
+    continuing from its checkpoint is checked in process, in the full-parameter test.)"""
+    r, bound, run_dir = embedded_lora_run.result, embedded_lora_run.bound, embedded_lora_run.run_dir
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     # the local run is reachable from nowhere: no listener (Ray's, torch's process group, gloo's) off loopback;
     # before, torch's rendezvous TCPStore on rank 0 listened on `::`
     assert any("RayTrainWorker" in name for _, _, name in bound), bound
     assert not [b for b in bound if not is_loopback(b[0])], bound
     assert "trainable parameters" in r.stdout and "done: step 4" in r.stdout
-    run_dir = tmp_path / "runs" / "lora-smoke"
     # the driver's progress bar follows rank 0's progress.json to the last step
     assert "training steps: 100%" in r.stderr.replace("\r", "\n"), r.stderr[-2000:]
     assert json.loads((run_dir / "progress.json").read_text())["step"] == 4
@@ -282,7 +257,7 @@ def test_ray_train_two_workers_zero2_on_the_embedded_ray(smoke_shards, tmp_path,
     from train.launch import upload_args
 
     assert upload_args("async")["checkpoint_upload_mode"].name == "ASYNC" and upload_args("sync") == {}
-    assert set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*")) <= ckpt_dirs_before
+    assert set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*")) <= embedded_lora_run.ckpt_dirs_before
 
 
 def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_shards, tmp_path, ds_env):
