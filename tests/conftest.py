@@ -230,7 +230,6 @@ def embedded_lora_run(smoke_shards, ds_env, tmp_path_factory):
     """One launch of train/configs/lora_smoke.yaml (2 workers, ZeRO-2, 4 steps, checkpoints at 2 and 4) on the
     embedded Ray, its processes' TCP listeners watched: what the embedded-launch test checks, and the uninterrupted
     run the node-loss test compares its resumed run with."""
-    import tempfile
     from types import SimpleNamespace
 
     out = tmp_path_factory.mktemp("lora-run")
