@@ -80,7 +80,7 @@ SIZES = {
                  base_steps=2000, boost_steps=800, batch=4, base_lr=2e-3, boost_lr=2e-3, lora_rank=16,
                  eval_resolution=48),
     "ci": Size(per_domain=24, held_out=8, image=32, cond_image=96, yaws=2, vae_steps=150, vae_batch=16,
-               unet_steps=500, era3d_batch=2, gen_steps=10, guidance=2.0, strengths=(0.95,), base_steps=150,
+               unet_steps=300, era3d_batch=2, gen_steps=10, guidance=2.0, strengths=(0.95,), base_steps=150,
                boost_steps=80, batch=4, base_lr=2e-3, boost_lr=2e-3, lora_rank=16, eval_resolution=48, bootstrap=1000),
 }
 #: MVBoost (arXiv 2411.17772) Tables 3 and 4, PSNR (dB): the original views vs refined at s = 0.95
