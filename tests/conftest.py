@@ -239,6 +239,20 @@ def embedded_lora_run(smoke_shards, ds_env, tmp_path_factory):
     return SimpleNamespace(result=r, bound=bound, run_dir=out / "runs" / "lora-smoke", ckpt_dirs_before=before)
 
 
+def adapters(run_dir) -> dict:
+    """step -> the LoRA adapter's tensors, for every checkpoint of a training run folder that holds one."""
+    import json
+
+    from safetensors.torch import load_file
+
+    out = {}
+    for c in sorted(Path(run_dir).glob("checkpoint_*")):
+        f = c / "adapter" / "adapter_model.safetensors"
+        if f.is_file():
+            out[json.loads((c / "train_state.json").read_text())["step"]] = load_file(str(f))
+    return out
+
+
 def verified(store, shard: int):
     """The manifest of a committed shard of ``store`` after checking the tar against it (size, sha256,
     keys) with the library's one verifier; an AssertionError names the reason."""

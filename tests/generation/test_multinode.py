@@ -1,7 +1,7 @@
 """The jobs on a real multi-node Ray: a head without GPUs and three GPU worker nodes, each its own raylet and
 object store, on loopback with token authentication (``ray_jobs.local_cluster``); shared output on a local S3
-(moto's server). Generation across nodes equals a single-node run sample for sample; a GPU node killed mid-run
-loses nothing; training survives the loss of one of its two nodes."""
+(moto's server). Generation across nodes with a GPU node killed mid-run loses nothing and equals a single-node run
+sample for sample; training survives the loss of one of its two nodes."""
 import json
 import os
 import subprocess
@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, job_env, verified
+from conftest import REPO, adapters, job_env, verified
 
 pytestmark = pytest.mark.ray
 
@@ -99,49 +99,28 @@ def assert_every_item_once(proc, log: str, out: str, opts: dict, config, n: int,
     assert [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p] == []
 
 
-def test_multinode_generation_to_s3_equals_a_single_node_run(cluster, moto_s3, tiny_cache, tmp_path):
-    """The production layout across three GPU nodes, commits as Ray tasks anywhere, shards on S3: equal, key for
-    key, member for member, byte for byte (timings aside) to the same plan run in one process."""
+def test_node_loss_during_generation_loses_nothing_and_equals_a_single_node_run(cluster, moto_s3, tiny_cache,
+                                                                              tmp_path):
+    """The production layout across three GPU nodes, commits as Ray tasks anywhere, shards on S3. A GPU node is
+    SIGKILLed (raylet and workers) once the first shard is committed: the job finishes on the two nodes left (Ray
+    Data restarts the lost actors elsewhere and re-runs their tasks; a commit task lost with its node is retried,
+    and a commit is idempotent), every planned item accepted exactly once, every manifest valid, nothing staged left
+    visible; and the output equals, key for key, member for member, byte for byte (timings aside), the same plan
+    run in one process: an item run again on another node after the loss is the same item. A replacement node
+    joins for the next test."""
+    import fsspec
+
     from mvboost.pipeline.job import load_job_config, run_in_process
 
     # one item per model call on both sides: an item's output does not depend on the other items of its batch
     # (checked in tests/models/test_era3d.py), but the batch size changes CPU float rounding (~2e-6), which the tiny
     # random UNet amplifies over its steps; so the comparison holds the batch size, and the torch threads, equal
-    one = ["text_to_image.resources.batch_size=1", "era3d.resources.batch_size=1", "job.n=4", "job.shard_size=2"]
-    r = subprocess.run(generate_cmd("s3://bkt/multi", moto_s3, *[a for o in one for a in ("--set", o)]), cwd=REPO,
-                       env=job_env(tiny_cache, cluster.env), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "accepted 4, rejected 0" in r.stdout
-    cfg = load_job_config(CONFIG, [f"job.output={tmp_path / 'single'}", "job.progress=false", *one])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what each Ray worker uses (one thread per reserved CPU, at least one)
-    try:
-        assert run_in_process(cfg).accepted == 4
-    finally:
-        torch.set_num_threads(threads)
-    multi, single = samples("s3://bkt/multi", moto_s3), samples(str(tmp_path / "single"), {})
-    assert sorted(multi) == sorted(single) and len(multi) == 4
-    for key in single:
-        assert multi[key].keys() == single[key].keys()
-        for member in single[key]:
-            assert multi[key][member] == single[key][member], f"{key}.{member} differs"
-    store = store_of("s3://bkt/multi", moto_s3)
-    assert all(verified(store, s) for s in range(2))
-
-
-def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache):
-    """A GPU node SIGKILLed (raylet and workers) once the first shard is committed: the job finishes on the two
-    nodes left (Ray Data restarts the lost actors elsewhere and re-runs their tasks; a commit task lost with its
-    node is retried, and a commit is idempotent), every planned item accepted exactly once, every manifest valid,
-    nothing staged left visible. A replacement node joins for the next test."""
-    import fsspec
-
-    out, n = "s3://bkt/loss", 8
-    batches = [a for st in ("text_to_image", "matting", "era3d", "write") for a in
-               ("--set", f"{st}.resources.batch_size=2")]
-    proc = subprocess.Popen(generate_cmd(out, moto_s3, "--n", str(n), "--set", "job.shard_size=2", *batches),
-                            cwd=REPO, env=job_env(tiny_cache, cluster.env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    out, n = "s3://bkt/loss", 6
+    one = ["text_to_image.resources.batch_size=1", "era3d.resources.batch_size=1", "matting.resources.batch_size=2",
+           "write.resources.batch_size=2", f"job.n={n}", "job.shard_size=2"]
+    proc = subprocess.Popen(generate_cmd(out, moto_s3, *[a for o in one for a in ("--set", o)]), cwd=REPO,
+                            env=job_env(tiny_cache, cluster.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     fs, root = fsspec.core.url_to_fs(out, **moto_s3)
     victim = cluster.workers[0]
     try:
@@ -153,6 +132,19 @@ def test_node_loss_during_generation_loses_nothing(cluster, moto_s3, tiny_cache)
             proc.kill()
         cluster.add()  # the replacement, as an autoscaler would bring one
     assert_every_item_once(proc, log, out, moto_s3, CONFIG, n, 2)
+    cfg = load_job_config(CONFIG, [f"job.output={tmp_path / 'single'}", "job.progress=false", *one])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each Ray worker uses (one thread per reserved CPU, at least one)
+    try:
+        assert run_in_process(cfg).accepted == n
+    finally:
+        torch.set_num_threads(threads)
+    multi, single = samples(out, moto_s3), samples(str(tmp_path / "single"), {})
+    assert sorted(multi) == sorted(single) and len(multi) == n
+    for key in single:
+        assert multi[key].keys() == single[key].keys()
+        for member in single[key]:
+            assert multi[key][member] == single[key][member], f"{key}.{member} differs"
 
 
 def train(cluster, cache, shards, opts, out, *extra, wait=True):
@@ -203,8 +195,6 @@ def test_node_loss_during_training_resumes_on_the_remaining_nodes(cluster, moto_
     assert "resumed from step 2" in log and "done: step 4" in log and "checkpoint s3://bkt/runs/lost/" in log
     r = embedded_lora_run.result
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    from test_train import adapters
-
     fs.invalidate_cache()
     fs.get("bkt/runs/lost/", str(tmp_path / "lost"), recursive=True)
     a, b = adapters(tmp_path / "lost"), adapters(embedded_lora_run.run_dir)

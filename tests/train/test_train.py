@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TRAIN_SMOKE, is_loopback
+from conftest import TRAIN_SMOKE, adapters, is_loopback
 
 
 def test_lpips_uses_real_imagenet_weights():
@@ -221,17 +221,6 @@ def test_full_parameter_training_resumes_and_its_checkpoint_is_a_plain_lgm(smoke
         from mvboost.train.loop import build_model
 
         build_model(local_cfg(smoke_shards, tmp_path, "lora.mode=half"), "cpu")
-
-
-def adapters(run_dir):
-    from safetensors.torch import load_file
-
-    out = {}
-    for c in sorted(Path(run_dir).glob("checkpoint_*")):
-        f = c / "adapter" / "adapter_model.safetensors"
-        if f.is_file():
-            out[json.loads((c / "train_state.json").read_text())["step"]] = load_file(str(f))
-    return out
 
 
 @pytest.mark.ray
