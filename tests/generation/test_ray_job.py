@@ -8,7 +8,18 @@ import time
 
 import pytest
 
-from conftest import REPO, SMOKE, free_port, job_env, ray_start_head, run_generate, shard_keys, tagged_env, verified
+from conftest import (
+    REPO,
+    SMOKE,
+    call_main,
+    free_port,
+    job_env,
+    ray_start_head,
+    run_generate,
+    shard_keys,
+    tagged_env,
+    verified,
+)
 from ray_jobs.reaper import reap
 
 pytestmark = pytest.mark.ray
@@ -25,17 +36,22 @@ def expected_keys(out, n):
 
 
 def test_bad_config_and_missing_model_fail_at_start(tmp_path, tiny_cache):
+    """The command itself (a new interpreter: the exit code and the line a user sees), then the same ``main`` in
+    this process for the other refusals (conftest.call_main: the same code and printed lines); none starts Ray."""
     r = run_job(tmp_path / "o1", tiny_cache, "--set", "matting.treshold=3")
-    assert r.returncode == 2 and "unknown config key(s) matting.treshold" in r.stderr
-    r = run_job(tmp_path / "o2", tiny_cache, "--set", "text_to_image.model=nobody/no-such-model",
-                "--set", "text_to_image.revision=v1.0")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "unknown config key(s) matting.treshold" in r.stderr and "Traceback" not in r.stderr
+    r = call_main("ray_jobs.generate", "--config", SMOKE, "--output", tmp_path / "o2",
+                  "--set", "text_to_image.model=nobody/no-such-model", "--set", "text_to_image.revision=v1.0")
+    assert r.returncode == 2
     assert ("error: text_to_image: model 'nobody/no-such-model' at revision 'v1.0' is not in the local Hugging Face "
             "cache") in r.stderr and "`hf download nobody/no-such-model --revision v1.0`" in r.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
-    r = run_job(blocker / "out", tiny_cache)
+    r = call_main("ray_jobs.generate", "--config", SMOKE, "--output", blocker / "out")
     assert r.returncode == 2 and "is not writable" in r.stderr
+    import ray
+
+    assert not ray.is_initialized()
 
 
 def kill_once(cmd, cache, ready, out) -> dict:
@@ -58,21 +74,25 @@ def kill_once(cmd, cache, ready, out) -> dict:
 
 
 def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
-    """kill -9 of the whole job once its first shard is committed; the same command finishes: every item in exactly
-    one shard, the committed shards untouched, and the output readable by webdataset."""
+    """kill -9 of the whole job (driver, its local Ray, every worker) once its first shard is committed; the same
+    command finishes: every item in exactly one shard, the committed shards untouched, nothing staged left. The
+    items go through the synthetic stage (a second of work per item: the job is still running when its first shard
+    is committed); the chain's stages under a kill are in the retry-round test below, the chain's output read by
+    webdataset in tests/generation/test_job.py."""
     out = tmp_path / "out"
     n = 16
-    args = ["--n", str(n)] + [a for st in ("text_to_image", "matting", "era3d", "lgm", "render", "refine", "write")
-                              for a in ("--set", f"{st}.resources.batch_size=2")]
+    args = ["--n", str(n)] + [a for kv in ("job.stages=[synthetic, write]", "synthetic.seconds=1.0",
+                                           "synthetic.bytes=1000", "synthetic.resources.batch_size=2",
+                                           "write.resources.batch_size=2") for a in ("--set", kv)]
     cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out), *args]
     committed = kill_once(cmd, tiny_cache, lambda: list(out.glob("shard-*.json")), out)
     assert 0 < len(committed) < n // 4
     r = run_job(out, tiny_cache, *args)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"accepted {n}, rejected 0" in r.stdout, r.stdout[-2000:]
     keys = shard_keys(out)
-    rejects = [json.loads(x)["key"] for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(keys) == len(set(keys))  # no duplicate key anywhere
-    assert sorted(keys) == sorted(set(expected_keys(out, n)) - set(rejects))
+    assert sorted(keys) == sorted(expected_keys(out, n))
     for name, (mtime, data) in committed.items():  # finished shards were not rewritten
         assert (out / name).stat().st_mtime_ns == mtime and (out / name).read_bytes() == data
     from mvboost.io.shards import OutputStore
@@ -80,21 +100,16 @@ def test_kill_and_resume_exactly_once(tmp_path, tiny_cache):
     store = OutputStore(str(out))
     assert all(verified(store, s) for s in range(n // 4))
     assert not list(out.rglob("*.tmp-*")) and not list((out / "_staging").glob("*"))
-    # the resumed output is a plain WebDataset: the webdataset package reads every sample (Ray Data's reader reads
-    # the same tar layout, written by the same code, in tests/assets/test_assets.py)
-    import webdataset as wds
-
-    samples = list(wds.WebDataset(str(out / "shard-{000000..000003}.tar"), shardshuffle=False).decode("rgb"))
-    assert sorted(x["__key__"] for x in samples) == sorted(keys) and samples[0]["input.png"].shape == (64, 64, 3)
-    assert all({"prompt.txt", "input.png", "refined.png", "gaussians.ply", "meta.json"} <= set(x) for x in samples)
 
 
-def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
+def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache, smoke_shards):
     """The cluster configs' security as a user meets it: a head started with RAY_AUTH_MODE=token refuses the
     job-submission API without the token (plain HTTP and `ray job submit` with a wrong token) and runs the
     job submitted with it — with the runtime env of cluster/rayjob.yaml (Ray refused to merge it with ours
-    before), then with a runtime env of the job's own whose env vars clash with ours (the job's win, one line
-    says so) and add a new one; the training job submitted the same way trains on the first job's shards."""
+    before); the training job, submitted with a runtime env of its own whose env vars clash with ours (the job's
+    win, one line says so) and add a new one, trains on the smoke chain's shards. (The generation job runs the
+    synthetic stage: what is checked here is how jobs join the cluster; every CLI joins through one function,
+    ``ray_jobs.local_ray.connect``.)"""
     import secrets
     import urllib.error
     import urllib.request
@@ -117,7 +132,8 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
     rayjob_env.write_text(yaml.safe_load((REPO / "cluster" / "rayjob.yaml").read_text())["spec"]["runtimeEnvYAML"])
     head = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", str(REPO)]
     submit = [*head, "--runtime-env", str(rayjob_env), "--", sys.executable, "-m", "ray_jobs.generate",
-              "--config", "ray_jobs/configs/generate_smoke.yaml", "--output", str(out)]
+              "--config", "ray_jobs/configs/generate_smoke.yaml", "--output", str(out),
+              "--set", "job.stages=[synthetic, write]", "--set", "synthetic.bytes=1000"]
     try:
         with pytest.raises(urllib.error.HTTPError) as refused:  # no token: the jobs API answers 401/403
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs/", timeout=30)
@@ -131,23 +147,15 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache):
         assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
         assert "accepted 8, rejected 0" in sub.stdout and "Failed to merge" not in sub.stdout + sub.stderr
         own = json.dumps({"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MVBOOST_USER_FLAG": "x"}})
-        out2 = tmp_path / "out2"
-        # (the synthetic stage: what is checked here is how the job joins the cluster, not the chain again)
-        sub2 = subprocess.run([*head, "--runtime-env-json", own, "--", sys.executable, "-m", "ray_jobs.generate",
-                               "--config", "ray_jobs/configs/generate_smoke.yaml", "--output", str(out2), "--n", "4",
-                               "--set", "job.stages=[synthetic, write]", "--set", "synthetic.actor=true"],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-        assert sub2.returncode == 0, (sub2.stdout + sub2.stderr)[-3000:]
-        assert "accepted 4, rejected 0" in sub2.stdout
-        said = [ln for ln in sub2.stdout.splitlines() if "runtime env: the job's own values win for" in ln]
-        assert len(said) == 1 and "PYTHONPATH" in said[0] and "HF_HUB_OFFLINE" not in said[0], sub2.stdout[-2000:]
         train = subprocess.run([*head, "--runtime-env-json", own, "--", sys.executable, "-m", "train.launch",
-                                "--config", "train/configs/lora_smoke.yaml", "--data", str(out), "--output",
+                                "--config", "train/configs/lora_smoke.yaml", "--data", str(smoke_shards), "--output",
                                 str(tmp_path / "runs"), "--set", "train.steps=2", "--set", "run.num_workers=1",
                                 "--set", "train.lambda_lpips=0"],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         assert train.returncode == 0 and "Failed to merge" not in train.stdout + train.stderr, \
             (train.stdout + train.stderr)[-3000:]
+        said = [ln for ln in train.stdout.splitlines() if "runtime env: the job's own values win for" in ln]
+        assert len(said) == 1 and "PYTHONPATH" in said[0] and "HF_HUB_OFFLINE" not in said[0], train.stdout[-2000:]
         assert list((tmp_path / "runs").rglob("adapter_model.safetensors")), train.stdout[-2000:]
         # the evaluation job refuses a relative output in Ray's copy of the working directory, as the others do
         rel = subprocess.run([*head, "--", sys.executable, "-m", "ray_jobs.evaluate", "--config",
