@@ -143,7 +143,8 @@ def test_loss_falls_overfitting_one_batch_and_adapter_roundtrip(smoke_shards, tm
 
     # one sample repeated: the stream has a single shard holding 4 samples; micro-batch 4 = the same batch
     cfg = local_cfg(smoke_shards, tmp_path, "train.steps=8", "train.checkpoint_every=8",
-                    "deepspeed.micro_batch=4", "optim.lr=0.01", "train.lambda_lpips=0.1")
+                    "deepspeed.micro_batch=4", "optim.lr=0.01", "train.lambda_lpips=0.1",
+                    "train.lpips_net=alex")  # (VGG, the default: the launches of lora_smoke.yaml)
     local = LocalContext(cfg)
     train_loop(cfg, local.ctx)
     losses = [h["loss"] for h in local.history]
