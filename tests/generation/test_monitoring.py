@@ -180,7 +180,7 @@ def prometheus(tmp_path):
 
 def test_a_real_prometheus_sees_the_exact_counts_of_a_local_run_and_every_panel_has_data(tmp_path, tiny_cache,
                                                                                      prometheus):
-    """The smoke chain, 24 items, with --metrics-port: the final counters Prometheus stored equal the job's
+    """The smoke chain, 16 items, with --metrics-port: the final counters Prometheus stored equal the job's
     summary, the job filter lists this job, and every dashboard expression returns data over the run."""
     out, port = tmp_path / "out", free_port()
     env = dict(os.environ, MVBOOST_CACHE=str(tiny_cache), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
@@ -188,14 +188,14 @@ def test_a_real_prometheus_sees_the_exact_counts_of_a_local_run_and_every_panel_
     env.pop("RAY_ADDRESS", None)
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "ray_jobs.generate", "--config", str(SMOKE), "--output", str(out),
-                        "--n", "24", "--metrics-port", str(port), "--set", "job.progress=false"],
+                        "--n", "16", "--metrics-port", str(port), "--set", "job.progress=false"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     t1 = time.time()
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"metrics: http://127.0.0.1:{port}/metrics (Prometheus service discovery: " in r.stdout
     assert "final counts" not in r.stderr  # no warning: the final export and the final scrape both happened
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["requested"] == 24
+    assert summary["requested"] == 16
     jobs = prometheus_query(prometheus, "label/JobId/values")
     assert len(jobs) >= 1
     job = jobs[-1]
