@@ -1,4 +1,4 @@
-"""A batch of 3D Gaussians and PLY I/O in the standard 3DGS layout (spec models.md §1.5)."""
+"""A batch of 3D Gaussians and PLY I/O in the standard 3DGS layout (docs/models.md, LGM)."""
 from __future__ import annotations
 
 import io

@@ -22,7 +22,7 @@ def spec_dir() -> Path:
 
 
 def read_key_list(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """key -> (shape, marker) from the spec's state-dict lists."""
+    """key -> (shape, marker) from the official checkpoints' state-dict key lists (tests/data/state_dicts)."""
     out = {}
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):

@@ -1,6 +1,6 @@
 """Cameras in LGM's conventions, with explicit conversions.
 
-Conventions (spec models.md §1.2, §1.5, §2.4):
+Conventions (docs/models.md, the LGM and Era3D sections):
 
 * World: OpenGL style, +Y up, the front camera sits on +Z.
 * Poses are camera-to-world 4x4 matrices in the OpenGL camera convention
@@ -32,7 +32,7 @@ ERA3D_AZIMUTHS = (0.0, 45.0, 90.0, 180.0, 270.0, 315.0)
 #: Era3D views that feed LGM's four inputs (front, right, back, left), in LGM's order.
 ERA3D_TO_LGM_VIEWS = (0, 2, 3, 4)
 #: World extent spanned by an orthographic Era3D view when rendering LGM Gaussians:
-#: 2 * 1.5 * tan(49.1 deg / 2) = 1.370 (spec §2.4; a design decision of this project).
+#: 2 * 1.5 * tan(49.1 deg / 2) = 1.370 (docs/models.md, Era3D; a design decision of this project).
 ERA3D_ORTHO_WORLD_WIDTH = 2.0 * LGM_CAM_RADIUS * math.tan(math.radians(LGM_FOVY_DEG) / 2.0)
 #: Distance of the orthographic cameras from the origin. It does not change the image,
 #: only near-plane culling; 4.0 keeps the whole [-1, 1]^3 cube in front of the camera.

@@ -1,4 +1,4 @@
-"""Era3D multi-view UNet, our implementation on diffusers building blocks (spec models.md §2.2).
+"""Era3D multi-view UNet, our implementation on diffusers building blocks (docs/models.md, Era3D).
 
 What differs from diffusers' ``UNet2DConditionModel`` (everything else is the stock SD2.1 UNet, built
 by diffusers itself so the stock key names apply):
@@ -39,7 +39,7 @@ IGNORED_CONFIG_KEYS = {"decay", "inv_gamma", "min_decay", "optimization_step", "
                        "use_ema_warmup", "_class_name", "_diffusers_version", "_name_or_path",
                        "sparse_mv_attention", "addition_channels", "addition_downsample", "use_dino",
                        "center_input_sample", "only_cross_attention", "dual_cross_attention", "num_class_embeds"}
-#: the official ``unet/config.json`` of pengHTYX/MacLab-Era3D-512-6view minus EMA bookkeeping (spec §2.1);
+#: the official ``unet/config.json`` of pengHTYX/MacLab-Era3D-512-6view minus EMA bookkeeping (docs/models.md);
 #: the -ortho checkpoint differs only in ``regress_elevation = regress_focal_length = False``
 OFFICIAL_UNET_CONFIG = {
     "_class_name": ERA3D_UNET_CLASS, "sample_size": 64, "in_channels": 8, "out_channels": 4,

@@ -5,7 +5,7 @@ Loads a folder in the official layout (``model_index.json`` + ``unet/``, ``vae/`
 ``image_normalizer/``) with the standard diffusers/transformers classes, and the UNet into our own
 :class:`~mvboost.models.era3d.Era3DUNet`. Nothing named by the checkpoint is imported or executed.
 Schedulers come from the checkpoint's own configs (v-prediction, linear betas for the official one).
-See spec models.md §2.3-2.7.
+See docs/models.md (Era3D, the refinement).
 """
 from __future__ import annotations
 
@@ -323,7 +323,7 @@ MODEL_INDEX = {"_class_name": "StableUnCLIPImg2ImgPipeline", "_diffusers_version
 
 def write_era3d_folder(folder: Path, unet_config: dict, unet: Era3DUNet, vae, image_encoder, text_encoder, tokenizer,
                        clip_image_size: int, dtype: torch.dtype | None = None, normalizer=None) -> None:
-    """Save Era3D components exactly like the official checkpoint folder (spec models.md §2.1):
+    """Save Era3D components exactly like the official checkpoint folder (docs/models.md, Era3D):
     ``model_index.json``, ``unet/{config.json, diffusion_pytorch_model.safetensors}`` and the standard
     diffusers/transformers sub-folders, with the checkpoint's scheduler and processor settings."""
     from diffusers import DDIMScheduler, DDPMScheduler

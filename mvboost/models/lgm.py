@@ -4,7 +4,7 @@ Attribute names follow the official checkpoint's state-dict keys (``unet.…``, 
 ``model_fp16_fixrot.safetensors`` loads with ``strict=True``. Differences from the official code:
 the number of views is a parameter (4 by default), attention uses PyTorch SDPA (no xformers), and
 the model returns the activated Gaussians only (rendering lives in :mod:`mvboost.render`).
-See spec models.md §1.1-1.4.
+See docs/models.md (LGM).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class LGMConfig:
     num_heads: int = 16
     norm_groups: int = 32
     fovy: float = LGM_FOVY_DEG
-    legacy_rotation_norm: bool = False  # only to reproduce the pre-fixrot checkpoint (spec §1.4)
+    legacy_rotation_norm: bool = False  # only to reproduce the pre-fixrot checkpoint (docs/models.md, LGM)
 
     PRESETS = ("big", "small", "tiny")
 
@@ -233,7 +233,7 @@ class UNet(nn.Module):
 
 
 def activate_gaussians(raw: torch.Tensor, legacy_rotation_norm: bool = False) -> torch.Tensor:
-    """Apply the official activations to raw [B, N, 14] head outputs (spec §1.4)."""
+    """Apply the official activations to raw [B, N, 14] head outputs (docs/models.md, LGM)."""
     pos = raw[..., 0:3].clamp(-1, 1)
     opacity = torch.sigmoid(raw[..., 3:4])
     scale = 0.1 * F.softplus(raw[..., 4:7])

@@ -29,7 +29,7 @@ ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
 EPS2D = 0.3
-NEAR_PLANE = 0.2  # LGM's rasterizer culls camera-space depth <= 0.2 (spec §1.5)
+NEAR_PLANE = 0.2  # LGM's rasterizer culls camera-space depth <= 0.2 (docs/models.md, LGM)
 FAR_PLANE = 1e10
 
 

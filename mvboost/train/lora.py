@@ -1,4 +1,4 @@
-"""peft LoRA on LGM's cross-view self-attention (spec §1.8): the 16 ``attns.*.attn.qkv`` (+ ``proj``)."""
+"""peft LoRA on LGM's cross-view self-attention (docs/models.md, LGM): the 16 ``attns.*.attn.qkv`` (+ ``proj``)."""
 from __future__ import annotations
 
 import torch

@@ -60,7 +60,7 @@ def test_ground_truth_scored_against_itself_is_perfect(gso, lpips):
     geo = chamfer_fscore(gt.points, gt.points)
     assert geo["cd"] == 0 and geo["f@0.05"] == 1
     assert len(gt.rgb) == 21 and gt.alpha[FAST.input_index()].mean() > 0.2
-    # the noise floor: two samplings of the same surface (6,000 points; ~0.011 at 16k in the spec)
+    # the noise floor: two samplings of the same surface (6,000 points; ~0.011 at 16k, docs/evaluation.md)
     assert 0.005 < gt.noise_floor_cd < 0.04
 
 

@@ -24,7 +24,8 @@ from mvboost.models.openlrm import (
 )
 
 #: parameters and tensors of the official ModelLRM (v1.1, commit 3108b69) built from its own module definitions
-#: (DINOv2 with pretrained=False) at the model card's sizes: small and large; base is in the spec's key list
+#: (DINOv2 with pretrained=False) at the model card's sizes: small and large; base is in the official key list
+#: (tests/data/state_dicts)
 OFFICIAL = {"small": (111_390_948, 456), "base": (260_201_972, 432), "large": (452_138_004, 544)}
 
 

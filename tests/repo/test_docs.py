@@ -92,3 +92,5 @@ def test_every_relative_link_resolves_and_nothing_points_outside_the_repository(
             assert outside not in text, name
             # the words of the machine lending of the place this was written in mean nothing to a user
             assert not re.search(r"\b(when one is " + r"lent|lent (GPU|machine)|device " + r"tool)\b", text), name
+            # notes are cited as the repository's own pages (docs/models.md, ...), not as a document users lack
+            assert not re.search(r"\bspec" + r"(\s+\w+\.md|\s*§|'s key list)", text), name
