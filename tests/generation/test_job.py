@@ -28,14 +28,14 @@ def test_smoke_in_process_then_resume_is_free(tmp_path, tiny_cache):
     s2 = run_in_process(smoke_cfg(out))
     assert s2.skipped_already_done == 8 and s2.stage_seconds == {}
     assert [p.stat().st_mtime_ns for p in out.glob("shard-*.tar")] == mtimes
-    # one sample's members and meta
-    import webdataset as wds
-
     # the output is a plain WebDataset: the webdataset package reads and decodes every sample (Ray Data's reader
     # reads the same tar layout, written by the same code, in tests/assets/test_assets.py)
+    import webdataset as wds
+
     decoded = list(wds.WebDataset(str(out / "shard-{000000..000001}.tar"), shardshuffle=False).decode("rgb"))
     assert sorted(x["__key__"] for x in decoded) == sorted(it["item_id"] for it in items)
     assert all(x["input.png"].shape == (64, 64, 3) and x["refined.png"].shape[-1] == 3 for x in decoded)
+    # one sample's members and meta
     sample = next(iter(wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False)))
     assert {"prompt.txt", "input.png", "views.png", "normals.png", "renders.png", "render_alpha.png",
             "render_normals.png", "refined.png", "cameras.json", "gaussians.ply", "meta.json"} <= set(sample)
