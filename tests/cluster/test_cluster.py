@@ -217,7 +217,8 @@ def test_gpu_nodes_scale_up_from_zero_survive_spot_preemption_and_scale_back(tmp
 
     import fsspec
     import ray
-    from test_multinode import assert_every_item_once, wait_for_first_commit
+
+    from conftest import assert_every_item_once, wait_for_first_commit
 
     spot = tmp_path / "spot"
     spot.mkdir()

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, adapters, job_env, verified
+from conftest import REPO, adapters, assert_every_item_once, job_env, samples, wait_for_first_commit
 
 pytestmark = pytest.mark.ray
 
@@ -42,61 +42,6 @@ def cluster(tmp_path_factory, tiny_cache):
 def generate_cmd(out, opts, *extra):
     return [sys.executable, "-m", "ray_jobs.generate", "--config", str(CONFIG), "--output", out,
             "--set", f"job.storage_options={json.dumps(opts)}", *PLACEMENT, *extra]
-
-
-def store_of(url, opts):
-    from mvboost.io.shards import OutputStore
-
-    return OutputStore(url, opts)
-
-
-def samples(url, opts) -> dict[str, dict[str, bytes]]:
-    """key -> {member: bytes} of every committed shard, meta.json without its timings."""
-    import fsspec
-
-    from mvboost.io.sample import iter_tar
-
-    fs, root = fsspec.core.url_to_fs(url, **opts)
-    fs.invalidate_cache()  # s3fs instances are shared: a listing cached while the job ran is stale
-    out = {}
-    for tar in sorted(p for p in fs.ls(root, detail=False) if p.endswith(".tar")):
-        with fs.open(tar, "rb") as f:
-            for key, fields in iter_tar(f):
-                meta = json.loads(fields["meta.json"])
-                meta.pop("stage_seconds")
-                fields["meta.json"] = json.dumps(meta, sort_keys=True).encode()
-                assert key not in out, f"duplicate key {key}"
-                out[key] = fields
-    return out
-
-
-def wait_for_first_commit(proc, fs, root: str, timeout: float = 400) -> None:
-    """Until the running job ``proc`` has committed a shard manifest under ``root``; it must still be running."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        fs.invalidate_cache()
-        if fs.exists(root) and any(p.endswith(".json") and "shard-" in p for p in fs.ls(root, detail=False)):
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the job ended before its node could be taken away"
-
-
-def assert_every_item_once(proc, log: str, out: str, opts: dict, config, n: int, shard_size: int) -> None:
-    """The job ended well: every planned item accepted exactly once, every manifest valid, nothing staged left."""
-    import fsspec
-
-    from mvboost.pipeline.job import load_job_config, plan_items
-
-    assert proc.returncode == 0, log[-4000:]
-    assert f"accepted {n}, rejected 0" in log
-    keys = list(samples(out, opts))  # raises on a duplicate key
-    planned = [it["item_id"] for it in plan_items(load_job_config(config, [f"job.output={out}", f"job.n={n}"]))]
-    assert sorted(keys) == sorted(planned)
-    store = store_of(out, opts)
-    assert all(verified(store, s) for s in range(n // shard_size))
-    fs, root = fsspec.core.url_to_fs(out, **opts)
-    fs.invalidate_cache()
-    assert [p for p in fs.find(root) if "_staging" in p or ".tmp-" in p] == []
 
 
 def test_node_loss_during_generation_loses_nothing_and_equals_a_single_node_run(cluster, moto_s3, tiny_cache,
