@@ -26,6 +26,9 @@ SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: reach the endpoint within a second of its end
 LOCAL_REPORT_INTERVAL_MS = 1000
 FORWARDED_ENV = ("MVBOOST_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME", "TORCH_EXTENSIONS_DIR")
+#: Ray Train's placement-group cleaner asks the State API (served by the dashboard) once a second whether the
+#: training controller is alive; the embedded Ray runs without a dashboard, so every ask fails with this warning
+STATE_API_WARNING = "State API may be temporarily unavailable"
 
 
 def worker_env() -> dict[str, str]:
@@ -35,6 +38,19 @@ def worker_env() -> dict[str, str]:
         if var in os.environ:
             env[var] = os.environ[var]
     return env
+
+
+def quiet_without_dashboard() -> None:
+    """Worker setup hook of the embedded Ray (no dashboard, hence no State API): drop Ray Train's once-a-second
+    warning that the State API cannot be reached. The cleaner that logs it only matters if the controller dies
+    while its driver lives; the embedded Ray and every placement group in it end with the driver anyway."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return STATE_API_WARNING not in record.getMessage()
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(_Drop())
 
 
 def job_runtime_env() -> dict:
@@ -98,6 +114,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     from ray_jobs.reaper import start_reaper
 
     start_reaper()  # nothing of the local Ray outlives a killed driver
+    runtime_env.setdefault("worker_process_setup_hook", f"{__name__}.quiet_without_dashboard")
     with _single_node():
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env,
