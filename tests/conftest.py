@@ -308,12 +308,6 @@ def gltf_validate(tmp_path_factory):
     return validate
 
 
-def store_of(url, opts):
-    from mvboost.io.shards import OutputStore
-
-    return OutputStore(url, opts)
-
-
 def samples(url, opts) -> dict[str, dict[str, bytes]]:
     """key -> {member: bytes} of every committed shard, meta.json without its timings."""
     import fsspec
@@ -349,6 +343,7 @@ def assert_every_item_once(proc, log: str, out: str, opts: dict, config, n: int,
     """The job ended well: every planned item accepted exactly once, every manifest valid, nothing staged left."""
     import fsspec
 
+    from mvboost.io.shards import OutputStore
     from mvboost.pipeline.job import load_job_config, plan_items
 
     assert proc.returncode == 0, log[-4000:]
@@ -356,7 +351,7 @@ def assert_every_item_once(proc, log: str, out: str, opts: dict, config, n: int,
     keys = list(samples(out, opts))  # raises on a duplicate key
     planned = [it["item_id"] for it in plan_items(load_job_config(config, [f"job.output={out}", f"job.n={n}"]))]
     assert sorted(keys) == sorted(planned)
-    store = store_of(out, opts)
+    store = OutputStore(out, opts)
     assert all(verified(store, s) for s in range(n // shard_size))
     fs, root = fsspec.core.url_to_fs(out, **opts)
     fs.invalidate_cache()
