@@ -10,6 +10,7 @@ are replaced (FailureConfig) and training continues from the last checkpoint. Al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -32,9 +33,6 @@ def _worker(config: dict):
         else torch.device("cpu")
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, tc.get_local_world_size())))
     ckpt = ray.train.get_checkpoint()
-    ckpt_dir = None
-    if ckpt is not None:
-        ckpt_dir = ckpt.to_directory()
 
     upload = upload_args(cfg.run.checkpoint_upload)
 
@@ -49,8 +47,11 @@ def _worker(config: dict):
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     storage = run_folder(cfg.run)  # made absolute by main()
-    train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage,
-                                load_step_hook(cfg.run.step_hook), dict(cfg.run.storage_options)))
+    # The checkpoint to resume from, read in place where the storage is local; a remote one is downloaded once per
+    # node and the copy removed when the loop ends (a bare to_directory() left a full copy in /tmp on every resume).
+    with (ckpt.as_directory() if ckpt is not None else contextlib.nullcontext()) as ckpt_dir:
+        train_loop(cfg, LoopContext(tc.get_world_rank(), tc.get_world_size(), device, ckpt_dir, report, storage,
+                                    load_step_hook(cfg.run.step_hook), dict(cfg.run.storage_options)))
 
 
 def run_folder(run) -> str:

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,6 +118,7 @@ def test_node_loss_during_training_resumes_on_the_remaining_nodes(cluster, moto_
     fs, _ = fsspec.core.url_to_fs("s3://bkt/shards", **moto_s3)
     fs.put(f"{smoke_shards}/", "bkt/shards/", recursive=True)
     runs = "s3://bkt/runs"
+    downloads = set(Path(tempfile.gettempdir()).glob("checkpoint_tmp_*"))  # where Ray downloads a checkpoint to
     lost = train(cluster, tiny_cache, "s3://bkt/shards", moto_s3, runs, "--set", "run.name=lost",
                  "--set", "run.step_hook=tests.faults:record_node_and_pause_once_at_step_3", wait=False)
     try:
@@ -138,6 +141,8 @@ def test_node_loss_during_training_resumes_on_the_remaining_nodes(cluster, moto_
         cluster.add()
     assert lost.returncode == 0, log[-4000:]
     assert "resumed from step 2" in log and "done: step 4" in log and "checkpoint s3://bkt/runs/lost/" in log
+    # the resumed workers' download of the step-2 checkpoint is gone with the run, not left behind in /tmp
+    assert set(Path(tempfile.gettempdir()).glob("checkpoint_tmp_*")) == downloads
     r = embedded_lora_run.result
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     fs.invalidate_cache()
