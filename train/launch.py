@@ -16,6 +16,10 @@ import os
 import shutil
 import sys
 
+#: Ray Train's print patch (on by default) logs every worker print and, since Ray core wraps a worker's stdout,
+#: also prints it: each line of the loop reached the console twice. Off, a print is a plain print, shown once.
+PRINT_PATCH = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
 
 def _worker(config: dict):
     """Ray Train worker entry point: rebuild the config, adapt Ray's context, run the shared loop."""
@@ -92,7 +96,8 @@ def build_trainer(cfg, local: bool = False):
         torch_config=(LocalTorchConfig if local else TorchConfig)(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(name=cfg.run.name, **storage_args(cfg.run),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
+                             worker_runtime_env={"env_vars": {PRINT_PATCH: "0"}}),
     )
 
 

@@ -237,6 +237,10 @@ def test_ray_train_two_workers_zero2_on_the_embedded_ray(embedded_lora_run):
     assert any("RayTrainWorker" in name for _, _, name in bound), bound
     assert not [b for b in bound if not is_loopback(b[0])], bound
     assert "trainable parameters" in r.stdout and "done: step 4" in r.stdout
+    # every line the loop prints reaches the console once (Ray Train's print patch had doubled each one, the
+    # second copy on stderr)
+    console = r.stdout + r.stderr
+    assert console.count("trainable parameters") == 1 and console.count("step 4/4 |") == 1, console[-3000:]
     # without a dashboard there is no State API: Ray Train's cleaner warned of it once a second on the user's console
     from ray_jobs.local_ray import STATE_API_WARNING
 
