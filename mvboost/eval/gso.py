@@ -1,4 +1,4 @@
-"""GSO evaluation splits (gso300, gso30, all, a list file) over a folder of GSO objects. The objects
+"""GSO evaluation splits (gso300, gso30, all, a shipped or given list file) over a folder of GSO objects. The objects
 themselves (layout, loader, frames) are :mod:`mvboost.assets.gso`."""
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ SPLITS_DIR = Path(__file__).parent / "splits"
 
 
 def resolve_split(split: str, names: list[str]) -> tuple[list[str], dict]:
-    """gso300 | gso30 | all | a file with one name per line -> (names, record with its sha256)."""
+    """gso300 | gso30 | all | a list shipped in ``splits/`` by its name (``smoke``) | a file with one name per line
+    -> (names, record with its sha256). A shipped list is found from any working directory."""
     if split == "all":
         chosen = list(names)
     elif split == "gso300":
@@ -29,8 +30,12 @@ def resolve_split(split: str, names: list[str]) -> tuple[list[str], dict]:
         chosen = gso30(names)
     else:
         path = Path(split)
+        if not path.is_file() and (SPLITS_DIR / f"{split}.txt").is_file():
+            path = SPLITS_DIR / f"{split}.txt"
         if not path.is_file():
-            raise ValueError(f"--split must be gso300, gso30, all or a list file, got {split!r}")
+            shipped = ", ".join(sorted(p.stem for p in SPLITS_DIR.glob("*.txt")))
+            raise ValueError(f"--split must be gso300, gso30, all, a shipped list ({shipped}) or a list file, "
+                             f"got {split!r}")
         chosen = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         unknown = [n for n in chosen if n not in names]
         if unknown:

@@ -156,7 +156,7 @@ def test_a_wrong_frame_is_caught(gso, lpips):
     assert len(cube_rotations()) == 24 and np.allclose(cube_rotations()[0], np.eye(3))
 
 
-def test_splits():
+def test_splits(tmp_path, monkeypatch):
     names = [f"obj_{i:04d}" for i in range(1030)]
     chosen, rec = resolve_split("gso300", names)
     assert len(chosen) == 300 and rec["sha256"] == resolve_split("gso300", list(reversed(names)))[1]["sha256"]
@@ -165,6 +165,13 @@ def test_splits():
     with pytest.raises(ValueError, match="gso30"):
         resolve_split("gso30", names)
     assert resolve_split("all", names)[1]["objects"] == 1030
+    # a shipped list by its name, from any working directory (the smoke config's split: smoke); a path still works
+    monkeypatch.chdir(tmp_path)
+    assert resolve_split("smoke", ["box", "duck", "soccer_ball", "x"])[0] == ["duck", "soccer_ball", "box"]
+    (tmp_path / "mine.txt").write_text("# two\nx\nduck\n")
+    assert resolve_split("mine.txt", ["duck", "x"])[0] == ["x", "duck"]
+    with pytest.raises(ValueError, match=r"a shipped list \(smoke\) or a list file, got 'nope'"):
+        resolve_split("nope", names)
 
 
 # ---- the job -------------------------------------------------------------------------------------------
