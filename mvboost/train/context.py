@@ -60,10 +60,12 @@ def single_process_group(device: torch.device) -> None:
 
 
 class LocalContext:
-    """Single-process runs without Ray (notebooks, tests): checkpoints under storage_path/name/."""
+    """Single-process runs without Ray (notebooks, tests): checkpoints under storage_path/name/, the newest
+    ``run.num_to_keep`` of them kept."""
 
     def __init__(self, cfg: TrainConfig, device="cpu"):
         self.root = Path(cfg.run.storage_path).expanduser() / cfg.run.name
+        self.num_to_keep = cfg.run.num_to_keep
         self.root.mkdir(parents=True, exist_ok=True)
         self.history: list[dict] = []
         ckpts = sorted(self.root.glob("checkpoint_*"))
@@ -79,6 +81,9 @@ class LocalContext:
             dst = self.root / f"checkpoint_{metrics['step']:08d}"
             shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            if self.num_to_keep and self.num_to_keep > 0:  # run.num_to_keep, as Ray Train's CheckpointConfig keeps
+                for old in sorted(self.root.glob("checkpoint_*"))[:-self.num_to_keep]:
+                    shutil.rmtree(old, ignore_errors=True)
 
 
 def _latest(run_dir: str | Path, folder: str, files: tuple[str, ...], what: str) -> Path:

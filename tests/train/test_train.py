@@ -218,6 +218,8 @@ def test_full_parameter_training_resumes_and_its_checkpoint_is_a_plain_lgm(smoke
     local2 = LocalContext(cfg2)
     train_loop(cfg2, local2.ctx)
     assert [h["step"] for h in local2.history] == [7, 8]
+    # run.num_to_keep (2 by default) holds for a local run as for Ray Train: step 3's checkpoint went
+    assert [c.name for c in sorted(local2.root.glob("checkpoint_*"))] == ["checkpoint_00000006", "checkpoint_00000008"]
     with pytest.raises(ValueError, match="lora.mode must be one of lora, full"):
         from mvboost.train.loop import build_model
 
