@@ -169,6 +169,8 @@ def test_ray_job_submit_to_a_token_authenticated_cluster(tmp_path, tiny_cache, s
 
 
 ONE_GPU_SMOKE = REPO / "ray_jobs" / "configs" / "generate_1gpu_smoke.yaml"
+#: PYTHONPATH of a job whose Ray workers load the test fault hooks (tests/fault_site/sitecustomize.py)
+FAULT_SITE_PATH = os.pathsep.join([str(REPO / "tests" / "fault_site"), str(REPO)])
 
 
 def test_an_unschedulable_layout_fails_at_start_with_the_stages_named(tmp_path, tiny_cache):
@@ -270,7 +272,7 @@ def test_production_layout_on_a_one_gpu_ray_retires_a_worker_with_a_broken_cuda_
     the failed items go through again. Every item is accepted, nothing is recorded as rejected."""
     out, faults = tmp_path / "out", tmp_path / "faults.txt"
     env = dict(job_env(tiny_cache), MVBOOST_FAULT_CUDA_FILE=str(faults), MVBOOST_FAULT_CUDA_TIMES="2",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "fault_site"), str(REPO)]))
+               PYTHONPATH=FAULT_SITE_PATH)
     cmd = [sys.executable, "-m", "ray_jobs.generate", "--config", str(ONE_GPU_SMOKE), "--output", str(out),
            "--set", "job.progress=false"]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -315,7 +317,7 @@ def test_retry_rejected_killed_and_rerun_commits_every_retried_item_exactly_once
     retry_shards = [f"shard-{s:06d}" for s in (4, 5, 6)]
     committed = kill_once(cmd, tiny_cache, lambda: any((out / f"{s}.json").exists() for s in retry_shards), out,
                           MVBOOST_FAULT_HOLD_COMMITS=str(tmp_path / "first-commit"),
-                          PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "fault_site"), str(REPO)]))
+                          PYTHONPATH=FAULT_SITE_PATH)
     assert len([s for s in retry_shards if f"{s}.tar" in committed]) == 1, sorted(committed)
     r = run_job(out, tiny_cache, *args)
     assert r.returncode == 0, r.stderr[-3000:]
