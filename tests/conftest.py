@@ -65,8 +65,9 @@ def smoke_shards(tiny_cache, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ds_env(tmp_path_factory):
-    """DeepSpeed's JIT-built CPU ops land in a reusable folder."""
-    path = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "mvboost" / "torch_extensions"))
+    """An empty extensions folder of the session's for DeepSpeed's JIT-built ops: training on CPU builds none
+    (mvboost.train.loop.skip_cpu_shm_comm_build), and a test can check it (workers get it from job_env/local Ray)."""
+    path = tmp_path_factory.mktemp("torch_extensions")
     os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
     return path
 

@@ -108,6 +108,26 @@ def save_adapter(engine, folder: Path, zero_stage: int) -> int:
     return len(state)
 
 
+#: DeepSpeed's shared-memory all-reduce kernel for CPU processes (its name in ``deepspeed.ops.__compatible_ops__``)
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_cpu_shm_comm_build(device: torch.device) -> bool:
+    """On CPU, DeepSpeed's communication backend compiles its shared-memory all-reduce kernel (C++, JIT, ~35 s on 2
+    cores, once per machine and extensions folder) as it starts. Only DeepSpeed-Inference's tensor-parallel
+    all-reduce calls that kernel, never training (gradients are reduced through torch.distributed, gloo on CPU), so
+    the op is marked unavailable and DeepSpeed skips the build. Returns whether it was marked."""
+    if device.type != "cpu":
+        return False
+    import deepspeed.ops
+
+    ops = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if not isinstance(ops, dict):  # a DeepSpeed without the table: it builds as before
+        return False
+    ops[SHM_COMM_OP] = False
+    return True
+
+
 def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
     import deepspeed
 
@@ -124,6 +144,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext) -> dict:
             f"LoRA r={cfg.lora.rank} on {cfg.lora.target or backend.lora_target(base_of(model))}"
         print(f"{backend.name} {what}: {trainable_parameters(model):,} trainable parameters", flush=True)
     lpips = load_lpips(cfg.train.lpips_net, ctx.device) if cfg.train.lambda_lpips > 0 else None
+    skip_cpu_shm_comm_build(ctx.device)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=ds_config(cfg, ctx.device))
     step = 0

@@ -227,7 +227,7 @@ def test_full_parameter_training_resumes_and_its_checkpoint_is_a_plain_lgm(smoke
 
 
 @pytest.mark.ray
-def test_ray_train_two_workers_zero2_on_the_embedded_ray(embedded_lora_run):
+def test_ray_train_two_workers_zero2_on_the_embedded_ray(embedded_lora_run, ds_env):
     """Two Ray Train workers with DeepSpeed ZeRO-2 on the embedded Ray, as a user's first launch runs (the session's
     run, conftest.embedded_lora_run). (Losing a worker and resuming from the last checkpoint, compared with this
     uninterrupted run, is tests/generation/test_multinode.py's node-loss test; a second launch of the same run
@@ -258,6 +258,9 @@ def test_ray_train_two_workers_zero2_on_the_embedded_ray(embedded_lora_run):
 
     assert upload_args("async")["checkpoint_upload_mode"].name == "ASYNC" and upload_args("sync") == {}
     assert set(Path(tempfile.gettempdir()).glob("mvboost-ckpt-*")) <= embedded_lora_run.ckpt_dirs_before
+    # DeepSpeed compiled no op for the CPU workers: its shared-memory all-reduce kernel (inference only) had cost
+    # ~35 s of C++ build on a fresh 2-core machine
+    assert not list(ds_env.iterdir()) and "built successfully" not in console, sorted(ds_env.iterdir())
 
 
 def test_several_sources_are_mixed_by_weight_reproducibly_and_reported(smoke_shards, tmp_path, ds_env):
