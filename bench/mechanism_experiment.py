@@ -538,14 +538,14 @@ class Side:
         if self.pool is not None:  # the memory of this process and its workers together, sampled every 0.1 s
             import threading
 
+            import psutil  # here, not in the thread: a missing psutil stops the run instead of reporting 0 GB
+
             self._stop = threading.Event()
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler = threading.Thread(target=self._sample, args=(psutil,), daemon=True)
             self._sampler.start()
         return self
 
-    def _sample(self) -> None:
-        import psutil
-
+    def _sample(self, psutil) -> None:
         me = psutil.Process()
         while not self._stop.wait(0.1):
             total = 0
@@ -623,7 +623,7 @@ def run(out: Path, size_name: str, overrides: dict | None = None, jobs: int = 1)
             models.append(f"{name}={base}+{latest_adapter(r)}")
         results = dict(zip("BA", side.map([(boost.evaluate, out, "gt_ortho", d, models, size) for d in "BA"])))
     rows = boost_table(results, arms + ["oracle"])
-    meta = {"size": size_name, **asdict(size), "jobs": max(1, jobs), "seconds": time.perf_counter() - t0,
+    meta = {"size": size_name, **asdict(size), "jobs": side.jobs, "seconds": time.perf_counter() - t0,
             "peak_rss_gb": round(side.peak_rss_gb(), 3),
             "verdict": verdict(rows, targets, size),
             "splits_sha256": {d: {p: v["sha256"] for p, v in parts.items()} for d, parts in split["domains"].items()}}
@@ -646,8 +646,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"change one size field ({', '.join(Size.__dataclass_fields__)}), e.g. --set unet_steps=800")
     p.add_argument("--jobs", type=int, default=1,
-                   help="independent steps (the generator and the base, the arms, the evaluations) run side by side "
-                        "in this many processes, the CPU threads shared out (on CPU: one per core)")
+                   help="independent steps (the generator and the base, the chains, the arms, the evaluations) run "
+                        "side by side in this many processes, the CPU threads shared out (on CPU: one per core)")
     a = p.parse_args(argv)
     try:
         overrides = boost.size_overrides(a.overrides, SIZES[a.size], exclude=("strengths",))

@@ -157,7 +157,7 @@ def test_mechanism_experiment_ci_size(tmp_path):
     for name in ("summary.md", "report.html", "curves.png", "targets.png", "era3d_samples.png", "pictures/s0_95.png",
                  "pictures/raw.png"):
         assert (out / name).stat().st_size > 1000, name
-    assert summary["meta"]["jobs"] == 2 and summary["meta"]["peak_rss_gb"] < 4.0  # the process and its workers
+    assert summary["meta"]["jobs"] == 2 and 0 < summary["meta"]["peak_rss_gb"] < 4.0  # the process and its workers
 
 
 def test_bad_arguments_are_refused_with_one_line(tmp_path):
